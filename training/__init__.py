@@ -1,0 +1,1 @@
+"""PANNs model zoo, official checkpoints and the training recipe (needs torch)."""
