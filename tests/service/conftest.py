@@ -1,0 +1,193 @@
+"""Fixtures for the service tests: real bundles exported from zoo models, real HTTP servers.
+
+Bundles are exported once per session with ``model_export.export_bundle`` from zoo models
+with deterministic weights (``torch.manual_seed(0)``). Servers are real uvicorn servers on a
+free port, in a thread (``LiveServer``) or in a subprocess (``start_subprocess``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import REPO_ROOT
+
+TAGGER = "MobileNetV1"  # small 2-D model with an embedding output
+SED = "Cnn14_DecisionLevelMax"  # framewise output, for /v1/detect
+RATE = 32000
+
+
+def export(arch: str, root: Path) -> Path:
+    """Export ``arch`` with deterministic weights into ``root/<arch lowercased>``."""
+    import torch
+
+    from model_export import export_bundle
+    from training.models import create_model
+
+    out = root / arch.lower()
+    if not (out / "model.json").is_file():
+        torch.manual_seed(0)
+        model = create_model(arch).eval()
+        export_bundle(model, out, arch=arch, name=arch.lower())
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bundles")
+
+
+@pytest.fixture(scope="session")
+def tagger_bundle(bundle_root: Path) -> Path:
+    return export(TAGGER, bundle_root)
+
+
+@pytest.fixture(scope="session")
+def sed_bundle(bundle_root: Path) -> Path:
+    return export(SED, bundle_root)
+
+
+def settings_for(*bundles: Path, **overrides: Any) -> Settings:
+    """Test settings: 1 ORT thread, small limits, the given bundles."""
+    values: dict[str, Any] = {
+        "models": ",".join(str(b) for b in bundles), "threads": 1, "max_batch": 8,
+        "max_delay_ms": 5, "warmup": "none", "max_audio_s": 130, "max_upload_mb": 20,
+        "timeout_s": 60,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class LiveServer:
+    """A real uvicorn server for ``create_app(settings)`` in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.sock = free_socket()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=10)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def start(self, wait_ready: bool = True, timeout: float = 180) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        if wait_ready:
+            wait_ready_url(self.url, deadline)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+
+def wait_ready_url(url: str, deadline: float) -> None:
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "service did not become ready"
+        time.sleep(0.05)
+
+
+def start_subprocess(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """``python -m service`` in a subprocess with PANNS_* settings from ``env``."""
+    full = {**os.environ, "PANNS_HOST": "127.0.0.1", "PANNS_PORT": str(port),
+            "PANNS_THREADS": "1", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def tagger_server(tagger_bundle: Path) -> Iterator[LiveServer]:
+    server = LiveServer(settings_for(tagger_bundle)).start()
+    yield server
+    server.stop()
+
+
+def noise(seconds: float, seed: int, rate: int = RATE, channels: int = 1) -> np.ndarray:
+    """Deterministic band-limited-ish test audio (float32, |x| < 1)."""
+    rng = np.random.default_rng(seed)
+    shape = (round(seconds * rate), channels) if channels > 1 else (round(seconds * rate),)
+    return (0.1 * rng.standard_normal(shape)).clip(-0.99, 0.99).astype(np.float32)
+
+
+def sine(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def encode(x: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "FLOAT") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("file", (name, data)) for name, data in items]
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample name -> {sorted labels: value}, parsed with prometheus-client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out
+
+
+def metric_total(metrics: dict[str, dict[Any, float]], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for k, v in metrics.get(name, {}).items() if want <= set(k))
+
+
+def run_bundle(bundle: Path, waveform: np.ndarray) -> dict[str, np.ndarray]:
+    """The bundle's fp32 graph run directly on a (L,) waveform: {output name: (…) row}."""
+    import onnxruntime as ort
+
+    from service.card import read_card
+
+    card = read_card(bundle)
+    session = ort.InferenceSession(str(bundle / card.files["fp32"].path),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: waveform[None, :]})
+    kinds = {o.name: o.kind for o in card.outputs}
+    return {kinds.get(n, n): v[0] for n, v in zip(names, values, strict=True)}

@@ -1,0 +1,181 @@
+"""Evaluate a checkpoint on held-out data: mAP, mean AUC, d-prime and per-class AP.
+
+    python -m training.evaluate --checkpoint RUN/checkpoints/best.pth --data eval.h5 \
+        [--batch-size 32] [--device auto] [--csv per_class.csv]
+
+Prints the summary as JSON. The per-class CSV has one row per model output class
+(``index, label, ap, auc, positives``), NaN-free: classes without positives get empty cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from training.metrics import Scores, evaluate_scores
+
+log = logging.getLogger(__name__)
+
+
+def collate_padded(batch: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(waveform, target)`` pairs, zero-padding waveforms to the longest of the batch."""
+    waves = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w, _ in batch]
+    length = max(w.shape[-1] for w in waves)
+    out = torch.zeros(len(waves), length)
+    for i, w in enumerate(waves):
+        out[i, : w.shape[-1]] = w
+    targets = torch.stack([torch.as_tensor(np.asarray(t, dtype=np.float32)) for _, t in batch])
+    return out, targets
+
+
+def autocast_for(device: torch.device, amp: bool, dtype: str) -> Any:
+    """``torch.autocast`` on CUDA when ``amp``; a no-op context otherwise."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset[Any], *, batch_size: int,
+            device: torch.device, workers: int = 0, amp: bool = False,
+            amp_dtype: str = "bfloat16", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Clipwise scores of ``model`` (eval mode) over ``dataset``: (targets, scores)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_padded, generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    targets, scores = [], []
+    try:
+        for wave, target in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+            with autocast_for(device, amp, amp_dtype):
+                out = model(wave.to(device, non_blocking=True))["clipwise_output"]
+            scores.append(out.float().cpu().numpy())
+            targets.append(target.numpy())
+    finally:
+        model.train(was_training)
+    if not scores:
+        raise ValueError("the evaluation data set is empty")
+    return np.concatenate(targets), np.concatenate(scores)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset[Any], **kwargs: Any) -> Scores:
+    """:func:`predict` then :func:`training.metrics.evaluate_scores`."""
+    targets, scores = predict(model, dataset, **kwargs)
+    if targets.shape[1] != scores.shape[1]:
+        raise ValueError(f"the data has {targets.shape[1]} classes, "
+                         f"the model {scores.shape[1]}")
+    return evaluate_scores(targets, scores)
+
+
+def model_labels(checkpoint: dict[str, Any], classes_num: int) -> tuple[list[str], list[str]]:
+    """The model's classes in output order as (keys matching data labels, display names).
+
+    A checkpoint's own ``labels`` serve as both; a 527-class model without them is AudioSet:
+    its keys are the mids (as packs label their columns) and its names the display names.
+    """
+    if checkpoint.get("labels"):
+        labels = [str(x) for x in checkpoint["labels"]]
+        return labels, labels
+    if classes_num == 527:
+        from training.audioset import audioset_labels
+
+        table = audioset_labels()
+        return [x.mid for x in table], [x.display_name for x in table]
+    names = [f"class_{i}" for i in range(classes_num)]
+    return names, names
+
+
+class AlignedTargets(Dataset[Any]):
+    """A labelled data set with its target columns reordered to the model's label order."""
+
+    def __init__(self, dataset: Any, labels: Sequence[str]) -> None:
+        data_labels = list(dataset.labels)
+        unknown = [name for name in data_labels if name not in labels]
+        if unknown:
+            raise ValueError(f"the data has labels the model does not know: {unknown[:10]}")
+        self.dataset = dataset
+        self.columns = [data_labels.index(n) if n in data_labels else -1 for n in labels]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        wave, target = self.dataset[index]
+        target = np.asarray(target, dtype=np.float32)
+        padded = np.append(target, np.float32(0.0))  # column -1: a label the data lacks
+        return wave, padded[self.columns]
+
+
+def align_dataset(dataset: Any, labels: Sequence[str]) -> Any:
+    """``dataset`` itself when its labels already are ``labels`` (or it has none)."""
+    data_labels = getattr(dataset, "labels", None)
+    if data_labels is None or list(data_labels) == list(labels):
+        return dataset
+    return AlignedTargets(dataset, labels)
+
+
+def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores,
+                      positives: np.ndarray) -> None:
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "label", "ap", "auc", "positives"])
+        for i, name in enumerate(labels):
+            ap, auc = float(scores.ap[i]), float(scores.auc[i])
+            writer.writerow([i, name, "" if math.isnan(ap) else f"{ap:.6f}",
+                             "" if math.isnan(auc) else f"{auc:.6f}", int(positives[i])])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pth)")
+    parser.add_argument("--arch", default=None, help="architecture (official checkpoints)")
+    parser.add_argument("--data", required=True, help="pack .h5, label folder or CSV")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="bfloat16 autocast on CUDA")
+    parser.add_argument("--csv", default=None, help="write the per-class table here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from training.checkpoints import load_checkpoint, read_checkpoint
+    from training.data import open_dataset
+    from training.runtime import Dist, resolve_device
+
+    device = resolve_device(args.device, Dist())
+    model = load_checkpoint(args.checkpoint, arch=args.arch).to(device)
+    keys, names = model_labels(read_checkpoint(args.checkpoint), int(model.classes_num))
+    dataset = align_dataset(open_dataset(args.data), keys)
+    targets, scores = predict(model, dataset, batch_size=args.batch_size, device=device,
+                              workers=args.workers, amp=args.amp)
+    result = evaluate_scores(targets, scores)
+    if args.csv:
+        write_class_table(args.csv, names, result, targets.sum(axis=0))
+    summary: dict[str, Any] = {**result.summary(), "clips": int(targets.shape[0]),
+                               "classes_scored": int(np.sum(~np.isnan(result.ap)))}
+    json.dump(summary, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""Train a zoo model with the PANNs recipe.
+
+    python -m training.train --arch Cnn14 --train train.h5 --eval eval.h5 --steps 600000 \
+        --out runs/cnn14 [--batch-size 32] [--lr 1e-3] [--sampler balanced] [--mixup-alpha 1]
+    torchrun --nproc-per-node 8 -m training.train ...      # DistributedDataParallel
+    python -m training.train --out runs/cnn14 --resume [--steps N]   # continue exactly
+
+The run directory gets ``config.json`` (the resolved configuration), ``log.jsonl`` (one line
+per evaluation: loss, mAP, mean AUC, d-prime, throughput) and ``checkpoints/latest.pth`` and
+``checkpoints/best.pth`` (highest evaluation mAP). Checkpoints are the official format plus
+what resuming needs: ``model``, ``iteration``, ``optimizer``, ``sampler``, ``config``, ``arch``,
+``model_args``, ``labels`` (when the classes are not AudioSet's), ``rank_states`` (RNGs),
+``scaler`` and ``best_mAP``; they hold only tensors and plain Python values, so
+``torch.load(..., weights_only=True)`` reads them. Under DDP only rank 0 writes, every rank
+reads the checkpoint to resume (multi-node runs need a shared run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.config import TrainConfig, add_config_arguments, config_from_args
+from training.evaluate import align_dataset, autocast_for, collate_padded, evaluate_model
+from training.metrics import Scores
+from training.mixup import Mixup, mix
+from training.models import create_model, default_args
+from training.runtime import (
+    Dist,
+    barrier,
+    gather_objects,
+    init_distributed,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    shutdown_distributed,
+)
+from training.sampler import make_sampler
+from training.weights import freeze_base, load_pretrained, set_train_mode
+
+log = logging.getLogger(__name__)
+
+# Architectures with parameters their forward never uses (DDP must be told).
+_UNUSED_PARAMETERS = {"Wavegram_Cnn14", "Cnn14_DecisionLevelAtt", "DaiNet19"}
+
+
+class RunDir:
+    """The files of a run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.json"
+        self.log = self.root / "log.jsonl"
+        self.latest = self.root / "checkpoints" / "latest.pth"
+        self.best = self.root / "checkpoints" / "best.pth"
+
+
+def _numpy_state_to_plain(state: tuple[Any, ...]) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss,
+            "cached": cached}
+
+
+def _plain_to_numpy_state(state: dict[str, Any]) -> tuple[Any, ...]:
+    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+            state["has_gauss"], state["cached"])
+
+
+def is_audioset(labels: Sequence[str]) -> bool:
+    """Whether ``labels`` is the AudioSet table in order (as mids or display names)."""
+    from training.audioset import audioset_labels
+
+    table = audioset_labels()
+    names = list(labels)
+    return names in ([x.mid for x in table], [x.display_name for x in table])
+
+
+def open_data(path: str) -> Any:
+    from training.data import open_dataset
+
+    return open_dataset(path)
+
+
+class Trainer:
+    """One process's share of a training run (rank 0 also evaluates, logs and saves)."""
+
+    def __init__(self, config: TrainConfig, info: Dist | None = None, *,
+                 train_set: Any = None, eval_set: Any = None,
+                 labels: Sequence[str] | None = None) -> None:
+        self.info = info or Dist()
+        self.run = RunDir(config.out)
+        self.device = resolve_device(config.device, self.info)
+        seed_everything(config.seed + self.info.rank)
+        self.train_set = train_set if train_set is not None else open_data(config.train)
+        targets = np.asarray(self.train_set.targets)
+        self.labels = list(labels or getattr(self.train_set, "labels", None) or [])
+        self.config = self._resolve_classes(config, targets.shape[1])
+        self.eval_set = eval_set
+        if self.eval_set is None and config.eval:
+            self.eval_set = open_data(config.eval)
+        if self.eval_set is not None and self.labels:
+            self.eval_set = align_dataset(self.eval_set, self.labels)
+        self.model = self._build_model()
+        self.net = self._wrap(self.model)
+        self.optimizer = self._optimizer()
+        fp16 = self.amp and self.config.amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        rows = self.config.batch_size * (2 if self.config.mixup_alpha > 0 else 1)
+        self.sampler = make_sampler(self.config.sampler, targets, rows, seed=self.config.seed,
+                                    rank=self.info.rank, world_size=self.info.world_size)
+        seed = [self.config.seed, self.info.rank]
+        alpha = self.config.mixup_alpha
+        self.mixup = Mixup(alpha, seed=[*seed, 2]) if alpha > 0 else None
+        self.crop_rng = np.random.default_rng([*seed, 1])
+        self.iteration = 0
+        self.best_map = -math.inf
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_classes(self, config: TrainConfig, classes: int) -> TrainConfig:
+        """Give the model as many outputs as the data has classes."""
+        wanted = config.model_args.get("classes_num", default_args(config.arch)["classes_num"])
+        if wanted == classes:
+            return config
+        if "classes_num" in config.model_args:
+            raise ValueError(f"model_args classes_num={wanted} but the training data has "
+                             f"{classes} classes")
+        log.info("the data has %d classes: building %s with classes_num=%d",
+                 classes, config.arch, classes)
+        args = {**config.model_args, "classes_num": classes}
+        return TrainConfig.from_dict({**config.to_dict(), "model_args": args})
+
+    @property
+    def amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
+    def _build_model(self) -> nn.Module:
+        model = create_model(self.config.arch, **self.config.model_args)
+        if self.config.pretrained:
+            load_pretrained(model, self.config.pretrained,
+                            skip_head=self.config.pretrained_skip_head)
+        if self.config.freeze_base:
+            trainable = freeze_base(model)
+            log.info("frozen base: training %s", ", ".join(trainable))
+        data_rate = getattr(self.train_set, "sample_rate", None)
+        if data_rate is not None and int(data_rate) != int(model.sample_rate):
+            raise ValueError(f"the data is at {data_rate} Hz, {self.config.arch} "
+                             f"expects {model.sample_rate} Hz")
+        crop = round(self.config.crop_seconds * model.sample_rate)
+        if 0 < crop < model.min_samples:
+            raise ValueError(f"crop_seconds={self.config.crop_seconds} is shorter than the "
+                             f"{model.min_samples} samples {self.config.arch} needs")
+        return model.to(self.device)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.info.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=self.config.arch in _UNUSED_PARAMETERS)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        c = self.config
+        return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps,
+                                weight_decay=c.weight_decay, amsgrad=c.amsgrad)
+
+    def _loader(self) -> DataLoader[Any]:
+        workers = self.config.workers
+        return DataLoader(
+            self.train_set, batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=collate_padded, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(), prefetch_factor=4 if workers else None)
+
+    # ------------------------------------------------------------------ training
+    def _crop(self, wave: torch.Tensor) -> torch.Tensor:
+        samples = round(self.config.crop_seconds * self.model.sample_rate)
+        if samples <= 0 or wave.shape[1] <= samples:
+            return wave
+        starts = self.crop_rng.integers(0, wave.shape[1] - samples + 1, size=wave.shape[0])
+        return torch.stack([row[s : s + samples] for row, s in zip(wave, starts, strict=True)])
+
+    def _step(self, wave: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        wave = self._crop(wave).to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        lam = self.mixup.lambdas(wave.shape[0]).to(self.device) if self.mixup else None
+        with autocast_for(self.device, self.amp, self.config.amp_dtype):
+            out = self.net(wave, lam) if lam is not None else self.net(wave)
+        clipwise = out["clipwise_output"].float()
+        if lam is not None:
+            target = mix(target, lam)
+        loss = F.binary_cross_entropy(clipwise, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def fit(self) -> dict[str, Any]:
+        """Train up to ``config.steps``, evaluating and saving every ``eval_every`` steps."""
+        steps, main = self.config.steps, self.info.is_main
+        if main:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run.config)
+        last: dict[str, Any] = {"iteration": self.iteration}
+        if self.iteration >= steps:
+            log.info("already at step %d of %d: nothing to train", self.iteration, steps)
+            return last
+        set_train_mode(self.net, self.config.freeze_base)
+        bar = tqdm(total=steps, initial=self.iteration, desc="train", disable=not main,
+                   dynamic_ncols=True)
+        loss_sum, loss_count, started = torch.zeros((), device=self.device), 0, time.time()
+        for wave, target in self._loader():
+            loss_sum += self._step(wave, target)
+            loss_count += 1
+            self.iteration += 1
+            bar.update(1)
+            if self.iteration % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", refresh=False)
+            if self.iteration % self.config.eval_every == 0 or self.iteration >= steps:
+                elapsed = time.time() - started
+                last = self.checkpoint(float(loss_sum.item()) / loss_count,
+                                       loss_count * self.config.batch_size / elapsed)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()
+                                 if k in ("train_loss", "mAP") and v is not None})
+                loss_sum.zero_()
+                loss_count, started = 0, time.time()
+                set_train_mode(self.net, self.config.freeze_base)
+            if self.iteration >= steps:
+                break
+        bar.close()
+        return last
+
+    # ------------------------------------------------------------------ evaluation and saving
+    def evaluate(self) -> Scores | None:
+        if self.eval_set is None:
+            return None
+        return evaluate_model(self.model, self.eval_set, batch_size=self.config.eval_batch_size,
+                              device=self.device, workers=min(self.config.workers, 4),
+                              amp=self.amp, amp_dtype=self.config.amp_dtype)
+
+    def _rank_state(self) -> dict[str, Any]:
+        state = rng_state()
+        state["numpy"] = _numpy_state_to_plain(state["numpy"])
+        return {"rng": state, "mixup": self.mixup.state_dict() if self.mixup else None,
+                "crop": self.crop_rng.bit_generator.state}
+
+    def state_dict(self, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint: official keys plus everything an exact resume needs."""
+        state: dict[str, Any] = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(batch=self.iteration),
+            "config": self.config.to_dict(),
+            "arch": self.config.arch,
+            "model_args": dict(self.config.model_args),
+            "rank_states": rank_states,
+            "scaler": self.scaler.state_dict(),
+            "best_mAP": self.best_map,
+        }
+        if self.labels and not is_audioset(self.labels):
+            state["labels"] = list(self.labels)
+        return state
+
+    def checkpoint(self, train_loss: float, clips_per_second: float) -> dict[str, Any]:
+        """Evaluate (rank 0), append to the log, save latest (and best)."""
+        scores = self.evaluate() if self.info.is_main else None
+        rank_states = gather_objects(self._rank_state(), self.info)
+        record: dict[str, Any] = {
+            "iteration": self.iteration, "train_loss": train_loss,
+            "clips_per_second": clips_per_second * self.info.world_size,
+            **(scores.summary() if scores else {}), "time": time.time(),
+        }
+        if self.info.is_main:
+            improved = scores is not None and scores.mAP > self.best_map
+            if improved and scores is not None:
+                self.best_map = scores.mAP
+            self._save(self.state_dict(rank_states), improved)
+            with self.run.log.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log.info("step %d: %s", self.iteration, record)
+        barrier(self.info)
+        return record
+
+    def _save(self, state: dict[str, Any], best: bool) -> None:
+        self.run.latest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.run.latest.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.run.latest)
+        if best:
+            torch.save(state, tmp)
+            tmp.replace(self.run.best)
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from a checkpoint of this run (default: latest.pth): weights, optimizer,
+        sampler position, loss scaler and every RNG."""
+        state = torch.load(path or self.run.latest, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_map = float(state["best_mAP"])
+        ranks = state["rank_states"]
+        if len(ranks) != self.info.world_size:
+            raise ValueError(f"checkpoint written by {len(ranks)} ranks, "
+                             f"resuming with {self.info.world_size}")
+        mine = ranks[self.info.rank]
+        rng = dict(mine["rng"])
+        rng["numpy"] = _plain_to_numpy_state(rng["numpy"])
+        set_rng_state(rng)
+        if self.mixup is not None and mine["mixup"] is not None:
+            self.mixup.load_state_dict(mine["mixup"])
+        self.crop_rng.bit_generator.state = mine["crop"]
+        log.info("resumed at step %d from %s", self.iteration, path or self.run.latest)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from checkpoints/latest.pth; other "
+                             "flags override its saved config (e.g. a larger --steps)")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < saved config (with --resume) < command-line flags."""
+    if not args.resume:
+        if not getattr(args, "train", ""):
+            raise SystemExit("--train is required (or --resume with --out of an existing run)")
+        return config_from_args(args)
+    out = getattr(args, "out", None)
+    if out is None:
+        raise SystemExit("--resume needs --out RUN_DIR")
+    run = RunDir(out)
+    if not run.latest.is_file():
+        raise SystemExit(f"--resume: {run.latest} does not exist")
+    saved = torch.load(run.latest, map_location="cpu", weights_only=True)["config"]
+    return config_from_args(args, TrainConfig.from_dict(saved))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    config = resolve_config(args)
+    info = init_distributed(config.device)
+    try:
+        trainer = Trainer(config, info)
+        if args.resume:
+            trainer.resume()
+        result = trainer.fit()
+        if info.is_main:
+            print(json.dumps(result))
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

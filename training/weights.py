@@ -1,0 +1,84 @@
+"""Initial weights for training and fine-tuning: pretrained loading and a frozen base."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# The classification head of the zoo models: every class-dependent parameter lives here
+# (fc_audioset for tagging models and DecisionLevelMax/Avg, att_block for DecisionLevelAtt).
+HEAD_PREFIXES = ("fc_audioset.", "att_block.")
+
+
+def is_head(key: str) -> bool:
+    return key.startswith(HEAD_PREFIXES)
+
+
+def checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, read through training.checkpoints (official or ours)."""
+    from training.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    if "model" not in checkpoint:
+        raise ValueError(f"{path}: not a PANNs checkpoint (no 'model' entry)")
+    return checkpoint
+
+
+def load_pretrained(model: nn.Module, path: str | Path, *, skip_head: bool) -> list[str]:
+    """Copy the checkpoint's weights into ``model``; returns the keys left at initialisation.
+
+    Every non-head key must match by name and shape (a checkpoint of another architecture is
+    an error, not a silent partial load). With ``skip_head`` the head is left as initialised,
+    which is how a 527-class checkpoint seeds a model with another number of classes.
+    """
+    source = checkpoint_state(path)["model"]
+    target = model.state_dict()
+    wanted = {k for k in target if not (skip_head and is_head(k))}
+    missing = sorted(wanted - set(source))
+    unexpected = sorted(k for k in set(source) - set(target) if not (skip_head and is_head(k)))
+    wrong = sorted(k for k in wanted & set(source) if source[k].shape != target[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
+            + ("" if skip_head else " (fine-tuning to new classes needs skip_head)")
+        )
+    with torch.no_grad():
+        for key in wanted:
+            target[key].copy_(source[key])
+    skipped = sorted(set(target) - wanted)
+    log.info("loaded %d tensors from %s; %d head tensors left initialised",
+             len(wanted), path, len(skipped))
+    return skipped
+
+
+def freeze_base(model: nn.Module) -> list[str]:
+    """Stop gradients for everything but the head; returns the trainable parameter names."""
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_head(name))
+        if is_head(name):
+            trainable.append(name)
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no head parameters "
+                         f"({', '.join(HEAD_PREFIXES)}) to train")
+    return trainable
+
+
+def set_train_mode(model: nn.Module, frozen_base: bool) -> None:
+    """``model.train()``; with a frozen base its BatchNorms keep their running statistics.
+
+    Dropout, SpecAugment and mixup stay on (they follow the top-level training flag).
+    """
+    model.train()
+    if not frozen_base:
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_head(name + "."):
+            module.eval()
