@@ -67,5 +67,6 @@ def recordings(directory: Path, sample_rate: int, samples: int) -> tuple[np.ndar
             clips.append(fit_length(clip, samples))
             names.append(path.name)
     if not clips:
-        raise FileNotFoundError(f"{directory}: no decodable audio files ({', '.join(AUDIO_SUFFIXES)})")
+        kinds = ", ".join(AUDIO_SUFFIXES)
+        raise FileNotFoundError(f"{directory}: no decodable audio files ({kinds})")
     return np.stack(clips), names

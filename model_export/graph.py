@@ -22,6 +22,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -42,13 +43,38 @@ class ExportError(RuntimeError):
     """The model cannot be exported, or the exported graph fails verification."""
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """The zoo interface attributes a bundle needs (read once, typed)."""
+
+    sample_rate: int
+    min_samples: int
+    classes_num: int
+    output_names: tuple[str, ...]
+    frames_per_second: float | None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelInfo:
+        try:
+            fps = getattr(model, "frames_per_second", None)
+            return cls(
+                sample_rate=int(getattr(model, "sample_rate")),  # noqa: B009
+                min_samples=max(1, int(getattr(model, "min_samples"))),  # noqa: B009
+                classes_num=int(getattr(model, "classes_num")),  # noqa: B009
+                output_names=tuple(str(n) for n in getattr(model, "output_names")),  # noqa: B009
+                frames_per_second=float(fps) if fps is not None else None,
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ExportError(f"{type(model).__name__} lacks the zoo model interface: {exc}") from exc
+
+
 class _TupleOutputs(nn.Module):
     """Waveform in, the model's outputs out as a tuple in ``output_names`` order."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model  # attribute name = WRAPPER_SCOPE
-        self.output_names: tuple[str, ...] = tuple(model.output_names)
+        self.output_names = ModelInfo.of(model).output_names
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(waveform)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
 from service.app import create_app
+from service.card import BundleError
 from service.logs import configure_logging
+from service.runtime import check_bundles
 from service.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
+    try:
+        check_bundles(settings)
+    except (BundleError, ValueError) as exc:
+        sys.exit(
+            f"cannot serve: {exc}\n(make a bundle with `make bundle` or "
+            "`python -m model_export --official Cnn14 --out models/cnn14`, "
+            "and point PANNS_MODELS at it)"
+        )
     logging.getLogger("service").info(
         "serving %s on %s:%d", settings.models, settings.host, settings.port
     )

@@ -129,6 +129,14 @@ def _check_rate(rate: int) -> None:
         raise AudioError(f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
 
 
+def _reason(exc: Exception) -> str:
+    """libsndfile's reason, without its file-name noise (uploads are in memory)."""
+    text = getattr(exc, "error_string", None) or str(exc)
+    if "does not exist" in text or "not a regular file" in text:
+        return "the data is corrupt or not in this format"
+    return str(text).rstrip(".")
+
+
 def _open(data: bytes, max_seconds: float) -> tuple[sf.SoundFile, str]:
     sniffed = _sniff(data)
     if data[:4] == b"RIFF":
@@ -140,7 +148,7 @@ def _open(data: bytes, max_seconds: float) -> tuple[sf.SoundFile, str]:
             raise UnsupportedFormat(
                 "unrecognised audio format: send WAV, FLAC, Ogg Vorbis/Opus or MP3"
             ) from exc
-        raise UndecodableAudio(f"cannot decode this {sniffed} file: {exc}") from exc
+        raise UndecodableAudio(f"cannot decode this {sniffed} file: {_reason(exc)}") from exc
     name = SUPPORTED.get(handle.format)
     if name is None:
         handle.close()
@@ -200,6 +208,6 @@ def decode(data: bytes, target_rate: int, max_seconds: float) -> Decoded:
         try:
             wave = _read_mono(handle, max_seconds, target_rate)
         except sf.LibsndfileError as exc:
-            raise UndecodableAudio(f"cannot decode this {name} file: {exc}") from exc
+            raise UndecodableAudio(f"cannot decode this {name} file: {_reason(exc)}") from exc
         read_s = wave.shape[0] / target_rate
         return Decoded(wave, handle.samplerate, handle.channels, name, read_s)

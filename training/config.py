@@ -52,6 +52,9 @@ class TrainConfig:
     # Not in the paper: it makes CPU training of small models (tests, demos) fast; the
     # models pool globally over time, so they still score whole clips at inference.
     crop_seconds: float = field(default=0.0, metadata={"help": "random-crop length, 0 = off"})
+    # The model's SpecAugment (two time stripes of up to 64 frames, two of up to 8 mel bins).
+    # Turn it off for crops of a second or two, which those stripes would mostly erase.
+    spec_augment: bool = field(default=True, metadata={"help": "SpecAugment in the model"})
     # Evaluate, log and checkpoint every this many steps (and at the last step).
     eval_every: int = field(default=2000, metadata={"help": "steps between evaluations"})
     # Clips per evaluation batch.

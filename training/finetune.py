@@ -84,6 +84,15 @@ def guess_arch(checkpoint: str, given: str | None) -> str:
     return entry.arch
 
 
+def base_model_args(checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's create_model overrides (front-end settings) minus its class count."""
+    from training.checkpoints import read_checkpoint
+
+    args = dict(read_checkpoint(checkpoint).get("model_args") or {})
+    args.pop("classes_num", None)
+    return args
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,7 +110,8 @@ def build_config(args: argparse.Namespace, classes: int) -> TrainConfig:
     arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
     base = TrainConfig(**{**FINETUNE_DEFAULTS, "arch": arch, "train": str(args.data),
                           "pretrained": str(args.checkpoint), "pretrained_skip_head": True,
-                          "model_args": {"classes_num": classes}})
+                          "model_args": {**base_model_args(args.checkpoint),
+                                         "classes_num": classes}})
     vars(args).pop("arch", None)
     return config_from_args(args, base)
 
@@ -118,11 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
-    data = open_labelled(str(args.data), default_args(arch)["sample_rate"])
+    rate = {**default_args(arch), **base_model_args(args.checkpoint)}["sample_rate"]
+    data = open_labelled(str(args.data), rate)
     config = build_config(args, len(data.labels))
     if config.eval:
         train_set: Any = data
-        eval_set = open_labelled(config.eval, default_args(arch)["sample_rate"], data.labels)
+        eval_set = open_labelled(config.eval, rate, data.labels)
     else:
         train_set, eval_set = split_holdout(data, args.holdout, config.seed)
     info = init_distributed(config.device)

@@ -150,6 +150,8 @@ class Trainer:
 
     def _build_model(self) -> nn.Module:
         model = create_model(self.config.arch, **self.config.model_args)
+        if not self.config.spec_augment and getattr(model, "spec_augmenter", None) is not None:
+            model.spec_augmenter = None  # PannsModel.augment() skips a missing augmenter
         if self.config.pretrained:
             load_pretrained(model, self.config.pretrained,
                             skip_head=self.config.pretrained_skip_head)

@@ -10,14 +10,14 @@ from service.errors import ApiError
 from service.pipeline import FileWork
 from service.results import decimate, events, tracks
 from service.routes.common import RuntimeDep, WindowDep, model_ref, require_output, run_request
-from service.routes.tag import ERRORS
+from service.routes.docs import ERRORS, UPLOAD
 from service.schemas import DetectResponse, DetectResult
 from service.windows import stitch_frames
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/v1/detect", response_model=DetectResponse, responses=ERRORS)
+@router.post("/v1/detect", response_model=DetectResponse, responses=ERRORS, openapi_extra=UPLOAD)
 async def detect(
     request: Request,
     runtime: RuntimeDep,

@@ -6,13 +6,13 @@ from fastapi import APIRouter, Request
 
 from service.pipeline import FileWork
 from service.routes.common import RuntimeDep, WindowDep, model_ref, require_output, run_request
-from service.routes.tag import ERRORS
+from service.routes.docs import ERRORS, UPLOAD
 from service.schemas import EmbedResponse, EmbedResult
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS)
+@router.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=UPLOAD)
 async def embed(request: Request, runtime: RuntimeDep, params: WindowDep) -> EmbedResponse:
     """Multipart upload, parts named ``file``; 422 for models without an embedding output."""
     require_output(runtime, "embedding", "/v1/embed")

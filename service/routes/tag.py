@@ -9,15 +9,13 @@ from fastapi import APIRouter, Query, Request
 from service.pipeline import FileWork
 from service.results import aggregate, top_entries
 from service.routes.common import RuntimeDep, WindowDep, model_ref, run_request
-from service.schemas import ErrorResponse, TagResponse, TagResult, WindowTop
+from service.routes.docs import ERRORS, UPLOAD
+from service.schemas import TagResponse, TagResult, WindowTop
 
 router = APIRouter(tags=["inference"])
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503, 504)
-}
 
 
-@router.post("/v1/tag", response_model=TagResponse, responses=ERRORS)
+@router.post("/v1/tag", response_model=TagResponse, responses=ERRORS, openapi_extra=UPLOAD)
 async def tag(
     request: Request,
     runtime: RuntimeDep,

@@ -93,6 +93,16 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
         assert any(e.startswith(f"histogram_quantile({q},") for e in latency), q
 
 
+def test_request_panels_leave_out_probes() -> None:
+    """/readyz (Docker's health check) and /metrics (Prometheus) are not API traffic."""
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    endpoint = next(v for v in dash["templating"]["list"] if v["name"] == "endpoint")
+    assert endpoint["allValue"] == "/v1/.*"
+    for title, expr in dashboard_exprs():
+        if "panns_requests_total" in promql_metric_names(expr):
+            assert 'endpoint=~"$endpoint"' in expr, title
+
+
 def test_dashboard_json_is_unique_and_laid_out() -> None:
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     assert dash["uid"] and dash["title"]
@@ -129,6 +139,6 @@ def test_dashboard_uses_only_metrics_the_service_registers(title: str, expr: str
 
 def test_dashboard_variables_use_service_metrics() -> None:
     for query in dashboard_variable_queries():
-        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
+        match = re.fullmatch(r"label_values\((\w+)(?:\{[^{}]*\})?,\s*(\w+)\)", query)
         assert match, query
         assert match.group(1) in registered_metric_samples(), query

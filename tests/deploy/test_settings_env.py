@@ -19,7 +19,7 @@ from tests.deploy.deploy_files import (
 
 # Where the model step (`python -m model_export.ensure`) and the checkpoint download read
 # their environment; the variables are collected from the source, not listed by hand.
-MODEL_STEP_SOURCES = ("model_export/ensure.py", "training/checkpoints")
+MODEL_STEP_SOURCES = ("model_export", "training/checkpoints")
 
 
 def service_variables() -> set[str]:

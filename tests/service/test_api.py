@@ -171,6 +171,9 @@ def test_models_labels_and_openapi(tagger_server: LiveServer, tagger_bundle: Pat
             "ErrorResponse", "Readiness"} <= names
     tag_ok = schema["paths"]["/v1/tag"]["post"]["responses"]["200"]
     assert tag_ok["content"]["application/json"]["schema"]["$ref"].endswith("TagResponse")
+    for path in ("/v1/tag", "/v1/embed", "/v1/detect"):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]
+        assert "file" in body["multipart/form-data"]["schema"]["properties"]
 
 
 def test_request_id_is_echoed_or_generated(tagger_server: LiveServer) -> None:

@@ -220,6 +220,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_download_without_network(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{_closed_port()}"
     result = _cli("download", "Cnn6", "--dir", str(tmp_path), "--url", base)
@@ -231,6 +232,7 @@ def test_cli_download_without_network(tmp_path: Path) -> None:
         assert needed in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_download_rejects_a_wrong_file(server: FileServer, tmp_path: Path) -> None:
     server.payload = b"wrong" * 10
     result = _cli("download", "cnn6_mAP=0.343.pth", "--dir", str(tmp_path),
@@ -241,6 +243,7 @@ def test_cli_download_rejects_a_wrong_file(server: FileServer, tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_list(tmp_path: Path) -> None:
     (tmp_path / OFFICIAL["Cnn6"].file_name).write_bytes(b"not it")
     (tmp_path / (OFFICIAL["LeeNet11"].file_name + ".part")).write_bytes(b"x" * 1_506_186)

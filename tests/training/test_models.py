@@ -177,8 +177,23 @@ def test_decision_level_frames_follow_logmel(extra: int) -> None:
     torch.testing.assert_close(out["clipwise_output"], segments.mean(dim=1))
 
 
+WAVEGRAM_LENGTHS = [10236, 10239, 10560, 10877, 10880, 11205, 48001, 64319]
+
+
+def test_wavegram_lengths_include_branch_mismatch() -> None:
+    """Sanity check of the lengths below: some of them give branches of different length."""
+    def logmel_steps(length: int) -> int:
+        return (length // 320 + 1) // 2
+
+    def wavegram_steps(length: int) -> int:
+        return ((length - 1) // 5 + 1) // 64 // 2
+
+    mismatched = [n for n in WAVEGRAM_LENGTHS if logmel_steps(n) != wavegram_steps(n)]
+    assert mismatched and len(mismatched) < len(WAVEGRAM_LENGTHS)
+
+
 @pytest.mark.parametrize("name", ["Wavegram_Logmel_Cnn14", "Wavegram_Logmel128_Cnn14"])
-@pytest.mark.parametrize("length", [10236, 10239, 10560, 10877, 10880, 11205, 48001, 64319])
+@pytest.mark.parametrize("length", WAVEGRAM_LENGTHS)
 def test_wavegram_logmel_odd_lengths(name: str, length: int) -> None:
     """The log-mel and wavegram branches can differ by one step; both are cropped."""
     wavegram = _small_wavegram(name)

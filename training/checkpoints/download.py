@@ -81,12 +81,8 @@ def download(name: str | OfficialCheckpoint, dest_dir: str | Path = DEFAULT_DIR,
     """
     entry = name if isinstance(name, OfficialCheckpoint) else get_official(name)
     dest = Path(dest_dir) / entry.file_name
-    if dest.is_file():
-        problem = verify(dest, entry, progress)
-        if problem is None:
-            log.info("%s: present and verified, not downloading", dest)
-            return dest
-        log.warning("%s is present but wrong (%s); downloading it again", dest, problem)
+    if _already_there(dest, entry, progress):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = checkpoint_url(entry, base_url)
     part = dest.with_name(dest.name + ".part")
@@ -110,6 +106,17 @@ def download(name: str | OfficialCheckpoint, dest_dir: str | Path = DEFAULT_DIR,
     os.replace(part, dest)
     log.info("%s: downloaded and verified", dest)
     return dest
+
+
+def _already_there(dest: Path, entry: OfficialCheckpoint, progress: bool) -> bool:
+    if not dest.is_file():
+        return False
+    problem = verify(dest, entry, progress)
+    if problem is None:
+        log.info("%s: present and verified, not downloading", dest)
+        return True
+    log.warning("%s is present but wrong (%s); downloading it again", dest, problem)
+    return False
 
 
 def _resolve_host(url: str, timeout: float) -> None:

@@ -24,17 +24,18 @@ from training.models import create_model, list_models
 
 log = logging.getLogger(__name__)
 
-# Numpy arrays and scalars: some official files (Cnn14_16k, Cnn14_8k) also carry the training
-# sampler's state as numpy arrays. Rebuilding an array runs no user code, so these are allowed
-# under both the numpy 1.x and 2.x module paths a pickle may name.
+# Numpy arrays and scalars: training code commonly stores extra state (e.g. a sampler's index
+# arrays) beside "model"; the official Cnn14_16k/Cnn14_8k files are ~34 MB larger than their
+# weights, which suggests such state. Rebuilding a plain array runs no user code, so these are
+# allowed, under both the numpy 1.x and 2.x module paths a pickle may name.
 _NUMPY_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8",
                  "c8", "c16", "U1", "S1")
+_NUMPY_BUILDERS: tuple[Any, ...] = (np.ndarray(0).__reduce__()[0], np.int64(0).__reduce__()[0])
 _NUMPY_GLOBALS: list[Any] = [
-    np.ndarray, np.dtype, *(type(np.dtype(code)) for code in _NUMPY_DTYPES), *(
-        (fn, f"{module}.{fn.__name__}")
-        for fn in (np.ndarray(0).__reduce__()[0], np.int64(0).__reduce__()[0])
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    )]
+    np.ndarray, np.dtype, *(type(np.dtype(code)) for code in _NUMPY_DTYPES),
+    *((fn, f"{module}.{fn.__name__}") for fn in _NUMPY_BUILDERS
+      for module in ("numpy.core.multiarray", "numpy._core.multiarray")),
+]
 _MAX_LISTED = 8
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
 

@@ -13,9 +13,10 @@ default collate turns the pairs into tensors):
 * ``open_dataset(path, **options)`` picks one of them: ``.h5``/``.hdf5``, ``.csv``, or a folder.
 
 Every dataset has ``labels: list[str]`` (pack: AudioSet mids; folder/CSV: the names in the data),
-``targets``: float32 (N, C) multi-hot numpy array (for samplers), ``sample_rate``,
-``clip_samples``, ``__len__`` and ``__getitem__(i) -> (waveform, target)`` with ``waveform``
-float32 (clip_samples,) in [-1, 1] and ``target`` float32 (C,). ``clip_samples=None`` means
+``targets``: bool (N, C) multi-hot numpy array (for samplers and metrics; bool keeps the
+2M-clip AudioSet table at 1 GB), ``sample_rate``, ``clip_samples``, ``__len__`` and
+``__getitem__(i) -> (waveform, target)`` with ``waveform`` float32 (clip_samples,) in [-1, 1]
+and ``target`` float32 (C,). ``clip_samples=None`` means
 10 s at the sample rate; ``labels=`` fixes the class order (an eval set matching a training set).
 
 All decoding goes through :func:`load_audio` (mono mix, soxr resampling, pad/truncate).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,14 @@ class H5Dataset:
             self.sample_rate = int(f.attrs.get("sample_rate", DEFAULT_SAMPLE_RATE))
             self.clip_samples = int(f.attrs.get("clip_samples", f["waveform"].shape[1]))
             self.labels: list[str] = [_text(x) for x in f.attrs.get("labels", _audioset_mids())]
-            self.targets: np.ndarray = f["target"][:count].astype(np.float32)
+            self.targets: np.ndarray = f["target"][:count].astype(bool)
             self.audio_names: list[str] = [_text(x) for x in f["audio_name"][:count]]
         if self.targets.shape[1] != len(self.labels):
             raise ValueError(
                 f"{self.path}: {self.targets.shape[1]} target columns but {len(self.labels)} labels"
             )
         self._file: h5py.File | None = None
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -51,10 +53,16 @@ class H5Dataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        wave = int16_to_float(self._file["waveform"][index])
-        return wave, self.targets[index]
+        if self._file is None or self._pid != os.getpid():  # forked workers open their own
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        row = int(index) % len(self)
+        wave = int16_to_float(self._file["waveform"][row])
+        return wave, self.targets[row].astype(np.float32)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -86,7 +94,7 @@ class _FileListDataset:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         wave = load_audio(self.files[index], self.sample_rate, self.clip_samples)
-        return wave, self.targets[index]
+        return wave, self.targets[index].astype(np.float32)
 
 
 class FolderDataset(_FileListDataset):
@@ -115,11 +123,11 @@ class FolderDataset(_FileListDataset):
         if unknown:
             raise ValueError(f"{root}: folders {unknown} are not among the given labels")
         files = [f for name in order for f in by_label.get(name, [])]
-        targets = np.zeros((len(files), len(order)), dtype=np.float32)
+        targets = np.zeros((len(files), len(order)), dtype=bool)
         row = 0
         for col, name in enumerate(order):
             count = len(by_label.get(name, []))
-            targets[row : row + count, col] = 1.0
+            targets[row : row + count, col] = True
             row += count
         super().__init__(files, order, targets, sample_rate, clip_samples)
 
@@ -142,12 +150,12 @@ class CsvDataset(_FileListDataset):
         rows = _read_label_csv(csv_path)
         order = list(labels) if labels is not None else sorted({t for _, ts in rows for t in ts})
         column = {name: i for i, name in enumerate(order)}
-        targets = np.zeros((len(rows), len(order)), dtype=np.float32)
+        targets = np.zeros((len(rows), len(order)), dtype=bool)
         for row, (path, tags) in enumerate(rows):
             for tag in tags:
                 if tag not in column:
                     raise ValueError(f"{csv_path}: {path}: label {tag!r} not in the label set")
-                targets[row, column[tag]] = 1.0
+                targets[row, column[tag]] = True
         files = [p if p.is_absolute() else csv_path.parent / p for p, _ in rows]
         super().__init__(files, order, targets, sample_rate, clip_samples)
 
@@ -183,9 +191,7 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def open_dataset(
-    path: str | Path, **kwargs: Any
-) -> H5Dataset | FolderDataset | CsvDataset:
+def open_dataset(path: str | Path, **kwargs: Any) -> H5Dataset | FolderDataset | CsvDataset:
     """The dataset for ``path``: ``.h5``/``.hdf5`` pack, ``.csv`` label list, or label folders.
 
     ``kwargs`` (sample_rate, clip_samples, labels) go to the folder and CSV forms; a pack
@@ -205,8 +211,11 @@ def open_dataset(
 
 
 def _check_pack_options(pack: H5Dataset, options: dict[str, Any]) -> None:
-    actual = {"sample_rate": pack.sample_rate, "clip_samples": pack.clip_samples,
-              "labels": pack.labels}
+    actual = {
+        "sample_rate": pack.sample_rate,
+        "clip_samples": pack.clip_samples,
+        "labels": pack.labels,
+    }
     for key, value in options.items():
         if key not in actual:
             raise TypeError(f"open_dataset() got an unexpected option {key!r}")

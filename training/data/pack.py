@@ -21,7 +21,7 @@ import logging
 import multiprocessing
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,7 +182,7 @@ def _run(
 
 def _decoded(
     jobs: list[_Job], workers: int, sample_rate: int, clip_samples: int
-) -> Iterator[tuple[_Job, np.ndarray | None, str]]:
+) -> Generator[tuple[_Job, np.ndarray | None, str], None, None]:
     args = [(job, sample_rate, clip_samples) for job in jobs]
     if workers <= 0 or len(jobs) <= 1:
         yield from map(_decode_job, args)
@@ -239,15 +239,30 @@ class _PackWriter:
 
     def _create(self, sample_rate: int, clip_samples: int) -> None:
         f = self.file
-        f.create_dataset("waveform", (0, clip_samples), np.int16, maxshape=(None, clip_samples),
-                         chunks=(1, clip_samples))
-        f.create_dataset("target", (0, self.classes), bool, maxshape=(None, self.classes),
-                         chunks=(1024, self.classes))
-        f.create_dataset("audio_name", (0,), h5py.string_dtype("utf-8"), maxshape=(None,),
-                         chunks=(1024,))
-        f.attrs.update(sample_rate=sample_rate, clip_samples=clip_samples, packed=0,
-                       format_version=FORMAT_VERSION,
-                       labels=[label.mid for label in audioset_labels()])
+        f.create_dataset(
+            "waveform",
+            (0, clip_samples),
+            np.int16,
+            maxshape=(None, clip_samples),
+            chunks=(1, clip_samples),
+        )
+        f.create_dataset(
+            "target",
+            (0, self.classes),
+            bool,
+            maxshape=(None, self.classes),
+            chunks=(1024, self.classes),
+        )
+        f.create_dataset(
+            "audio_name", (0,), h5py.string_dtype("utf-8"), maxshape=(None,), chunks=(1024,)
+        )
+        f.attrs.update(
+            sample_rate=sample_rate,
+            clip_samples=clip_samples,
+            packed=0,
+            format_version=FORMAT_VERSION,
+            labels=[label.mid for label in audioset_labels()],
+        )
 
     def _check(self, out: Path, sample_rate: int, clip_samples: int) -> None:
         attrs = self.file.attrs

@@ -19,13 +19,15 @@ from training.models.common import FRAMEWISE_OUTPUTS, init_weights
 
 def upsample_frames(segmentwise: Tensor, ratio: int, frames: int) -> Tensor:
     """(B, T', C) -> (B, frames, C): each segment repeated ``ratio`` times, then the last frame
-    repeated until ``frames`` rows (``frames >= T' * ratio``)."""
-    upsampled = torch.repeat_interleave(segmentwise, ratio, dim=1)
-    missing = frames - upsampled.shape[1]
-    if missing > 0:
-        last = upsampled[:, -1:, :].expand(-1, missing, -1)
-        upsampled = torch.cat((upsampled, last), dim=1)
-    return upsampled
+    repeated until ``frames`` rows (``frames >= T' * ratio``).
+
+    Branch-free shape arithmetic so that a traced (ONNX) graph stays valid for every length.
+    """
+    batch, segments, classes = segmentwise.shape
+    upsampled = segmentwise[:, :, None, :].expand(batch, segments, ratio, classes)
+    upsampled = upsampled.reshape(batch, segments * ratio, classes)
+    last = upsampled[:, -1:, :].expand(batch, frames - segments * ratio, classes)
+    return torch.cat((upsampled, last), dim=1)
 
 
 def smooth_time(x: Tensor) -> Tensor:
@@ -76,7 +78,7 @@ class _DecisionLevelCnn14(LogmelCnn):
     def segment_features(self, waveform: Tensor, mixup_lambda: Tensor | None) -> tuple[Tensor, int]:
         """Waveform -> smoothed (B, T', C) features and the log-mel frame count."""
         x = self.logmel_features(waveform, mixup_lambda)
-        frames = int(x.shape[2])
+        frames = x.shape[2]  # no int(): keeps the frame count traced when exporting
         x = torch.mean(self.conv_features(x), dim=3)
         x = F.dropout(smooth_time(x), p=0.5, training=self.training)
         return x.transpose(1, 2), frames

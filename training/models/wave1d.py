@@ -241,7 +241,6 @@ class LeeNet24(Wave1dModel):
 class DaiNet19(Wave1dModel):
     """conv0 (k80, stride 4) -> bn0 -> four DaiNetResBlocks with max_pool1d(4) between."""
 
-    CHANNELS = (64, 128, 256, 512)
     # conv0 gives (L - 80) // 4 + 1 steps; three max_pool1d(4) need 4**3 = 64 of them:
     # (L - 80) // 4 + 1 >= 64  <=>  L >= 80 + 4 * 63.
     MIN_SAMPLES = 80 + 4 * 63
@@ -251,11 +250,11 @@ class DaiNet19(Wave1dModel):
                  classes_num: int = 527) -> None:
         super().__init__(sample_rate, classes_num, min_samples=self.MIN_SAMPLES)
         self.conv0 = _conv1d(1, 64, 80, stride=4)
-        self.bn0 = _bn1d(64)
-        cin = 64
-        for index, cout in enumerate(self.CHANNELS, start=1):
-            self.add_module(f"conv_block{index}", DaiNetResBlock(cin, cout))
-            cin = cout
+        self.bn0 = _bn1d(64)  # type: ignore[assignment]  # 1-D here, no log-mel bn0
+        self.conv_block1 = DaiNetResBlock(64, 64)  # identity shortcut: downsample unused
+        self.conv_block2 = DaiNetResBlock(64, 128)
+        self.conv_block3 = DaiNetResBlock(128, 256)
+        self.conv_block4 = DaiNetResBlock(256, 512)
         self.build_head(512, 512)
 
     def features(self, x: Tensor) -> Tensor:
@@ -276,7 +275,7 @@ class Res1dNet(Wave1dModel):
     def __init__(self, blocks: tuple[int, ...], sample_rate: int, classes_num: int) -> None:
         super().__init__(sample_rate, classes_num, min_samples=self.MIN_SAMPLES)
         self.conv0 = _conv1d(1, 64, 11, stride=5, padding=5)
-        self.bn0 = _bn1d(64)
+        self.bn0 = _bn1d(64)  # type: ignore[assignment]  # 1-D here, no log-mel bn0
         self.resnet = ResNetWav1d(blocks)
         self.build_head(2048, 2048)
 

@@ -139,8 +139,9 @@ class Wavegram_Logmel_Cnn14(_WavegramBase):
             wave = do_mixup(wave, mixup_lambda)
         x = self.logmel_features(waveform, mixup_lambda)
         x = self.conv_block1(x, pool_size=(2, 2), pool_type="avg")
-        steps = min(x.shape[2], wave.shape[2])
-        x = torch.cat((x[:, :, :steps], wave[:, :, :steps]), dim=1)
+        # crop each branch to the other's length (branch-free, so traced graphs stay general)
+        x, wave = x[:, :, : wave.shape[2]], wave[:, :, : x.shape[2]]
+        x = torch.cat((x, wave), dim=1)
         x = F.dropout(x, p=0.2, training=self.training)
         return self.late_blocks(x)
 

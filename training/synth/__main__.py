@@ -18,11 +18,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-seconds", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, default=32000)
-    parser.add_argument("--layout", choices=("audioset", "folder"), default="audioset",
-                        help="audioset: multi-label clips + segments.csv; folder: <label>/ dirs")
+    parser.add_argument(
+        "--layout",
+        choices=("audioset", "folder"),
+        default="audioset",
+        help="audioset: multi-label clips + segments.csv; folder: <label>/ dirs",
+    )
     speech = parser.add_mutually_exclusive_group()
-    speech.add_argument("--speech", dest="speech", action="store_true", default=None,
-                        help="include Speech (needs espeak-ng; default: when it is installed)")
+    speech.add_argument(
+        "--speech",
+        dest="speech",
+        action="store_true",
+        default=None,
+        help="include Speech (needs espeak-ng; default: when it is installed)",
+    )
     speech.add_argument("--no-speech", dest="speech", action="store_false")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -36,9 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     make = synth_audioset if args.layout == "audioset" else synth_folder
     try:
-        clips = make(args.out, args.clips, seed=args.seed, sample_rate=args.sample_rate,
-                     clip_seconds=args.clip_seconds, speech=args.speech,
-                     progress=not args.no_progress)
+        clips = make(
+            args.out,
+            args.clips,
+            seed=args.seed,
+            sample_rate=args.sample_rate,
+            clip_seconds=args.clip_seconds,
+            speech=args.speech,
+            progress=not args.no_progress,
+        )
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -125,11 +125,15 @@ def _write_segments(path: Path, clips: Sequence[SynthClip], seconds: float, seed
     segments = [Segment(c.clip_id, 0.0, seconds, tuple(k.mid for k in c.classes)) for c in clips]
     labels = {m for s in segments for m in s.mids}
     positives = sum(len(s.mids) for s in segments)
-    write_segments(path, segments, comments=(
-        f"Synthetic segments written by training.synth (seed={seed})",
-        f"num_ytids={len(segments)}, num_segs={len(segments)}, "
-        f"num_unique_labels={len(labels)}, num_positive_labels={positives}",
-    ))
+    write_segments(
+        path,
+        segments,
+        comments=(
+            f"Synthetic segments written by training.synth (seed={seed})",
+            f"num_ytids={len(segments)}, num_segs={len(segments)}, "
+            f"num_unique_labels={len(labels)}, num_positive_labels={positives}",
+        ),
+    )
 
 
 def _write_label_csv(path: Path, clips: Sequence[SynthClip], root: Path) -> None:

@@ -55,12 +55,12 @@ def make_sine_wave(sample_rate: int, seconds: float, rng: np.random.Generator) -
 
 
 def make_beep(sample_rate: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """Repeated tone bursts, 1-4 kHz, 80-300 ms on, period up to 0.8 s."""
+    """Repeated tone bursts, 1.5-4 kHz (above the sirens), 60-200 ms on, 120-500 ms off."""
     n = _samples(sample_rate, seconds)
     t = np.arange(n) / sample_rate
-    freq = np.exp(rng.uniform(np.log(1000), np.log(4000)))
-    on = rng.uniform(0.08, 0.3)
-    period = rng.uniform(on + 0.1, 0.8)
+    freq = np.exp(rng.uniform(np.log(1500), np.log(4000)))
+    on = rng.uniform(0.06, 0.2)
+    period = on + rng.uniform(0.12, 0.5)
     gate = ((t + rng.uniform(0, period)) % period) < on
     ramp = max(1, int(0.003 * sample_rate))  # 3 ms edges: no broadband clicks
     envelope = np.convolve(gate.astype(np.float64), np.ones(ramp) / ramp, mode="same")
@@ -101,8 +101,9 @@ def make_tick(sample_rate: int, seconds: float, rng: np.random.Generator) -> np.
     tc = np.arange(click_len) / sample_rate
     freq = rng.uniform(2000, 6000)
     decay = rng.uniform(0.001, 0.003)
-    click = np.exp(-tc / decay) * (np.sin(2 * np.pi * freq * tc) + 0.5 * rng.standard_normal(
-        click_len))
+    click = np.exp(-tc / decay) * (
+        np.sin(2 * np.pi * freq * tc) + 0.5 * rng.standard_normal(click_len)
+    )
     wave = np.zeros(n + click_len)
     onset = rng.uniform(0, 1 / rate)
     while onset * sample_rate < n:
@@ -133,9 +134,31 @@ def make_silence(sample_rate: int, seconds: float, rng: np.random.Generator) -> 
 
 
 SPEECH_WORDS = (
-    "hello", "world", "testing", "one", "two", "three", "the", "quick", "brown", "fox",
-    "jumps", "over", "lazy", "dog", "please", "listen", "carefully", "synthetic", "voice",
-    "reading", "numbers", "seven", "eight", "nine", "ten",
+    "hello",
+    "world",
+    "testing",
+    "one",
+    "two",
+    "three",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "please",
+    "listen",
+    "carefully",
+    "synthetic",
+    "voice",
+    "reading",
+    "numbers",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
 )
 
 
@@ -153,8 +176,12 @@ def make_speech(sample_rate: int, seconds: float, rng: np.random.Generator) -> n
     speed, pitch = int(rng.integers(130, 200)), int(rng.integers(20, 80))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "speech.wav"
-        subprocess.run([exe, "-w", str(out), "-s", str(speed), "-p", str(pitch), words],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [exe, "-w", str(out), "-s", str(speed), "-p", str(pitch), words],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         data, rate = sf.read(str(out), dtype="float32", always_2d=True)
     wave = soxr.resample(data.mean(axis=1), rate, sample_rate)
     return _finish(np.pad(wave, (0, max(0, n - len(wave))))[:n].astype(np.float64), sample_rate)

@@ -1,0 +1,188 @@
+"""Service benchmark: raw engine throughput, then the HTTP service under K concurrent clients.
+
+    python benchmarks/service.py --bundle models/cnn14 --batch 8 --clients 16 --seconds 60
+
+Both phases use the same bundle, device, precision and threads. The clips are real
+recordings (``../shared/audio`` by default), each cut or zero-padded to the model's 10 s
+window and sent as 16-bit WAV at the model's rate. Prints a Markdown table for BENCHMARKS.md
+(``--json PATH`` also writes the numbers). Not a test: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.audio import decode  # noqa: E402
+from service.backend import Engine  # noqa: E402
+
+log = logging.getLogger("benchmarks.service")
+
+
+def load_clips(audio_dir: Path, rate: int, samples: int) -> list[np.ndarray]:
+    """Every recording in ``audio_dir`` at ``rate``, cut or zero-padded to ``samples``."""
+    clips = []
+    for path in sorted(audio_dir.iterdir()):
+        if path.suffix.lower() not in (".wav", ".flac", ".ogg", ".mp3"):
+            continue
+        wave = decode(path.read_bytes(), rate, 3600).waveform[:samples]
+        clips.append(np.pad(wave, (0, samples - wave.shape[0])))
+    if not clips:
+        raise SystemExit(f"no recordings in {audio_dir}")
+    return clips
+
+
+def raw_throughput(engine: Engine, clips: list[np.ndarray], batch: int, seconds: float) -> float:
+    """Clips per second of ``engine.run`` on full batches, after one warm-up batch."""
+    stacked = np.stack([clips[i % len(clips)] for i in range(batch)])
+    engine.run(stacked)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.run(stacked)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def start_service(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PANNS_MODELS": str(args.bundle), "PANNS_PORT": str(args.port),
+           "PANNS_HOST": "127.0.0.1", "PANNS_MAX_BATCH": str(args.batch),
+           "PANNS_MAX_DELAY_MS": str(args.max_delay_ms), "PANNS_THREADS": str(args.threads),
+           "PANNS_DEVICE": args.device, "PANNS_PRECISION": args.precision,
+           "PANNS_MAX_QUEUE": str(max(512, 4 * args.clients)), "PANNS_LOG_LEVEL": "warning"}
+    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the service did not become ready")
+
+
+async def load(url: str, bodies: list[bytes], clients: int, seconds: float
+               ) -> tuple[list[float], dict[int, int], float]:
+    """K clients posting one clip per request in a loop for ``seconds``."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop_at = time.perf_counter() + seconds
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        n = index
+        while time.perf_counter() < stop_at:
+            body = bodies[n % len(bodies)]
+            n += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post("/v1/tag", files=[("file", ("clip.wav", body))])
+                status = r.status_code
+            except httpx.HTTPError:
+                status = 0
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=clients)
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+    return latencies, statuses, time.perf_counter() - start
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wav_bytes(clip: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, clip, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, default=REPO / "models" / "cnn14")
+    p.add_argument("--audio-dir", type=Path, default=REPO.parent / "shared" / "audio")
+    p.add_argument("--batch", type=int, default=8, help="PANNS_MAX_BATCH and raw batch size")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=60, help="service load duration")
+    p.add_argument("--raw-seconds", type=float, default=20)
+    p.add_argument("--max-delay-ms", type=float, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
+    p.add_argument("--port", type=int, default=8790)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args()
+    engine = Engine(args.bundle, device=args.device, precision=args.precision,
+                    threads=args.threads)
+    card = engine.card
+    clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
+    log.info("raw engine: %s %s on %s, batch %d ...", card.name, engine.precision,
+             engine.provider, args.batch)
+    raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
+    provider, precision = engine.provider, engine.precision
+    del engine  # free its memory and threads before the service starts
+    url = f"http://127.0.0.1:{args.port}"
+    proc = start_service(args)
+    try:
+        wait_ready(url, proc)
+        bodies = [wav_bytes(c, card.sample_rate) for c in clips]
+        log.info("service: %d clients for %g s ...", args.clients, args.seconds)
+        lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    served = statuses.get(200, 0) / elapsed
+    p50, p95, p99 = (float(np.percentile(lat, q)) * 1000 if lat else float("nan")
+                     for q in (50, 95, 99))
+    result = {"model": card.name, "provider": provider, "precision": precision,
+              "batch": args.batch, "clients": args.clients, "seconds": round(elapsed, 1),
+              "raw_clips_s": round(raw, 2), "service_clips_s": round(served, 2),
+              "ratio": round(served / raw, 3), "p50_ms": round(p50, 1),
+              "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
+              "statuses": {str(k): v for k, v in sorted(statuses.items())},
+              "peak_rss_mb": round(rss, 1), "cpus": os.cpu_count()}
+    print("| model | provider | precision | batch | clients | raw clips/s | service clips/s "
+          "| ratio | p50 ms | p95 ms | p99 ms | statuses | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {card.name} | {provider} | {precision} | {args.batch} | {args.clients} | "
+          f"{raw:.2f} | {served:.2f} | {served / raw:.3f} | {p50:.0f} | {p95:.0f} | "
+          f"{p99:.0f} | {result['statuses']} | {rss:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""``python -m model_export.ensure``: make sure the bundle the service will load exists.
+
+Used by ``make serve`` and the Docker model step. Environment:
+
+* ``PANNS_MODEL``: official architecture to serve (default ``Cnn14``), or
+* ``PANNS_CHECKPOINT``: a checkpoint file of our own (takes precedence);
+* ``PANNS_MODELS``: bundle directories, comma-separated; the first is the one ensured
+  (default ``models/<name lowercased>``);
+* ``PANNS_CHECKPOINT_DIR``: where official checkpoints live (default ``models/checkpoints``);
+* ``PANNS_EXPORT_VARIANTS``: extra variants, e.g. ``fp16`` or ``fp16,int8`` (or ``--fp16``,
+  ``--int8``).
+
+Does nothing when a bundle is there, verifies (every file's size and SHA-256) and comes from
+the requested checkpoint with the requested variants. Otherwise downloads (official) and
+exports. Offline without the checkpoint it exits 1 naming the file, its size, SHA-256, URL and
+where to put it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_export.__main__ import checkpoint_dir, describe, export_checkpoint
+from model_export.graph import ExportError
+from service.card import BundleError, ModelCard, load_bundle
+
+log = logging.getLogger("model_export.ensure")
+
+DEFAULT_MODEL = "Cnn14"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the environment asks for."""
+
+    official: str | None  # an official architecture name, or
+    checkpoint: Path | None  # a checkpoint file of our own
+    bundle: Path
+    variants: frozenset[str]
+
+    @property
+    def checkpoint_name(self) -> str:
+        if self.checkpoint is not None:
+            return self.checkpoint.name
+        from training.checkpoints import get_official
+
+        return get_official(str(self.official)).file_name
+
+
+def request_from_env(env: dict[str, str], variants: set[str]) -> Request:
+    """Read the request from ``env`` (``os.environ`` in practice)."""
+    checkpoint = env.get("PANNS_CHECKPOINT") or None
+    official = None if checkpoint else (env.get("PANNS_MODEL") or DEFAULT_MODEL)
+    name = Path(checkpoint).stem if checkpoint else str(official)
+    first = (env.get("PANNS_MODELS") or "").split(",")[0].strip()
+    bundle = Path(first) if first else Path("models") / name.lower()
+    extra = {v.strip() for v in (env.get("PANNS_EXPORT_VARIANTS") or "").split(",") if v.strip()}
+    unknown = extra - {"fp16", "int8"}
+    if unknown:
+        raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} "
+                         "(fp16, int8)")
+    return Request(official=official, checkpoint=Path(checkpoint) if checkpoint else None,
+                   bundle=bundle, variants=frozenset(variants | extra))
+
+
+def usable(request: Request) -> ModelCard | None:
+    """The existing bundle's card when it verifies and matches the request, else None."""
+    if not request.bundle.exists():
+        return None
+    try:
+        card = load_bundle(request.bundle)
+    except BundleError as exc:
+        log.warning("existing bundle is unusable, exporting again: %s", exc)
+        return None
+    if card.source.checkpoint != request.checkpoint_name:
+        log.warning("%s was made from %s, not %s: exporting again", request.bundle,
+                    card.source.checkpoint, request.checkpoint_name)
+        return None
+    missing = request.variants - set(card.files)
+    if missing:
+        log.warning("%s lacks %s: exporting again", request.bundle, ", ".join(sorted(missing)))
+        return None
+    return card
+
+
+def ensure(request: Request, progress: bool = True) -> ModelCard:
+    """Return the card of a verified bundle for ``request``, exporting one when needed."""
+    card = usable(request)
+    if card is not None:
+        return card
+    from training.checkpoints import download
+
+    path = request.checkpoint
+    if path is None:
+        path = download(str(request.official), checkpoint_dir(), progress=progress)
+    return export_checkpoint(path, request.bundle, fp16="fp16" in request.variants,
+                             int8="int8" in request.variants, progress=progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_export.ensure",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fp16", action="store_true", help="the bundle must have fp16")
+    parser.add_argument("--int8", action="store_true", help="the bundle must have int8")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from training.checkpoints import CheckpointError
+
+    wanted = {v for v in ("fp16", "int8") if getattr(args, v)}
+    try:
+        request = request_from_env(dict(os.environ), wanted)
+        card = ensure(request, progress=not args.quiet)
+    except (CheckpointError, ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: no model bundle for the service.\n{exc}", file=sys.stderr)
+        return 1
+    print(describe(card, request.bundle))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The reduced-precision variants of a bundle's float32 graph: fp16 (GPU) and int8 (CPU).
+
+Both keep the log-mel front-end (STFT convolutions, power, mel matmul, log) in float32: the
+power spectrum of a loud clip exceeds fp16's 65504, and int8 cannot hold its 100 dB range.
+
+int8 method (measured on this project's 2-core AVX2 CPU, Cnn14 with deterministic weights,
+batch 4 x 10 s, 2 threads, ten real recordings from ``../shared/audio``; see BENCHMARKS.md):
+
+=======================================  =============  ============  ==============
+method                                   ms / batch     max |diff|    top-10 overlap
+=======================================  =============  ============  ==============
+fp32 (reference)                         4512           -             -
+dynamic (ConvInteger / MatMulInteger)    27746          2.2e-3        10.0 / 10
+static QDQ, Conv/MatMul/Gemm, per-chan.  4170           2.4e-3        10.0 / 10
+static QDQ, all ops                      see STATIC_OPS (slower under load, less accurate)
+=======================================  =============  ============  ==============
+
+Dynamic quantization is six times *slower* than float32 here: ORT's ConvInteger has no fast
+kernel and it re-quantizes every activation at run time. Static quantization (QDQ, unsigned
+8-bit activations, signed 8-bit per-channel weights) lets ORT fuse QLinearConv with
+pre-computed scales. So we quantize statically, calibrating min/max ranges on real
+recordings when given (``--calibration-dir``), else on generated audio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from model_export.graph import frontend_nodes, normalise
+
+log = logging.getLogger(__name__)
+
+# Only the ops that carry the arithmetic are quantized; pooling/activations stay between
+# a DequantizeLinear and the next QuantizeLinear (measured: quantizing them too was not faster
+# and lost accuracy).
+STATIC_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """Write the half-precision variant of ``src``: float32 front-end, float32 inputs/outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = onnx.load(str(src))
+    converted = convert_float_to_float16(
+        graph, keep_io_types=True, node_block_list=frontend_nodes(graph)
+    )
+    normalise(converted)
+    onnx.save(converted, str(dst))
+
+
+class _Calibration:
+    """ONNX Runtime calibration reader: one clip per call."""
+
+    def __init__(self, clips: np.ndarray, input_name: str) -> None:
+        self._clips: Iterator[np.ndarray] = iter(clips)
+        self._input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        clip = next(self._clips, None)
+        return None if clip is None else {self._input_name: clip[None, :]}
+
+    def rewind(self) -> None:  # part of ORT's reader interface; we read once
+        return None
+
+
+def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str) -> None:
+    """Write the statically quantized variant of ``src``, calibrated on ``calibration``
+    (clips, shape (n, samples)). Front-end nodes are excluded from quantization."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    graph = onnx.load(str(src), load_external_data=False)
+    quantize_static(
+        str(src), str(dst), _Calibration(calibration, input_name),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=STATIC_OPS,
+        nodes_to_exclude=frontend_nodes(graph), calibrate_method=CalibrationMethod.MinMax,
+    )
+    quantized = onnx.load(str(dst))
+    normalise(quantized)
+    onnx.save(quantized, str(dst))

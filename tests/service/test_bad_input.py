@@ -1,0 +1,143 @@
+"""The bad-input suite over HTTP: every case gets a clear 4xx and the service keeps serving."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.conftest import RATE, LiveServer, encode, files, noise, settings_for, sine
+
+
+def _wav_header(channels: int, rate: int, data_bytes: int) -> bytes:
+    align = channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * align) & 0xFFFFFFFF, align, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<I", 16)
+            + fmt + b"data" + struct.pack("<I", data_bytes))
+
+
+GOOD = encode(sine(440, 2.0, RATE), RATE, "WAV", "PCM_16")
+NAN = sine(440, 1.0, RATE)
+NAN[10] = np.nan
+INF = sine(440, 1.0, RATE)
+INF[-1] = np.inf
+
+CASES = [
+    ("random bytes", np.random.default_rng(1).bytes(20000), 400, "MP3"),  # starts 0xFFE4
+    ("random text", b"hello, this is not audio" * 100, 415, "unrecognised audio format"),
+    ("empty file", b"", 400, "empty"),
+    ("truncated WAV", GOOD[: len(GOOD) // 3], 400, "truncated"),
+    ("header only", GOOD[:44], 400, "truncated"),
+    ("lying header: hours", _wav_header(1, RATE, 2 * RATE * 3600 * 5) + bytes(4000), 413,
+     "claims"),
+    ("zero channels", _wav_header(0, RATE, 1000) + bytes(1000), 400, "0 channels"),
+    ("huge sample rate", _wav_header(1, 2_000_000_000, 1000) + bytes(1000), 400, "sample rate"),
+    ("NaN samples", encode(NAN, RATE), 400, "NaN"),
+    ("inf samples", encode(INF, RATE), 400, "infinite"),
+    ("AIFF", encode(sine(440, 1.0, RATE), RATE, "AIFF", "PCM_16"), 415, "AIFF"),
+    ("corrupt FLAC", b"fLaC" + np.random.default_rng(2).bytes(3000), 400, "FLAC"),
+    ("too long", encode(np.zeros(RATE * 140, np.float32), RATE, "FLAC", "PCM_16"), 413,
+     "limit"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tagger_bundle: Path) -> Iterator[LiveServer]:
+    srv = LiveServer(settings_for(tagger_bundle, max_upload_mb=2)).start()
+    yield srv
+    srv.stop()
+
+
+def assert_still_serving(client: httpx.Client) -> None:
+    r = client.post("/v1/tag", files=files(("ok.wav", GOOD)))
+    assert r.status_code == 200 and len(r.json()["results"][0]["scores"]) == 527
+
+
+@pytest.mark.parametrize(("what", "data", "status", "words"), CASES, ids=[c[0] for c in CASES])
+def test_bad_audio_gets_a_clear_4xx(server: LiveServer, what: str, data: bytes, status: int,
+                                    words: str) -> None:
+    with server.client() as c:
+        r = c.post("/v1/tag", files=files((what, data)))
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert words in error["message"] and error["code"]
+        assert "BytesIO" not in error["message"]
+        assert "Traceback" not in r.text
+        assert_still_serving(c)
+
+
+def test_too_short_without_padding(server: LiveServer) -> None:
+    with server.client() as c:
+        r = c.post("/v1/tag", params={"pad": "false"},
+                   files=files(("tiny.wav", encode(noise(0.05, 1), RATE))))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "audio_too_short"
+    assert "at least" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"top_k": 0}, "top_k"), ({"aggregate": "median"}, "aggregate"), ({"pad": "maybe"}, "pad"),
+    ({"window_s": -1}, "window_s"), ({"window_s": 0.01}, "window_s"), ({"hop_s": 0}, "hop_s"),
+    ({"threshold": 2}, "threshold"),
+])
+def test_bad_parameters_are_422(server: LiveServer, params: dict[str, object],
+                                field: str) -> None:
+    with server.client() as c:
+        r = c.post("/v1/tag", params=params, files=files(("a.wav", GOOD)))
+    assert r.status_code == 422, r.text
+    assert field in r.json()["error"]["message"]
+
+
+def test_wrong_field_names_and_bodies(server: LiveServer) -> None:
+    with server.client() as c:
+        wrong = c.post("/v1/tag", files=[("audio", ("a.wav", GOOD))])
+        form = c.post("/v1/tag", data={"file": "not a file"})
+        raw = c.post("/v1/tag", content=GOOD, headers={"Content-Type": "audio/wav"})
+        nothing = c.post("/v1/tag")
+        unknown = c.post("/v1/tag", params={"model": "Cnn99"}, files=files(("a.wav", GOOD)))
+    assert wrong.status_code == 422 and "'file'" in wrong.json()["error"]["message"]
+    assert "audio" in wrong.json()["error"]["message"]
+    assert form.status_code == 415  # a form without a file part is not multipart/form-data
+    assert raw.status_code == 415 and "multipart/form-data" in raw.json()["error"]["message"]
+    assert nothing.status_code == 415
+    assert unknown.status_code == 404 and "Cnn99" in unknown.json()["error"]["message"]
+
+
+def test_oversized_body_with_content_length_is_refused_at_once(server: LiveServer) -> None:
+    big = bytes(3 * 1024 * 1024)
+    with server.client() as c:
+        r = c.post("/v1/tag", files=files(("big.wav", big)))
+        assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
+        assert_still_serving(c)
+
+
+def test_endless_chunked_body_is_cut_off_while_reading(server: LiveServer) -> None:
+    """A chunked upload that never ends gets 413 after ~the limit, not after the end."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    head = (b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n")
+    sock.sendall(head)
+    first = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    sock.sendall(b"%x\r\n%s\r\n" % (len(first), first))
+    chunk = bytes(64 * 1024)
+    sent, reply, deadline = 0, b"", time.monotonic() + 60
+    sock.setblocking(False)
+    while b"\r\n\r\n" not in reply and time.monotonic() < deadline:
+        try:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            time.sleep(0.01)
+        with contextlib.suppress(BlockingIOError):
+            reply += sock.recv(65536)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent < 20 * 1024 * 1024  # stopped long before the client would have
+    with server.client() as c:
+        assert_still_serving(c)

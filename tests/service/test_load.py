@@ -1,0 +1,166 @@
+"""Batching under concurrency, overload (503), deadlines (504), disconnects, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.card import read_card
+from tests.service.conftest import (
+    RATE,
+    LiveServer,
+    encode,
+    files,
+    metric_total,
+    noise,
+    parse_metrics,
+    run_bundle,
+    settings_for,
+)
+
+
+def test_concurrent_clients_share_batches_and_get_their_own_results(
+    tagger_bundle: Path,
+) -> None:
+    clients = 24
+    clips = [noise(1.0, seed=100 + i) for i in range(clients)]
+    server = LiveServer(settings_for(tagger_bundle, max_batch=8, max_delay_ms=50)).start()
+
+    async def one(client: httpx.AsyncClient, i: int) -> list[float]:
+        r = await client.post("/v1/tag", params={"pad": "false"},
+                              files=files((f"c{i}.wav", encode(clips[i], RATE))))
+        assert r.status_code == 200, r.text
+        scores: list[float] = r.json()["results"][0]["scores"]
+        return scores
+
+    async def main() -> list[list[float]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return list(await asyncio.gather(*(one(client, i) for i in range(clients))))
+
+    try:
+        results = asyncio.run(main())
+        m = parse_metrics(httpx.get(f"{server.url}/metrics").text)
+    finally:
+        server.stop()
+    for clip, scores in zip(clips, results, strict=True):
+        np.testing.assert_allclose(scores, run_bundle(tagger_bundle, clip)["clipwise"],
+                                   atol=1e-4, rtol=0)
+    name = read_card(tagger_bundle).name
+    batches = metric_total(m, "panns_batch_size_count", model=name)
+    assert metric_total(m, "panns_batch_size_sum", model=name) == clients
+    assert batches < clients  # some batches held more than one window
+    assert metric_total(m, "panns_batch_size_bucket", model=name, le="1.0") < batches
+
+
+def _post_in_thread(url: str, data: bytes, out: list[httpx.Response], **params: str) -> None:
+    out.append(httpx.post(f"{url}/v1/tag", params=params, files=files(("x.wav", data)),
+                          timeout=120))
+
+
+def _queue_depth(url: str, name: str) -> float:
+    return metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth",
+                        model=name)
+
+
+def _wait_for_queue(url: str, name: str, at_least: float = 1) -> None:
+    deadline = time.monotonic() + 30
+    while _queue_depth(url, name) < at_least:
+        assert time.monotonic() < deadline, "the queue never filled"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def long_clip() -> bytes:
+    return encode(noise(120.0, seed=7), RATE, "FLAC", "PCM_16")  # 12 windows
+
+
+def test_overload_answers_503_with_retry_after(tagger_bundle: Path, long_clip: bytes) -> None:
+    server = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0,
+                                     max_queue=4)).start()
+    name = read_card(tagger_bundle).name
+    first: list[httpx.Response] = []
+    worker = threading.Thread(target=_post_in_thread, args=(server.url, long_clip, first))
+    try:
+        worker.start()
+        _wait_for_queue(server.url, name, at_least=2)
+        with server.client() as c:
+            r = c.post("/v1/tag", files=files(("y.wav", encode(noise(10.0, 8), RATE))))
+        worker.join()
+        assert r.status_code == 503, r.text[:300]
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "overloaded"
+        assert first[0].status_code == 200  # the accepted request was not disturbed
+        with server.client() as c:
+            again = c.post("/v1/tag", files=files(("y.wav", encode(noise(1.0, 8), RATE))))
+        assert again.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_request_past_its_deadline_gets_504(tagger_bundle: Path, long_clip: bytes) -> None:
+    server = LiveServer(settings_for(tagger_bundle, max_batch=1, timeout_s=0.3)).start()
+    try:
+        with server.client() as c:
+            r = c.post("/v1/tag", files=files(("long.flac", long_clip)))
+            assert r.status_code == 504, r.text
+            assert "PANNS_TIMEOUT_S" in r.json()["error"]["message"]
+            time.sleep(1.0)
+            m = parse_metrics(c.get("/metrics").text)
+            ok = c.post("/v1/tag", params={"pad": "false"},
+                        files=files(("s.wav", encode(noise(1.0, 9), RATE))))
+    finally:
+        server.stop()
+    assert ok.status_code == 200
+    # at most the one batch already running when the deadline passed was computed
+    assert metric_total(m, "panns_batch_size_sum") <= 2
+    assert metric_total(m, "panns_dropped_windows_total") >= 10
+
+
+def test_client_disconnect_drops_its_queued_windows(tagger_bundle: Path,
+                                                    long_clip: bytes) -> None:
+    server = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0)).start()
+    name = read_card(tagger_bundle).name
+    first: list[httpx.Response] = []
+    worker = threading.Thread(target=_post_in_thread, args=(server.url, long_clip, first))
+    try:
+        worker.start()
+        _wait_for_queue(server.url, name, at_least=5)
+        doomed = encode(noise(50.0, seed=10), RATE, "FLAC", "PCM_16")  # 5 windows
+        with pytest.raises(httpx.ReadTimeout), server.client(timeout=1.0) as c:
+            c.post("/v1/tag", files=files(("gone.flac", doomed)))
+        worker.join()
+        m = parse_metrics(httpx.get(f"{server.url}/metrics").text)
+    finally:
+        server.stop()
+    assert first[0].status_code == 200
+    assert metric_total(m, "panns_batch_size_sum", model=name) == 12  # only the first's
+    assert metric_total(m, "panns_dropped_windows_total", model=name, reason="cancelled") == 5
+    assert metric_total(m, "panns_queue_depth", model=name) == 0
+
+
+def test_not_ready_before_warm_up(tagger_bundle: Path) -> None:
+    server = LiveServer(settings_for(tagger_bundle, warmup="all", max_batch=6))
+    server.start(wait_ready=False)
+    try:
+        with server.client() as c:
+            early = c.get("/readyz")
+            tag = c.post("/v1/tag", files=files(("a.wav", encode(noise(1.0, 3), RATE))))
+            alive = c.get("/healthz")
+        deadline = time.monotonic() + 180
+        while httpx.get(f"{server.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        late = httpx.get(f"{server.url}/readyz").json()
+    finally:
+        server.stop()
+    assert early.status_code == 503 and early.json()["status"] == "loading"
+    assert "retry-after" in early.headers
+    assert tag.status_code == 503 and tag.json()["error"]["code"] == "not_ready"
+    assert alive.status_code == 200
+    assert late["status"] == "ready" and late["models"] == [read_card(tagger_bundle).name]
