@@ -65,7 +65,8 @@ class ModelInfo:
                 frames_per_second=float(fps) if fps is not None else None,
             )
         except (AttributeError, TypeError, ValueError) as exc:
-            raise ExportError(f"{type(model).__name__} lacks the zoo model interface: {exc}") from exc
+            name = type(model).__name__
+            raise ExportError(f"{name} lacks the zoo model interface: {exc}") from exc
 
 
 class _TupleOutputs(nn.Module):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -142,3 +144,29 @@ def test_dashboard_variables_use_service_metrics() -> None:
         match = re.fullmatch(r"label_values\((\w+)(?:\{[^{}]*\})?,\s*(\w+)\)", query)
         assert match, query
         assert match.group(1) in registered_metric_samples(), query
+
+
+def grafana_to_promql(expr: str) -> str:
+    """Substitute the dashboard's Grafana variables with values Prometheus parses."""
+    for var, value in (("$__rate_interval", "1m"), ("$__range", "1h"), ("$model", ".*"),
+                       ("$endpoint", "/v1/.*")):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def test_promtool_accepts_the_config_and_the_dashboard_queries(tmp_path: Any) -> None:
+    """`promtool check config` and, as recording rules, every panel's PromQL (when installed)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`)")
+    config = subprocess.run([promtool, "check", "config", str(PROMETHEUS)],
+                            capture_output=True, text=True, timeout=60)
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = [{"record": f"panns:dashboard:{i}", "expr": grafana_to_promql(expr)}
+             for i, (_, expr) in enumerate(dashboard_exprs())]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = subprocess.run([promtool, "check", "rules", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

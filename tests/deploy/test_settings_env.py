@@ -73,6 +73,21 @@ def test_env_example_documents_every_service_setting() -> None:
     assert not missing, f".env.example does not document {missing}"
 
 
+def test_env_example_shows_the_service_defaults() -> None:
+    """Its values are the defaults, except where Compose sets its own (device, bundle dir)."""
+    text = (REPO_ROOT / ".env.example").read_text(encoding="utf-8")
+    shown = dict(re.findall(r"^#?\s*PANNS_([A-Z0-9_]+)=(.*)$", text, flags=re.MULTILINE))
+    wrong = []
+    for name, field in Settings.model_fields.items():
+        key = name.upper()
+        if key in ("DEVICE", "MODELS") or key not in shown:
+            continue
+        value = getattr(Settings(**{name: shown[key]}), name)
+        if value != field.default:
+            wrong.append(f"PANNS_{key}={shown[key]} (default {field.default!r})")
+    assert not wrong, wrong
+
+
 def test_env_example_documents_the_compose_variables() -> None:
     used = set().union(*(compose_variables(p) for p in COMPOSE_FILES))
     missing = sorted(used - env_example_names())

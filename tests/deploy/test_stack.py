@@ -140,11 +140,13 @@ def healthcheck(port: int) -> int:
     return subprocess.run([sys.executable, str(script)], env=env, timeout=30).returncode
 
 
-def wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
+def wait_ready(process: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the service exited with {process.returncode} before it was ready")
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            pytest.fail(f"the service exited with {process.returncode} before it was ready:\n"
+                        f"{tail}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -155,7 +157,9 @@ def wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def api(bundle: Path, mounts: dict[str, Path]) -> Iterator[tuple[str, int]]:
+def api(
+    bundle: Path, mounts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int]]:
     """`python -m service` with the CPU deployment's `api` environment, on a free port."""
     command = load_compose(COMPOSE)["services"]["api"]["command"]
     env = host_env(compose_service_env("api", COMPOSE_CPU), mounts)
@@ -163,9 +167,12 @@ def api(bundle: Path, mounts: dict[str, Path]) -> Iterator[tuple[str, int]]:
     port = free_port()
     env["PANNS_PORT"] = str(port)  # 8000 inside the container; any free port here
     env["PANNS_HOST"] = "127.0.0.1"
-    process = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO_ROOT, env=env)
+    log_path = tmp_path_factory.mktemp("api") / "api.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO_ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_ready(process, f"http://127.0.0.1:{port}")
+        wait_ready(process, f"http://127.0.0.1:{port}", log_path)
         yield f"http://127.0.0.1:{port}", port
     finally:
         process.send_signal(signal.SIGTERM)
@@ -174,7 +181,11 @@ def api(bundle: Path, mounts: dict[str, Path]) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode == 0, f"SIGTERM exit code {process.returncode}"
+        log.close()
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit too.
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+    assert process.returncode in (0, -signal.SIGTERM), output[-2000:]
+    assert "Application shutdown complete" in output, output[-2000:]
 
 
 def test_image_health_check_follows_readiness(api: tuple[str, int]) -> None:

@@ -1,0 +1,65 @@
+"""Deterministic zoo models and small bundles for the model_export tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import SHARED_DIR, shared_path
+from training.models import create_model
+
+
+def load_fill() -> ModuleType:
+    """``../shared/reference/fill.py`` (skips the test when the shared folder is absent)."""
+    path = shared_path("reference", "fill.py")
+    spec = importlib.util.spec_from_file_location("panns_reference_fill", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gain(arch: str) -> float:
+    manifest = json.loads(shared_path("reference", "manifest.json").read_text())
+    return float(manifest[arch]["gain"])
+
+
+def reference_model(arch: str) -> nn.Module:
+    """``arch`` with the reference fixtures' deterministic weights (fill.py), in eval mode."""
+    model = create_model(arch)
+    model.load_state_dict(load_fill().fill_state_dict(model.state_dict(), _gain(arch)))
+    return model.eval()
+
+
+def seeded_model(arch: str, seed: int = 0, **overrides: Any) -> nn.Module:
+    """``arch`` with seeded weights and non-trivial BatchNorm statistics (no shared files)."""
+    torch.manual_seed(seed)
+    model = create_model(arch, **overrides)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(1 + 0.5 * torch.rand(module.num_features, generator=generator))
+    return model.eval()
+
+
+def have_shared() -> bool:
+    return (SHARED_DIR / "reference" / "fill.py").is_file()
+
+
+@pytest.fixture(scope="session")
+def leenet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small fp32 bundle (LeeNet11), exported once per session; copy it before changing it."""
+    from model_export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "leenet11"
+    export_bundle(seeded_model("LeeNet11"), out, arch="LeeNet11")
+    return out

@@ -1,0 +1,114 @@
+"""``python -m model_export`` and ``python -m model_export.ensure`` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from service.card import load_bundle
+from tests.conftest import REPO_ROOT
+from tests.model_export.conftest import seeded_model
+from training.audioset import name_to_index
+from training.checkpoints import OFFICIAL, sha256_file
+
+LABELS = ["Dog", "Siren", "my doorbell"]
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=full_env, text=True,
+                          capture_output=True, timeout=600, check=False)
+
+
+def fine_tuned_checkpoint(path: Path) -> Path:
+    model = seeded_model("LeeNet11", classes_num=len(LABELS))
+    torch.save({"model": model.state_dict(), "arch": "LeeNet11",
+                "model_args": {"classes_num": len(LABELS)}, "labels": LABELS}, path)
+    return path
+
+
+def recordings(directory: Path) -> Path:
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for i, rate in enumerate([32000, 44100, 16000]):
+        wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * np.arange(rate * 2) / rate)
+        soundfile.write(directory / f"clip{i}.wav", wave + 0.01 * rng.standard_normal(wave.size),
+                        rate)
+    (directory / "notes.txt").write_text("not audio")
+    return directory
+
+
+def test_cli_exports_a_fine_tuned_checkpoint(tmp_path: Path) -> None:
+    ckpt = fine_tuned_checkpoint(tmp_path / "finetuned.pth")
+    out = tmp_path / "bundle"
+    calib = recordings(tmp_path / "recordings")
+    result = run(["-m", "model_export", "--checkpoint", str(ckpt), "--out", str(out), "--int8",
+                  "--calibration-dir", str(calib), "--name", "doorbells", "-q"])
+    assert result.returncode == 0, result.stderr
+    card = load_bundle(out)
+    assert card.name == "doorbells" and card.arch == "LeeNet11"
+    assert [label.display_name for label in card.labels] == LABELS
+    dog = name_to_index()["Dog"]
+    assert card.labels[0].mid == next(m for m, i in _mids().items() if i == dog)
+    assert card.labels[2].mid == "my doorbell"
+    assert card.source.checkpoint == "finetuned.pth"
+    assert card.source.sha256 == sha256_file(ckpt)
+    assert card.parity["int8"].inputs == ["3 recordings from recordings/ (10s each)"]
+    assert "int8" in result.stdout and "doorbells" in result.stdout
+
+
+def _mids() -> dict[str, int]:
+    from training.audioset import mid_to_index
+
+    return mid_to_index()
+
+
+def test_cli_reports_a_bad_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = run(["-m", "model_export", "--checkpoint", str(bad), "--arch", "Cnn6",
+                  "--out", str(tmp_path / "out"), "-q"])
+    assert result.returncode == 1
+    assert "broken.pth" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ensure_offline_names_the_file_to_fetch(tmp_path: Path) -> None:
+    entry = OFFICIAL["LeeNet11"]
+    env = {"PANNS_MODEL": "LeeNet11", "PANNS_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+           "PANNS_MODELS": str(tmp_path / "bundle"),
+           "PANNS_CHECKPOINT_URL": f"http://127.0.0.1:{_closed_port()}/{{name}}"}
+    result = run(["-m", "model_export.ensure", "-q"], env)
+    assert result.returncode == 1
+    for expected in (entry.file_name, str(entry.bytes), entry.sha256, "127.0.0.1",
+                     str(tmp_path / "ckpt")):
+        assert expected in result.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_ensure_exports_once_then_does_nothing(tmp_path: Path) -> None:
+    ckpt = fine_tuned_checkpoint(tmp_path / "finetuned.pth")
+    env = {"PANNS_CHECKPOINT": str(ckpt), "PANNS_MODELS": f"{tmp_path / 'b'},/elsewhere"}
+    first = run(["-m", "model_export.ensure", "-q"], env)
+    assert first.returncode == 0, first.stderr
+    stamp = (tmp_path / "b" / "model.onnx").stat().st_mtime_ns
+    second = run(["-m", "model_export.ensure", "-q"], env)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "b" / "model.onnx").stat().st_mtime_ns == stamp
+    (tmp_path / "b" / "model.onnx").write_bytes(b"damaged")  # a broken bundle is rebuilt
+    third = run(["-m", "model_export.ensure", "-q"], {**env, "PANNS_EXPORT_VARIANTS": "int8"})
+    assert third.returncode == 0, third.stderr
+    assert set(load_bundle(tmp_path / "b").files) == {"fp32", "int8"}
