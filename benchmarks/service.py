@@ -140,46 +140,56 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = parse_args()
-    engine = Engine(args.bundle, device=args.device, precision=args.precision,
-                    threads=args.threads)
-    card = engine.card
-    clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
-    log.info("raw engine: %s %s on %s, batch %d ...", card.name, engine.precision,
-             engine.provider, args.batch)
-    raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
-    provider, precision = engine.provider, engine.precision
-    del engine  # free its memory and threads before the service starts
+def run_service(args: argparse.Namespace, clips: list[np.ndarray], rate: int
+                ) -> tuple[list[float], dict[int, int], float, float]:
+    """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
     url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args)
     try:
         wait_ready(url, proc)
-        bodies = [wav_bytes(c, card.sample_rate) for c in clips]
+        bodies = [wav_bytes(c, rate) for c in clips]
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(60)
+    return lat, statuses, elapsed, rss
+
+
+def report(result: dict[str, object]) -> None:
+    """Print the Markdown table row for BENCHMARKS.md."""
+    keys = ["model", "provider", "precision", "batch", "clients", "raw_clips_s",
+            "service_clips_s", "ratio", "p50_ms", "p95_ms", "p99_ms", "statuses", "peak_rss_mb"]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    print("| " + " | ".join(str(result[k]) for k in keys) + " |")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args()
+    engine = Engine(args.bundle, device=args.device, precision=args.precision,
+                    threads=args.threads)
+    card, provider, precision = engine.card, engine.provider, engine.precision
+    clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
+    log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
+    raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
+    del engine  # free its memory and threads before the service starts
+    lat, statuses, elapsed, rss = run_service(args, clips, card.sample_rate)
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (float(np.percentile(lat, q)) * 1000 if lat else float("nan")
                      for q in (50, 95, 99))
-    result = {"model": card.name, "provider": provider, "precision": precision,
-              "batch": args.batch, "clients": args.clients, "seconds": round(elapsed, 1),
-              "raw_clips_s": round(raw, 2), "service_clips_s": round(served, 2),
-              "ratio": round(served / raw, 3), "p50_ms": round(p50, 1),
-              "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
-              "statuses": {str(k): v for k, v in sorted(statuses.items())},
-              "peak_rss_mb": round(rss, 1), "cpus": os.cpu_count()}
-    print("| model | provider | precision | batch | clients | raw clips/s | service clips/s "
-          "| ratio | p50 ms | p95 ms | p99 ms | statuses | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {card.name} | {provider} | {precision} | {args.batch} | {args.clients} | "
-          f"{raw:.2f} | {served:.2f} | {served / raw:.3f} | {p50:.0f} | {p95:.0f} | "
-          f"{p99:.0f} | {result['statuses']} | {rss:.0f} |")
+    result: dict[str, object] = {
+        "model": card.name, "provider": provider, "precision": precision,
+        "batch": args.batch, "clients": args.clients, "seconds": round(elapsed, 1),
+        "raw_clips_s": round(raw, 2), "service_clips_s": round(served, 2),
+        "ratio": round(served / raw, 3), "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1), "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "peak_rss_mb": round(rss, 1), "cpus": os.cpu_count(),
+    }
+    report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

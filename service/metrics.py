@@ -6,78 +6,68 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_MODEL = ("model",)
 
 
 class Metrics:
     """All the service's metrics; one instance per app so tests never share counters."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self.registry = CollectorRegistry()
+        self.requests = self._counter(
             "panns_requests",
             "Requests by endpoint, model and status",
-            ["endpoint", "model", "status"],
-            registry=r,
+            ("endpoint", "model", "status"),
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "panns_request_duration_seconds",
             "Request latency",
-            ["endpoint", "model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            ("endpoint", "model"),
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = self._histogram(
             "panns_queue_wait_seconds",
             "Time a window waited before its batch started",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _MODEL,
         )
-        self.compute = Histogram(
-            "panns_compute_seconds",
-            "Inference time per batch",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.compute = self._histogram("panns_compute_seconds", "Inference time per batch", _MODEL)
+        self.batch_size = self._histogram(
+            "panns_batch_size", "Windows per batch", _MODEL, _BATCH_BUCKETS
         )
-        self.batch_size = Histogram(
-            "panns_batch_size",
-            "Windows per batch",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+        self.queue_depth = self._gauge(
+            "panns_queue_depth", "Windows waiting in the batcher queue", _MODEL
         )
-        self.queue_depth = Gauge(
-            "panns_queue_depth",
-            "Windows waiting in the batcher queue",
-            ["model"],
-            registry=r,
+        self.inflight = self._gauge("panns_inflight_requests", "Requests being served", ())
+        self.audio_seconds = self._counter(
+            "panns_audio_seconds", "Seconds of decoded audio processed", _MODEL
         )
-        self.inflight = Gauge("panns_inflight_requests", "Requests being served", registry=r)
-        self.audio_seconds = Counter(
-            "panns_audio_seconds",
-            "Seconds of decoded audio processed",
-            ["model"],
-            registry=r,
+        self.decode_failures = self._counter(
+            "panns_decode_failures", "Uploads that could not be decoded, by reason", ("reason",)
         )
-        self.decode_failures = Counter(
-            "panns_decode_failures",
-            "Uploads that could not be decoded, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.model_info = Gauge(
+        self.model_info = self._gauge(
             "panns_model_info",
             "Loaded model (value 1)",
-            ["model", "arch", "checksum", "provider", "precision"],
-            registry=r,
+            ("model", "arch", "checksum", "provider", "precision"),
         )
-        self.dropped_windows = Counter(
+        self.dropped_windows = self._counter(
             "panns_dropped_windows",
             "Queued windows dropped before inference, by reason",
-            ["model", "reason"],
-            registry=r,
+            ("model", "reason"),
         )
+
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        buckets: tuple[float, ...] = _LATENCY_BUCKETS,
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

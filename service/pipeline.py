@@ -75,7 +75,9 @@ def _prepare(
     start = time.perf_counter()
     card = runtime.card
     try:
-        work.decoded = decode(part.data, card.sample_rate, max_s)
+        data = part.data
+        part.chunks.clear()  # the request keeps no second copy of the upload
+        work.decoded = decode(data, card.sample_rate, max_s)
         work.windows = cut(work.decoded.waveform, window, hop, params.pad, card.min_samples)
     except AudioError as exc:
         work.error, work.status = ErrorInfo(code=exc.code, message=exc.message), exc.status
@@ -85,13 +87,42 @@ def _prepare(
     return work
 
 
-async def prepare_all(
-    parts: list[Part], runtime: ModelRuntime, params: WindowParams, max_s: float, metrics: Metrics
+@dataclass(frozen=True)
+class AudioLimits:
+    per_file_s: float
+    per_request_s: float
+
+
+def _prepare_sequential(
+    parts: list[Part], runtime: ModelRuntime, params: WindowParams, limits: AudioLimits
 ) -> list[FileWork]:
-    """Decode and cut every file in worker threads; a bad file only fails its own entry."""
+    """Decode one file after the other, so decoded audio per request stays under its limit."""
     window, hop = params.samples(runtime)
-    jobs = [asyncio.to_thread(_prepare, p, runtime, params, max_s, window, hop) for p in parts]
-    works = list(await asyncio.gather(*jobs))
+    works, used = [], 0.0
+    for part in parts:
+        budget = max(0.0, min(limits.per_file_s, limits.per_request_s - used))
+        work = _prepare(part, runtime, params, budget, window, hop)
+        if work.error is not None and work.status == 413 and budget < limits.per_file_s:
+            message = (
+                f"the files of this request hold more than {limits.per_request_s:g} s "
+                "of audio in total"
+            )
+            work.error = ErrorInfo(code="audio_too_long", message=message)
+        used += work.decoded.duration_s if work.decoded is not None else 0.0
+        works.append(work)
+    return works
+
+
+async def prepare_all(
+    parts: list[Part],
+    runtime: ModelRuntime,
+    params: WindowParams,
+    limits: AudioLimits,
+    metrics: Metrics,
+) -> list[FileWork]:
+    """Decode and cut every file in a worker thread; a bad file only fails its own entry."""
+    params.samples(runtime)  # 422 for bad window parameters before any decoding
+    works = await asyncio.to_thread(_prepare_sequential, parts, runtime, params, limits)
     for work in works:
         if work.error is not None:
             metrics.decode_failures.labels(work.error.code).inc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from service.card import Label, TensorSpec
+from service.card import FileEntry, Label, Parity, Source, TensorSpec
 
 
 class ErrorInfo(BaseModel):
@@ -121,7 +121,10 @@ class ModelInfo(BaseModel):
     classes: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    source: dict[str, str | None]
+    format_version: int
+    files: dict[str, FileEntry]
+    parity: dict[str, Parity]
+    source: Source
     versions: dict[str, str]
 
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=50.0, gt=0, description="request body limit")
     max_files: int = Field(default=32, ge=1, description="files per request")
     max_audio_s: float = Field(default=600.0, gt=0, description="decoded duration limit per file")
+    max_request_audio_s: float = Field(
+        default=1800.0, gt=0, description="decoded duration limit per request, all files"
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="deadline per request, after upload")
     api_keys: str = Field(default="", description="comma-separated; empty = no authentication")
     threads: int = Field(

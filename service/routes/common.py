@@ -13,7 +13,7 @@ from fastapi import Depends, Query, Request
 from service.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.pipeline import FileWork, WindowParams, infer_all, prepare_all
+from service.pipeline import AudioLimits, FileWork, WindowParams, infer_all, prepare_all
 from service.runtime import ModelRuntime, Runtimes
 from service.schemas import ModelRef
 from service.settings import Settings
@@ -121,7 +121,8 @@ async def run_request(
     parts = await read_files(request, settings.max_upload_bytes, settings.max_files)
     started = time.monotonic()
     deadline = started + settings.timeout_s
-    works = await prepare_all(parts, runtime, params, settings.max_audio_s, metrics)
+    limits = AudioLimits(settings.max_audio_s, settings.max_request_audio_s)
+    works = await prepare_all(parts, runtime, params, limits, metrics)
     await _infer(request, works, runtime, deadline, metrics)
     return [build(w, started) if w.error is None else error(w) for w in works]
 

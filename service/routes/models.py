@@ -28,7 +28,10 @@ def model_info(runtime: ModelRuntime) -> ModelInfo:
         classes=len(card.labels),
         inputs=card.inputs,
         outputs=card.outputs,
-        source=card.source.model_dump(),
+        format_version=card.format_version,
+        files={str(k): v for k, v in card.files.items()},
+        parity={str(k): v for k, v in card.parity.items()},
+        source=card.source,
         versions=card.versions,
     )
 

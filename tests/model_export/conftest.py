@@ -8,11 +8,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 from torch import nn
 
-from tests.conftest import SHARED_DIR, shared_path
+from tests.conftest import shared_path
 from training.models import create_model
 
 
@@ -51,8 +53,16 @@ def seeded_model(arch: str, seed: int = 0, **overrides: Any) -> nn.Module:
     return model.eval()
 
 
-def have_shared() -> bool:
-    return (SHARED_DIR / "reference" / "fill.py").is_file()
+def write_recordings(directory: Path) -> Path:
+    """Three short WAV files at different rates (and one file that is not audio)."""
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for i, rate in enumerate([32000, 44100, 16000]):
+        wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * np.arange(rate * 2) / rate)
+        wave += 0.01 * rng.standard_normal(wave.size)
+        soundfile.write(directory / f"clip{i}.wav", wave, rate)
+    (directory / "notes.txt").write_text("not audio")
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -65,13 +65,16 @@ def deterministic_model(arch: str):  # type: ignore[no-untyped-def]
     return model.eval()
 
 
-def export(arch: str, root: Path) -> Path:
-    """Export ``arch`` with deterministic weights into ``root/<arch lowercased>``."""
+def export(arch: str, root: Path, variants: bool = False) -> Path:
+    """Export ``arch`` with deterministic weights into ``root/<arch lowercased>``
+    (with the fp16 and int8 variants when ``variants``)."""
     from model_export import export_bundle
 
-    out = root / arch.lower()
+    name = arch.lower() + ("-variants" if variants else "")
+    out = root / name
     if not (out / "model.json").is_file():
-        export_bundle(deterministic_model(arch), out, arch=arch, name=arch.lower())
+        export_bundle(deterministic_model(arch), out, arch=arch, name=name, fp16=variants,
+                      int8=variants)
     return out
 
 
@@ -83,6 +86,11 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tagger_bundle(bundle_root: Path) -> Path:
     return export(TAGGER, bundle_root)
+
+
+@pytest.fixture(scope="session")
+def variants_bundle(bundle_root: Path) -> Path:
+    return export(TAGGER, bundle_root, variants=True)
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,8 @@ def test_models_labels_and_openapi(tagger_server: LiveServer, tagger_bundle: Pat
     m = models[0]
     assert (m["name"], m["checksum"], m["default"]) == (card.name, card.checksum, True)
     assert m["provider"] == "CPUExecutionProvider" and m["precision"] == "fp32"
+    assert m["files"]["fp32"]["sha256"] == card.checksum and "fp32" in m["parity"]
+    assert m["sample_rate"] == card.sample_rate and m["min_samples"] == card.min_samples
     assert labels["model"] == card.name and len(labels["labels"]) == 527
     assert labels["labels"][0] == card.labels[0].model_dump()
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]

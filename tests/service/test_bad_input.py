@@ -141,3 +141,16 @@ def test_endless_chunked_body_is_cut_off_while_reading(server: LiveServer) -> No
     assert sent < 20 * 1024 * 1024  # stopped long before the client would have
     with server.client() as c:
         assert_still_serving(c)
+
+
+def test_total_audio_per_request_is_limited(tagger_bundle: Path) -> None:
+    server = LiveServer(settings_for(tagger_bundle, max_request_audio_s=5)).start()
+    clip = encode(noise(3.0, 2), RATE, "FLAC", "PCM_16")
+    try:
+        with server.client() as c:
+            r = c.post("/v1/tag", files=files(("a.flac", clip), ("b.flac", clip)))
+    finally:
+        server.stop()
+    first, second = r.json()["results"]
+    assert r.status_code == 200 and first["error"] is None
+    assert second["error"]["code"] == "audio_too_long" and "in total" in second["error"]["message"]

@@ -213,7 +213,8 @@ class LeeNet11(Wave1dModel):
 
 
 class LeeNet24(Wave1dModel):
-    """Nine LeeNetConvBlock2 (block 1 stride 3; blocks 2-8 max-pool 3); dropout 0.1 after each."""
+    """Nine LeeNetConvBlock2 (block 1 stride 3; blocks 2-8 max-pool 3); dropout 0.1 between
+    blocks (after blocks 1-8, not after block 9, which feeds the global pooling)."""
 
     CHANNELS = (64, 96, 128, 128, 256, 256, 512, 512, 1024)
 
@@ -232,9 +233,11 @@ class LeeNet24(Wave1dModel):
         self.build_head(1024, 1024)
 
     def features(self, x: Tensor) -> Tensor:
-        for index in range(1, len(self.CHANNELS) + 1):
+        last = len(self.CHANNELS)
+        for index in range(1, last + 1):
             x = getattr(self, f"conv_block{index}")(x)
-            x = F.dropout(x, p=0.1, training=self.training)
+            if index != last:
+                x = F.dropout(x, p=0.1, training=self.training)
         return x
 
 
