@@ -53,6 +53,12 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
+def _drop_preprocess_advice(record: logging.LogRecord) -> bool:
+    """ORT's quantizer logs advice to run its shape pre-processing on the root logger; our
+    graphs come straight from the exporter with shapes inferred, so the advice is noise."""
+    return "pre-processing" not in record.getMessage()
+
+
 class _Calibration:
     """ONNX Runtime calibration reader: one clip per call."""
 
@@ -79,12 +85,17 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str) -> N
     )
 
     graph = onnx.load(str(src), load_external_data=False)
-    quantize_static(
-        str(src), str(dst), _Calibration(calibration, input_name),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=STATIC_OPS,
-        nodes_to_exclude=frontend_nodes(graph), calibrate_method=CalibrationMethod.MinMax,
-    )
+    root = logging.getLogger()
+    root.addFilter(_drop_preprocess_advice)
+    try:
+        quantize_static(
+            str(src), str(dst), _Calibration(calibration, input_name),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=STATIC_OPS,
+            nodes_to_exclude=frontend_nodes(graph), calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        root.removeFilter(_drop_preprocess_advice)
     quantized = onnx.load(str(dst))
     normalise(quantized)
     onnx.save(quantized, str(dst))

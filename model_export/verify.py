@@ -80,11 +80,14 @@ def run_session(sess: object, names: tuple[str, ...], batch: np.ndarray) -> dict
     return dict(zip(names, outputs, strict=True))
 
 
-def max_abs_diffs(sess: object, ref: Reference, names: tuple[str, ...]) -> dict[str, float]:
-    """Max abs difference per output over every reference input."""
+def max_abs_diffs(
+    sess: object, ref: Reference, names: tuple[str, ...]
+) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """Max abs difference per output over every reference input, and what the graph gave."""
     worst = dict.fromkeys(names, 0.0)
+    outputs = {}
     for input_name, batch in ref.inputs.items():
-        got = run_session(sess, names, batch)
+        got = outputs[input_name] = run_session(sess, names, batch)
         for name in names:
             expected = ref.outputs[input_name][name]
             if got[name].shape != expected.shape:
@@ -93,12 +96,12 @@ def max_abs_diffs(sess: object, ref: Reference, names: tuple[str, ...]) -> dict[
                     f"PyTorch {expected.shape}"
                 )
             worst[name] = max(worst[name], float(np.abs(got[name] - expected).max()))
-    return worst
+    return worst, outputs
 
 
 def check_gated(variant: str, sess: object, ref: Reference, names: tuple[str, ...]) -> Parity:
     """Measure ``variant`` against PyTorch; raise ``ParityError`` beyond its tolerance."""
-    diffs = max_abs_diffs(sess, ref, names)
+    diffs, _ = max_abs_diffs(sess, ref, names)
     tolerance = TOLERANCE[variant]
     bad = {k: v for k, v in diffs.items() if k in PROBABILITY_OUTPUTS and not v <= tolerance}
     if bad:
@@ -122,11 +125,11 @@ def top10_agreement(got: np.ndarray, expected: np.ndarray) -> float:
 
 def measure_int8(sess: object, ref: Reference, names: tuple[str, ...]) -> Parity:
     """int8 is not gated: report how far it is from PyTorch and how often the top-10 agree."""
-    diffs = max_abs_diffs(sess, ref, names)
-    agreements = []
-    for input_name, batch in ref.inputs.items():
-        got = run_session(sess, ("clipwise_output",), batch)["clipwise_output"]
-        agreements.append(top10_agreement(got, ref.outputs[input_name]["clipwise_output"]))
+    diffs, outputs = max_abs_diffs(sess, ref, names)
+    agreements = [
+        top10_agreement(outputs[key]["clipwise_output"], ref.outputs[key]["clipwise_output"])
+        for key in ref.inputs
+    ]
     agreement = float(np.mean(agreements))
     log.info("int8: max abs diff %s, top-10 agreement %.3f", diffs, agreement)
     return Parity(inputs=list(ref.inputs), max_abs_diff=diffs, top10_agreement=agreement)

@@ -33,6 +33,10 @@ class _Collector:
         self.parts: list[Part] = []
         self.max_files = max_files
         self._field, self._value = b"", b""
+        self.ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= self.max_files:
@@ -63,6 +67,7 @@ class _Collector:
             "on_header_field": self.on_header_field,
             "on_header_value": self.on_header_value,
             "on_header_end": self.on_header_end,
+            "on_end": self.on_end,
         }
 
 
@@ -78,7 +83,7 @@ def _boundary(request: Request) -> bytes:
         raise ApiError(
             415,
             "unsupported_media_type",
-            "send multipart/form-data with one or more parts named 'file'",
+            "send multipart/form-data (with a boundary) with one or more parts named 'file'",
         )
     return options[b"boundary"]
 
@@ -99,6 +104,12 @@ async def read_files(request: Request, max_bytes: int, max_files: int) -> list[P
                 raise _too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
+        if received and not collector.ended:
+            raise ApiError(
+                400,
+                "bad_multipart",
+                "the multipart body ends before its closing boundary (truncated upload?)",
+            )
     except ClientDisconnect as exc:
         raise ApiError(400, "client_disconnected", "the client went away mid-upload") from exc
     except MultipartParseError as exc:

@@ -106,6 +106,16 @@ def test_wrong_field_names_and_bodies(server: LiveServer) -> None:
     assert form.status_code == 415  # a form without a file part is not multipart/form-data
     assert raw.status_code == 415 and "multipart/form-data" in raw.json()["error"]["message"]
     assert nothing.status_code == 415
+    part = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    with server.client() as c:
+        cut = c.post("/v1/tag", content=part + GOOD[:5000], headers=multipart)
+        junk = c.post("/v1/tag", content=b"\x00" * 300, headers=multipart)
+        big_header = c.post("/v1/tag", content=part.replace(b"a.wav", b"a" * 9000) + GOOD
+                            + b"\r\n--xyz--\r\n", headers=multipart)
+    assert cut.status_code == 400 and "closing boundary" in cut.json()["error"]["message"]
+    assert junk.status_code == 400 and junk.json()["error"]["code"] == "bad_multipart"
+    assert big_header.status_code == 400 and "header" in big_header.json()["error"]["message"]
     assert unknown.status_code == 404 and "Cnn99" in unknown.json()["error"]["message"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -15,12 +16,18 @@ from tests.service.conftest import (
     encode,
     files,
     free_socket,
+    metric_total,
     noise,
+    parse_metrics,
     start_subprocess,
     wait_ready_url,
 )
 
 pytestmark = pytest.mark.slow
+
+
+def queue_depth(url: str) -> float:
+    return metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth")
 
 
 def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
@@ -32,17 +39,21 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready_url(url, time.monotonic() + 120)
-        data = encode(noise(30.0, seed=20), RATE, "FLAC", "PCM_16")  # 3 windows each
+        data = encode(noise(60.0, seed=20), RATE, "FLAC", "PCM_16")  # 6 windows each
         results: list[int] = []
 
-        def post() -> None:
-            r = httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)), timeout=120)
+        def post(index: int) -> None:
+            r = httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)), timeout=120,
+                           headers={"X-Request-ID": f"drain-{index}"})
             results.append(r.status_code)
 
-        threads = [threading.Thread(target=post) for _ in range(4)]
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # all four uploaded and queued
+        deadline = time.monotonic() + 60
+        while queue_depth(url) < 12:  # at least 12 of the 24 windows accepted, not yet run
+            assert time.monotonic() < deadline, "the requests were never queued"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
@@ -58,4 +69,9 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown: -15 is a clean exit
     assert code in (0, -signal.SIGTERM), output[-3000:]
     assert "Application shutdown complete" in output
-    assert '"logger": "service.access"' in output and '"status": 200' in output
+    access = [json.loads(line) for line in output.splitlines()
+              if line.startswith("{") and '"service.access"' in line]
+    ids = {entry["request_id"] for entry in access if entry["path"] == "/v1/tag"}
+    assert ids == {f"drain-{i}" for i in range(4)}
+    drained = [e for e in access if e["request_id"] in ids]
+    assert all(e["status"] == 200 and e["duration_ms"] > 0 for e in drained)

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import soundfile as sf
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
+Serve = Callable[[Path], str]  # bundle directory -> base URL of a running service
 
 CLIP_SECONDS = "3"
 # A cheaper front end than the checkpoints' (1024/320/64): a quarter of the log-mel cells.
@@ -81,7 +82,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def serve() -> Iterator[callable]:  # type: ignore[valid-type]
+def serve(tmp_path: Path) -> Iterator[Serve]:
     """Start ``python -m service`` on a bundle; yields a function bundle -> base URL."""
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -92,13 +93,15 @@ def serve() -> Iterator[callable]:  # type: ignore[valid-type]
         env = {**os.environ, "PANNS_MODELS": str(bundle), "PANNS_HOST": "127.0.0.1",
                "PANNS_PORT": str(port), "PANNS_DEVICE": "cpu", "PANNS_WARMUP": "none",
                "PANNS_LOG_LEVEL": "warning"}
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = tmp_path / f"service-{port}.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
         while time.time() < deadline:
-            assert proc.poll() is None, f"service exited: {proc.stderr.read().decode()[-3000:]}"  # type: ignore[union-attr]
+            assert proc.poll() is None, f"service exited: {log.read_text()[-3000:]}"
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     return url
@@ -139,7 +142,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "run": run, "eval": held_out}
 
 
-def test_train_evaluate_export_serve(trained: dict[str, Path], serve: callable) -> None:  # type: ignore[valid-type]
+def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> None:
     run, root = trained["run"], trained["root"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in log] == [40, 80, 120]
@@ -163,7 +166,7 @@ def test_train_evaluate_export_serve(trained: dict[str, Path], serve: callable) 
     assert len(result["scores"]) == 527
 
 
-def test_finetune_folder_export_serve(trained: dict[str, Path], serve: callable) -> None:  # type: ignore[valid-type]
+def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) -> None:
     root = trained["root"]
     synth = root / "folder_all"
     _run("training.synth", "--out", str(synth), "--clips", "48", "--seed", "3", "--layout",

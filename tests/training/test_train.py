@@ -127,3 +127,47 @@ def test_config_rejects_bad_values() -> None:
         TrainConfig(sampler="weighted")
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def _write_pack(path: Path, clips: int = 16) -> None:
+    """A tiny pack in the layout of ``python -m training.data pack`` (AudioSet columns)."""
+    import h5py
+
+    data = ToneSet(clips, seed=3)
+    target = np.zeros((clips, 527), dtype=bool)
+    target[:, :3] = data.targets > 0.5
+    with h5py.File(path, "w") as f:
+        f.create_dataset("waveform", data=np.round(np.stack(data.waves) * 32767).astype(np.int16))
+        f.create_dataset("target", data=target)
+        f.create_dataset("audio_name", data=[f"clip{i}".encode() for i in range(clips)])
+        f.attrs["sample_rate"] = SAMPLE_RATE
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_and_resume(tmp_path: Path) -> None:
+    """DDP on CPU (gloo): two ranks share the sampler's global batch, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    pack = tmp_path / "tones.h5"
+    _write_pack(pack)
+    out = tmp_path / "ddp"
+    common = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc-per-node", "2", "-m", "training.train", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = [*common, "--arch", "MobileNetV1", "--train", str(pack), "--eval", str(pack),
+                      "--steps", "2", "--eval-every", "2", "--batch-size", "2", "--workers",
+                      "0", "--device", "cpu", "--crop-seconds", "0.35"]
+    for cmd in (first, [*common, "--resume", "--steps", "3"]):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [2, 3]  # one writer: no duplicate lines
+    state = _load(out)
+    assert state["iteration"] == 3 and len(state["rank_states"]) == 2
+    assert state["sampler"]["global_batch"] == 2 * 2 * 2  # batch x mixup pairs x ranks
+    assert state["config"]["steps"] == 3 and "labels" not in state
