@@ -3,23 +3,25 @@
 Both keep the log-mel front-end (STFT convolutions, power, mel matmul, log) in float32: the
 power spectrum of a loud clip exceeds fp16's 65504, and int8 cannot hold its 100 dB range.
 
-int8 method (measured on this project's 2-core AVX2 CPU, Cnn14 with deterministic weights,
-batch 4 x 10 s, 2 threads, ten real recordings from ``../shared/audio``; see BENCHMARKS.md):
+int8 method, measured on this project's 2-core AVX2 CPU (no VNNI) with Cnn14 (fill.py weights),
+batch 4 x 10 s, 2 ORT threads, scores compared on the ten recordings of ``../shared/audio``.
+Two runs under different machine load; the second ran the variants alternately:
 
-=======================================  =============  ============  ==============
-method                                   ms / batch     max |diff|    top-10 overlap
-=======================================  =============  ============  ==============
-fp32 (reference)                         4512           -             -
-dynamic (ConvInteger / MatMulInteger)    27746          2.2e-3        10.0 / 10
-static QDQ, Conv/MatMul/Gemm, per-chan.  4170           2.4e-3        10.0 / 10
-static QDQ, all ops                      see STATIC_OPS (slower under load, less accurate)
-=======================================  =============  ============  ==============
+======================================  ==========  ==========  ==========  ===============
+method                                  run 1 (ms)  run 2 (ms)  max |diff|  top-10 overlap
+======================================  ==========  ==========  ==========  ===============
+fp32 (reference)                        4512        9250        -           -
+dynamic (ConvInteger/MatMulInteger)     27746       -           2.2e-3      10.0 / 10
+static QDQ, Conv/MatMul/Gemm only       4170        6754        2.4e-3      10.0 / 10
+static QDQ, every op type               -           7153        2.8e-3      9.8 / 10
+static QOperator (QLinearConv...)       -           7737        2.9e-3      9.8 / 10
+======================================  ==========  ==========  ==========  ===============
 
-Dynamic quantization is six times *slower* than float32 here: ORT's ConvInteger has no fast
-kernel and it re-quantizes every activation at run time. Static quantization (QDQ, unsigned
-8-bit activations, signed 8-bit per-channel weights) lets ORT fuse QLinearConv with
-pre-computed scales. So we quantize statically, calibrating min/max ranges on real
-recordings when given (``--calibration-dir``), else on generated audio.
+Dynamic quantization is six times *slower* than float32 here: ONNX Runtime's ConvInteger has
+no fast CPU kernel and activations are re-quantized at run time. Static QDQ with unsigned 8-bit
+activations and signed 8-bit per-channel weights on the convolutions and matrix products only
+was the fastest and the most accurate, so that is what we write, calibrating activation ranges
+(MinMax) on real recordings when given (``--calibration-dir``), else on generated audio.
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ from model_export.graph import frontend_nodes, normalise
 
 log = logging.getLogger(__name__)
 
-# Only the ops that carry the arithmetic are quantized; pooling/activations stay between
-# a DequantizeLinear and the next QuantizeLinear (measured: quantizing them too was not faster
-# and lost accuracy).
+# Only the ops that carry the arithmetic are quantized (measured above: quantizing pooling and
+# activations too was slower and less accurate).
 STATIC_OPS = ["Conv", "MatMul", "Gemm"]
 
 
