@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from model_export import fp16
 from model_export.graph import frontend_nodes, normalise
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,8 @@ STATIC_OPS = ["Conv", "MatMul", "Gemm"]
 
 def to_fp16(src: Path, dst: Path) -> None:
     """Write the half-precision variant of ``src``: float32 front-end, float32 inputs/outputs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     graph = onnx.load(str(src))
-    converted = convert_float_to_float16(
-        graph, keep_io_types=True, node_block_list=frontend_nodes(graph)
-    )
+    converted = fp16.convert(graph, keep=frontend_nodes(graph))
     normalise(converted)
     onnx.save(converted, str(dst))
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -22,3 +27,21 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return shared_path()
+
+
+@cache
+def reference_fill() -> ModuleType:
+    """``../shared/reference/fill.py``, the deterministic weight filler (skips when absent)."""
+    path = shared_path("reference", "fill.py")
+    spec = importlib.util.spec_from_file_location("panns_reference_fill", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def reference_manifest() -> dict[str, Any]:
+    """``../shared/reference/manifest.json`` (skips when absent)."""
+    manifest: dict[str, Any] = json.loads(shared_path("reference", "manifest.json").read_text())
+    return manifest

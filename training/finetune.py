@@ -100,6 +100,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="label folders or path,labels CSV")
     parser.add_argument("--holdout", type=float, default=0.1,
                         help="fraction held out for evaluation when --eval is not given")
+    parser.add_argument("--clip-seconds", type=float, default=10.0,
+                        help="folder/CSV clips are zero-padded or cut to this length; keep it "
+                             "near the real clip length when training on --crop-seconds crops, "
+                             "or most crops of short clips are padding")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_config_arguments(parser, skip=("train", "pretrained", "pretrained_skip_head",
                                        "model_args"))
@@ -116,11 +120,16 @@ def build_config(args: argparse.Namespace, classes: int) -> TrainConfig:
     return config_from_args(args, base)
 
 
-def open_labelled(path: str, sample_rate: int, labels: Sequence[str] | None = None) -> Any:
+def open_labelled(path: str, sample_rate: int, clip_seconds: float,
+                  labels: Sequence[str] | None = None) -> Any:
+    """A pack as it is; a folder or CSV at the model's rate, clips of ``clip_seconds``."""
     from training.data import open_dataset
 
+    if clip_seconds <= 0:
+        raise SystemExit(f"--clip-seconds must be positive, got {clip_seconds}")
     options: dict[str, Any] = {} if path.lower().endswith((".h5", ".hdf5")) else {
-        "sample_rate": sample_rate, "labels": labels}
+        "sample_rate": sample_rate, "labels": labels,
+        "clip_samples": round(clip_seconds * sample_rate)}
     return open_dataset(path, **options)
 
 
@@ -129,11 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
     rate = {**default_args(arch), **base_model_args(args.checkpoint)}["sample_rate"]
-    data = open_labelled(str(args.data), rate)
+    data = open_labelled(str(args.data), rate, args.clip_seconds)
     config = build_config(args, len(data.labels))
     if config.eval:
         train_set: Any = data
-        eval_set = open_labelled(config.eval, rate, data.labels)
+        eval_set = open_labelled(config.eval, rate, args.clip_seconds, data.labels)
     else:
         train_set, eval_set = split_holdout(data, args.holdout, config.seed)
     info = init_distributed(config.device)

@@ -98,6 +98,10 @@ def test_fp16_and_int8_variants(tmp_path: Path) -> None:
     halves = {i.name for i in fp16.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     stft = [i.name for i in fp16.graph.initializer if "spectrogram_extractor" in i.name]
     assert stft and not set(stft) & halves and len(halves) > 10
+    # one float16 cast, after the log: STFT, power, mel and log never pass through fp16
+    to_half = [n for n in fp16.graph.node if n.op_type == "Cast"
+               and n.attribute[0].i == onnx.TensorProto.FLOAT16]
+    assert [n.input[0] for n in to_half] == ["/model/logmel_extractor/Sub_output_0"]
     int8 = onnx.load(str(tmp_path / "cnn6" / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     wave = (0.1 * np.random.default_rng(3).standard_normal((2, 64000))).astype(np.float32)

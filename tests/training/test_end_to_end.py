@@ -163,6 +163,7 @@ def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> 
     url = serve(bundle)
     result = _tag(url, _siren_wav())
     assert result["top"][0]["label"] == "Siren", result["top"]
+    assert result["top"][0]["score"] > result["top"][1]["score"]
     assert len(result["scores"]) == 527
 
 
@@ -176,15 +177,19 @@ def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) ->
         shutil.copytree(synth / original, data / custom)
     run = root / "finetune"
     out = _run("training.finetune", "--checkpoint", str(trained["run"] / "checkpoints/best.pth"),
-               "--data", str(data), "--out", str(run), "--freeze-base", "--steps", "40",
-               "--eval-every", "20", "--batch-size", "8", "--lr", "1e-2", "--crop-seconds",
-               "1.5", "--no-spec-augment", "--mixup-alpha", "0", "--holdout", "0.25",
-               "--workers", "0", "--device", "cpu", timeout=400)
+               "--data", str(data), "--out", str(run), "--freeze-base", "--steps", "60",
+               "--eval-every", "20", "--batch-size", "8", "--lr", "1e-3", "--clip-seconds",
+               CLIP_SECONDS, "--crop-seconds", "1.5", "--no-spec-augment", "--mixup-alpha", "0",
+               "--holdout", "0.25", "--workers", "0", "--device", "cpu", timeout=400)
     result = json.loads(out.strip().splitlines()[-1])
     labels = sorted(CUSTOM.values())
     assert result["labels"] == labels
     assert (run / "labels.txt").read_text().split("\n")[:4] == labels
     checkpoint = Path(result["checkpoint"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    # Measured: held-out (12 clips) mAP 1.0 from step 40 on; the new head starts near chance.
+    assert max(x["mAP"] for x in log) >= 0.8, log
+    assert log[-1]["train_loss"] < log[0]["train_loss"], log
 
     bundle = root / "finetuned_bundle"
     _run("model_export", "--checkpoint", str(checkpoint), "--out", str(bundle), timeout=300)
@@ -193,3 +198,4 @@ def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) ->
     assert len(tagged["scores"]) == len(labels)
     assert {t["label"] for t in tagged["top"]} <= set(labels)
     assert tagged["top"][0]["label"] == "alarm", tagged["top"]
+    assert tagged["top"][0]["score"] > tagged["top"][1]["score"]

@@ -9,12 +9,8 @@ against ``frontend_*.npz``.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,6 +19,8 @@ import torch
 from torch import nn
 
 from tests.conftest import SHARED_DIR, shared_path
+from tests.conftest import reference_fill as fill_module
+from tests.conftest import reference_manifest as manifest
 from training.models import create_model, list_models
 
 torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -34,21 +32,6 @@ TOLERANCES = {
 }
 # one architecture per front-end configuration in the manifest
 FRONTEND_ARCHS = ("Cnn14", "Cnn14_16k", "Cnn14_8k", "Cnn14_mel32", "Cnn14_mel128")
-
-
-@cache
-def fill_module() -> ModuleType:
-    path = shared_path("reference", "fill.py")
-    spec = importlib.util.spec_from_file_location("panns_reference_fill", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@cache
-def manifest() -> dict[str, Any]:
-    return json.loads(shared_path("reference", "manifest.json").read_text())
 
 
 def filled_model(name: str, **overrides: Any) -> nn.Module:

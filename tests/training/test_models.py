@@ -6,7 +6,6 @@ absent); everything else is checked against the models themselves.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import shared_path
+from tests.conftest import reference_manifest
 from training.models import create_model, list_models
 
 # ~80M-parameter models: their 10 s runs are marked slow
@@ -23,14 +22,9 @@ SMALL_MODELS = {"Cnn6", "Cnn10", "MobileNetV1", "MobileNetV2", "LeeNet11", "LeeN
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 
-@cache
-def _manifest() -> dict[str, Any]:
-    return json.loads(shared_path("reference", "manifest.json").read_text())
-
-
 def manifest_entry(name: str) -> dict[str, Any]:
     try:
-        return _manifest()[name]
+        return reference_manifest()[name]
     except KeyError:
         pytest.fail(f"{name} is registered but missing from the manifest")
 
@@ -50,8 +44,8 @@ def _waveform(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return 0.1 * torch.randn(batch, length, generator=generator)
 
 
-def test_list_models_matches_manifest() -> None:
-    assert list_models() == list(_manifest())
+def test_list_models_matchesreference_manifest() -> None:
+    assert list_models() == list(reference_manifest())
 
 
 def test_state_dict_matches_manifest(model: nn.Module) -> None:

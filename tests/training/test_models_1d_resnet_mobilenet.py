@@ -7,8 +7,6 @@ lengths (and that they are tight), and block-structure facts that no fixture cov
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from types import ModuleType
 
 import numpy as np
@@ -17,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.conftest import shared_path
+from tests.conftest import reference_fill, reference_manifest, shared_path
 from training.models import create_model
 from training.models.mobilenet import InvertedResidual
 from training.models.resnet import BasicBlock, Bottleneck
@@ -35,12 +33,7 @@ ALL = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in MIN_S
 
 @pytest.fixture(scope="module")
 def fill() -> ModuleType:
-    path = shared_path("reference", "fill.py")
-    spec = importlib.util.spec_from_file_location("panns_reference_fill", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_fill()
 
 
 def _filled(name: str, fill: ModuleType, gain: float = 1.0) -> nn.Module:
@@ -53,7 +46,7 @@ def _filled(name: str, fill: ModuleType, gain: float = 1.0) -> nn.Module:
     "name", ["MobileNetV1", pytest.param("Res1dNet31", marks=pytest.mark.slow)]
 )
 def test_parity_with_reference_fixture(name: str, fill: ModuleType) -> None:
-    manifest = json.loads(shared_path("reference", "manifest.json").read_text())
+    manifest = reference_manifest()
     fixture = np.load(shared_path("reference", "parity", f"{name}.npz"))
     model = _filled(name, fill, manifest[name]["gain"])
     for input_name, waveform in fill.make_inputs(32000).items():
