@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +36,10 @@ class _Steps:
 
             self._bar = tqdm(total=total, unit="step", leave=False)
 
-    def __call__(self, text: str) -> AbstractContextManager[None]:
+    def start(self, text: str) -> None:
         log.info("%s", text)
         if self._bar is not None:
             self._bar.set_description(text)
-        return nullcontext()
 
     def done(self) -> None:
         if self._bar is not None:
@@ -97,25 +95,25 @@ def _build(
     info = ModelInfo.of(model)
     clip = CLIP_SECONDS * info.sample_rate
     names = info.output_names
-    with steps("export + verify fp32"):
-        parity: dict[str, Parity] = {}
-        parity["fp32"], shapes, ref = _fp32(model, work, clip)
+    steps.start("export + verify fp32")
+    parity: dict[str, Parity] = {}
+    parity["fp32"], shapes, ref = _fp32(model, work, clip)
     steps.done()
     if fp16:
-        with steps("convert + verify fp16"):
-            variants.to_fp16(work / FILE_NAMES["fp32"], work / FILE_NAMES["fp16"])
-            sess = verify.session(work / FILE_NAMES["fp16"], _gpu_providers())
-            parity["fp16"] = verify.check_gated("fp16", sess, ref, names)
+        steps.start("convert + verify fp16")
+        variants.to_fp16(work / FILE_NAMES["fp32"], work / FILE_NAMES["fp16"])
+        sess = verify.session(work / FILE_NAMES["fp16"], _gpu_providers())
+        parity["fp16"] = verify.check_gated("fp16", sess, ref, names)
         steps.done()
     if int8:
-        with steps("calibrate + quantize int8"):
-            audio = _eval_audio(info.sample_rate, clip, calibration_dir)
-            calibration = np.concatenate(list(audio.values()))
-            variants.to_int8(work / FILE_NAMES["fp32"], work / FILE_NAMES["int8"],
-                             calibration, "waveform")
-            ref8 = verify.torch_reference(model, audio)
-            parity["int8"] = verify.measure_int8(
-                verify.session(work / FILE_NAMES["int8"]), ref8, names)
+        steps.start("calibrate + quantize int8")
+        audio = _eval_audio(info.sample_rate, clip, calibration_dir)
+        calibration = np.concatenate(list(audio.values()))
+        variants.to_int8(work / FILE_NAMES["fp32"], work / FILE_NAMES["int8"],
+                         calibration, "waveform")
+        ref8 = verify.torch_reference(model, audio)
+        parity["int8"] = verify.measure_int8(
+            verify.session(work / FILE_NAMES["int8"]), ref8, names)
         steps.done()
     return parity, shapes
 

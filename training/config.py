@@ -48,6 +48,8 @@ class TrainConfig:
     sampler: str = field(default="balanced", metadata={"help": "balanced | random"})
     # Beta(alpha, alpha) mixup coefficient; 0 disables mixup.
     mixup_alpha: float = field(default=1.0, metadata={"help": "mixup alpha, 0 = off"})
+    # Folder and CSV data: clips are zero-padded or cut to this length (packs keep their own).
+    clip_seconds: float = field(default=10.0, metadata={"help": "folder/CSV clip length"})
     # Train on random crops of this many seconds instead of whole clips (0 = whole clips).
     # Not in the paper: it makes CPU training of small models (tests, demos) fast; the
     # models pool globally over time, so they still score whole clips at inference.
@@ -92,6 +94,7 @@ class TrainConfig:
             (self.sampler in ("balanced", "random"), "sampler must be 'balanced' or 'random'"),
             (self.mixup_alpha >= 0, "mixup_alpha must be >= 0"),
             (self.crop_seconds >= 0, "crop_seconds must be >= 0"),
+            (self.clip_seconds > 0, "clip_seconds must be positive"),
             (self.eval_every > 0, "eval_every must be positive"),
             (self.eval_batch_size > 0, "eval_batch_size must be positive"),
             (self.amp_dtype in ("bfloat16", "float16"), "amp_dtype: bfloat16 or float16"),

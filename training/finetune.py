@@ -13,7 +13,9 @@ The run directory is a training run (``config.json``, ``log.jsonl``, ``checkpoin
 ``labels.txt``; the checkpoints carry ``arch``, ``model_args`` and ``labels`` so
 ``python -m model_export --checkpoint RUN/checkpoints/best.pth --out BUNDLE`` exports a bundle
 that the service serves with these labels. Any flag of ``python -m training.train`` applies;
-the defaults here differ only in ``--steps 1000 --lr 1e-4 --eval-every 200``.
+the defaults here differ only in ``--steps 1000 --lr 1e-4 --eval-every 200``. Folder and CSV
+clips are zero-padded or cut to ``--clip-seconds`` (10): with ``--crop-seconds`` set it near
+the real clip length, or most crops of short clips are padding.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.models import default_args
 from training.runtime import init_distributed, shutdown_distributed
-from training.train import RunDir, Trainer
+from training.train import RunDir, Trainer, open_data
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="label folders or path,labels CSV")
     parser.add_argument("--holdout", type=float, default=0.1,
                         help="fraction held out for evaluation when --eval is not given")
-    parser.add_argument("--clip-seconds", type=float, default=10.0,
-                        help="folder/CSV clips are zero-padded or cut to this length; keep it "
-                             "near the real clip length when training on --crop-seconds crops, "
-                             "or most crops of short clips are padding")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_config_arguments(parser, skip=("train", "pretrained", "pretrained_skip_head",
                                        "model_args"))
@@ -120,29 +118,17 @@ def build_config(args: argparse.Namespace, classes: int) -> TrainConfig:
     return config_from_args(args, base)
 
 
-def open_labelled(path: str, sample_rate: int, clip_seconds: float,
-                  labels: Sequence[str] | None = None) -> Any:
-    """A pack as it is; a folder or CSV at the model's rate, clips of ``clip_seconds``."""
-    from training.data import open_dataset
-
-    if clip_seconds <= 0:
-        raise SystemExit(f"--clip-seconds must be positive, got {clip_seconds}")
-    options: dict[str, Any] = {} if path.lower().endswith((".h5", ".hdf5")) else {
-        "sample_rate": sample_rate, "labels": labels,
-        "clip_samples": round(clip_seconds * sample_rate)}
-    return open_dataset(path, **options)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
     rate = {**default_args(arch), **base_model_args(args.checkpoint)}["sample_rate"]
-    data = open_labelled(str(args.data), rate, args.clip_seconds)
+    clip = getattr(args, "clip_seconds", TrainConfig.clip_seconds)
+    data = open_data(str(args.data), rate, clip)
     config = build_config(args, len(data.labels))
     if config.eval:
         train_set: Any = data
-        eval_set = open_labelled(config.eval, rate, args.clip_seconds, data.labels)
+        eval_set = open_data(config.eval, rate, clip, data.labels)
     else:
         train_set, eval_set = split_holdout(data, args.holdout, config.seed)
     info = init_distributed(config.device)

@@ -90,10 +90,20 @@ def is_audioset(labels: Sequence[str]) -> bool:
     return names in ([x.mid for x in table], [x.display_name for x in table])
 
 
-def open_data(path: str) -> Any:
+def open_data(path: str, sample_rate: int, clip_seconds: float,
+              labels: Sequence[str] | None = None) -> Any:
+    """A pack as it is; a label folder or CSV decoded at ``sample_rate`` into clips of
+    ``clip_seconds`` (in the column order of ``labels`` when given)."""
     from training.data import open_dataset
 
-    return open_dataset(path)
+    if path.lower().endswith((".h5", ".hdf5")):
+        return open_dataset(path)
+    return open_dataset(path, sample_rate=sample_rate, labels=labels,
+                        clip_samples=round(clip_seconds * sample_rate))
+
+
+def model_sample_rate(config: TrainConfig) -> int:
+    return int({**default_args(config.arch), **config.model_args}["sample_rate"])
 
 
 class Trainer:
@@ -106,13 +116,15 @@ class Trainer:
         self.run = RunDir(config.out)
         self.device = resolve_device(config.device, self.info)
         seed_everything(config.seed + self.info.rank)
-        self.train_set = train_set if train_set is not None else open_data(config.train)
+        rate, clip = model_sample_rate(config), config.clip_seconds
+        self.train_set = train_set if train_set is not None else \
+            open_data(config.train, rate, clip)
         targets = np.asarray(self.train_set.targets)
         self.labels = list(labels or getattr(self.train_set, "labels", None) or [])
         self.config = self._resolve_classes(config, targets.shape[1])
         self.eval_set = eval_set
         if self.eval_set is None and config.eval:
-            self.eval_set = open_data(config.eval)
+            self.eval_set = open_data(config.eval, rate, clip, self.labels or None)
         if self.eval_set is not None and self.labels:
             self.eval_set = align_dataset(self.eval_set, self.labels)
         self.model = self._build_model()
