@@ -10,10 +10,11 @@ Used by ``make serve`` and the Docker model step. Environment:
 * ``PANNS_EXPORT_VARIANTS``: extra variants, e.g. ``fp16`` or ``fp16,int8`` (or ``--fp16``,
   ``--int8``).
 
-Does nothing when a bundle is there, verifies (every file's size and SHA-256) and comes from
-the requested checkpoint with the requested variants. Otherwise downloads (official) and
-exports. Offline without the checkpoint it exits 1 naming the file, its size, SHA-256, URL and
-where to put it.
+Does nothing when a bundle is there, verifies (every file's size and SHA-256) and has the
+requested variants and, when ``PANNS_MODEL`` or ``PANNS_CHECKPOINT`` is set, was made from that
+checkpoint (a verified bundle of your own in ``PANNS_MODELS`` is served as it is, never
+replaced by the default model). Otherwise downloads (official) and exports. Offline without
+the checkpoint it exits 1 naming the file, its size, SHA-256, URL and where to put it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Request:
     checkpoint: Path | None  # a checkpoint file of our own
     bundle: Path
     variants: frozenset[str]
+    explicit: bool = True  # PANNS_MODEL or PANNS_CHECKPOINT was set (not the default)
 
     @property
     def checkpoint_name(self) -> str:
@@ -65,7 +67,8 @@ def request_from_env(env: dict[str, str], variants: set[str]) -> Request:
         raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} "
                          "(fp16, int8)")
     return Request(official=official, checkpoint=Path(checkpoint) if checkpoint else None,
-                   bundle=bundle, variants=frozenset(variants | extra))
+                   bundle=bundle, variants=frozenset(variants | extra),
+                   explicit=bool(checkpoint or env.get("PANNS_MODEL")))
 
 
 def usable(request: Request) -> ModelCard | None:
@@ -78,6 +81,10 @@ def usable(request: Request) -> ModelCard | None:
         log.warning("existing bundle is unusable, exporting again: %s", exc)
         return None
     if card.source.checkpoint != request.checkpoint_name:
+        if not request.explicit:  # the user's own bundle: serve it, do not replace it
+            log.warning("%s (from %s) is kept as it is; set PANNS_MODEL or PANNS_CHECKPOINT "
+                        "to replace it", request.bundle, card.source.checkpoint)
+            return card
         log.warning("%s was made from %s, not %s: exporting again", request.bundle,
                     card.source.checkpoint, request.checkpoint_name)
         return None

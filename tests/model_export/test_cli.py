@@ -106,3 +106,11 @@ def test_ensure_exports_once_then_does_nothing(
     monkeypatch.setenv("PANNS_EXPORT_VARIANTS", "int8")
     assert main(["-q"]) == 0
     assert set(load_bundle(tmp_path / "b").files) == {"fp32", "int8"}
+    # without PANNS_MODEL / PANNS_CHECKPOINT a verified bundle of one's own is served as is
+    stamp = (tmp_path / "b" / "model.onnx").stat().st_mtime_ns
+    monkeypatch.delenv("PANNS_CHECKPOINT")
+    monkeypatch.delenv("PANNS_MODEL", raising=False)
+    monkeypatch.setenv("PANNS_EXPORT_VARIANTS", "")
+    monkeypatch.setenv("PANNS_CHECKPOINT_URL", f"http://127.0.0.1:{_closed_port()}/{{name}}")
+    assert main(["-q"]) == 0
+    assert (tmp_path / "b" / "model.onnx").stat().st_mtime_ns == stamp
