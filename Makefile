@@ -5,15 +5,18 @@ BIN    := $(VENV)/bin
 # cpu|gpu picks onnxruntime or onnxruntime-gpu (never both); train brings torch for export.
 EXTRAS ?= cpu,train,dev
 PYTEST_ARGS ?=
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install test test-fast lint format serve bundle bench clean
 
-install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+install: $(STAMP)
 
-comma := ,
-$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	# onnxruntime and onnxruntime-gpu share one module: remove the other build first.
+	$(BIN)/python -m pip uninstall -q -y $(if $(findstring gpu,$(EXTRAS)),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.installed-*
 	touch $@
