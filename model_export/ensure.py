@@ -12,9 +12,10 @@ Used by ``make serve`` and the Docker model step. Environment:
 
 Does nothing when a bundle is there, verifies (every file's size and SHA-256) and has the
 requested variants and, when ``PANNS_MODEL`` or ``PANNS_CHECKPOINT`` is set, was made from that
-checkpoint (a verified bundle of your own in ``PANNS_MODELS`` is served as it is, never
-replaced by the default model). Otherwise downloads (official) and exports. Offline without
-the checkpoint it exits 1 naming the file, its size, SHA-256, URL and where to put it.
+checkpoint, same file name and SHA-256 (a verified bundle of your own in ``PANNS_MODELS`` is
+served as it is, never replaced by the default model). Otherwise downloads (official) and
+exports. Offline without the checkpoint it exits 1 naming the file, its size, SHA-256, URL and
+where to put it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ class Request:
 
         return get_official(str(self.official)).file_name
 
+    def checkpoint_sha256(self) -> str | None:
+        """The SHA-256 the bundle must have been made from (None: the file is not there yet).
+
+        Official checkpoints are known by the registry; a file of one's own is hashed, so a
+        retrained checkpoint saved under the same name is exported again.
+        """
+        if self.checkpoint is None:
+            from training.checkpoints import get_official
+
+            return get_official(str(self.official)).sha256
+        if not self.checkpoint.is_file():
+            return None
+        from training.checkpoints import sha256_file
+
+        return sha256_file(self.checkpoint, progress=False)
+
 
 def request_from_env(env: dict[str, str], variants: set[str]) -> Request:
     """Read the request from ``env`` (``os.environ`` in practice)."""
@@ -87,6 +104,10 @@ def usable(request: Request) -> ModelCard | None:
             return card
         log.warning("%s was made from %s, not %s: exporting again", request.bundle,
                     card.source.checkpoint, request.checkpoint_name)
+        return None
+    if card.source.sha256 != request.checkpoint_sha256():
+        log.warning("%s was made from another version of %s: exporting again", request.bundle,
+                    request.checkpoint_name)
         return None
     missing = request.variants - set(card.files)
     if missing:

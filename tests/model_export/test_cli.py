@@ -26,8 +26,9 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
                           capture_output=True, timeout=600, check=False)
 
 
-def fine_tuned_checkpoint(path: Path) -> Path:
-    model = seeded_model("LeeNet11", classes_num=len(LABELS))
+def fine_tuned_checkpoint(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = seeded_model("LeeNet11", seed=seed, classes_num=len(LABELS))
     torch.save({"model": model.state_dict(), "arch": "LeeNet11",
                 "model_args": {"classes_num": len(LABELS)}, "labels": LABELS}, path)
     return path
@@ -102,6 +103,10 @@ def test_ensure_exports_once_then_does_nothing(
         monkeypatch.setenv(key, value)
     assert main(["-q"]) == 0  # in-process from here on (faster): a verified bundle is kept
     assert (tmp_path / "b" / "model.onnx").stat().st_mtime_ns == stamp
+    retrained = fine_tuned_checkpoint(tmp_path / "retrained" / "finetuned.pth", seed=1)
+    ckpt.write_bytes(retrained.read_bytes())  # same name, new weights: exported again
+    assert main(["-q"]) == 0
+    assert load_bundle(tmp_path / "b").source.sha256 == sha256_file(ckpt)
     (tmp_path / "b" / "model.onnx").write_bytes(b"damaged")  # a broken bundle is rebuilt
     monkeypatch.setenv("PANNS_EXPORT_VARIANTS", "int8")
     assert main(["-q"]) == 0
