@@ -7,7 +7,10 @@ when present, else a seeded initialisation; nothing is downloaded), then times t
 alternating rounds (round 1: every engine once, round 2: every engine once, ...) so that a
 change in machine load hits all of them alike. Prints JSON (clips/s, ms per batch, threads,
 provider, machine) and a comparison table. int8's top-10 agreement is measured on the real
-recordings in ``../shared/audio`` when present (else on generated audio).
+recordings in ``../shared/audio`` when present (else on generated audio), which also calibrate
+it. With fill.py's weights the sigmoid saturates on real recordings (many scores exactly 1.0),
+so that agreement mostly measures tie-breaking: pass ``--checkpoint`` with the official weights
+for a meaningful number.
 """
 
 from __future__ import annotations
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="real weights (e.g. the official Cnn14 .pth) instead of fill.py's: "
+                             "int8 agreement is only meaningful with trained weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import onnxruntime as ort
@@ -160,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     from model_export.audio import generated_batch
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    model, weights = build_model(args.arch)
+    if args.checkpoint:
+        from training.checkpoints import load_checkpoint
+
+        model, weights = load_checkpoint(args.checkpoint, arch=args.arch), args.checkpoint.name
+    else:
+        model, weights = build_model(args.arch)
     audio_dir = SHARED / "audio"
     calibration = audio_dir if audio_dir.is_dir() else None
     with tempfile.TemporaryDirectory(prefix="panns-bench-") as tmp:
