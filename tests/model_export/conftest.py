@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,29 +11,18 @@ import soundfile
 import torch
 from torch import nn
 
-from tests.conftest import shared_path
+from tests.conftest import reference_fill, reference_manifest
 from training.models import create_model
 
 
-def load_fill() -> ModuleType:
-    """``../shared/reference/fill.py`` (skips the test when the shared folder is absent)."""
-    path = shared_path("reference", "fill.py")
-    spec = importlib.util.spec_from_file_location("panns_reference_fill", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _gain(arch: str) -> float:
-    manifest = json.loads(shared_path("reference", "manifest.json").read_text())
-    return float(manifest[arch]["gain"])
+    return float(reference_manifest()[arch]["gain"])
 
 
 def reference_model(arch: str) -> nn.Module:
     """``arch`` with the reference fixtures' deterministic weights (fill.py), in eval mode."""
     model = create_model(arch)
-    model.load_state_dict(load_fill().fill_state_dict(model.state_dict(), _gain(arch)))
+    model.load_state_dict(reference_fill().fill_state_dict(model.state_dict(), _gain(arch)))
     return model.eval()
 
 

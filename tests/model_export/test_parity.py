@@ -12,8 +12,8 @@ from torch import nn
 
 from model_export import ParityError, export_bundle
 from service.card import load_bundle
-from tests.conftest import shared_path
-from tests.model_export.conftest import load_fill, reference_model, seeded_model
+from tests.conftest import reference_fill, shared_path
+from tests.model_export.conftest import reference_model, seeded_model
 
 # FACTS.md: a faithful float32 implementation is within 2e-5 on probabilities and 1e-4 on
 # embeddings of the reference outputs.
@@ -35,7 +35,7 @@ def run_torch(model: nn.Module, batch: np.ndarray) -> dict[str, np.ndarray]:
 def assert_matches_fixture(arch: str, bundle: Path) -> None:
     fixture = np.load(shared_path("reference", "parity", f"{arch}.npz"))
     card = load_bundle(bundle)
-    inputs = load_fill().make_inputs(card.sample_rate)
+    inputs = reference_fill().make_inputs(card.sample_rate)
     for input_name, batch in inputs.items():
         got = run_onnx(bundle / card.files["fp32"].path, batch)
         for output in card.outputs:
