@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.conftest import reference_fill, reference_manifest, shared_path
 from training.checkpoints import (
     OFFICIAL,
     CheckpointError,
@@ -108,6 +108,24 @@ def test_official_file_name_alone_loads_the_model(tmp_path: Path) -> None:
     _assert_same(_outputs(model), _outputs(loaded))
     other = _outputs(_model(seed=1))  # the comparison can fail: other weights differ
     assert not torch.allclose(other["clipwise_output"], _outputs(loaded)["clipwise_output"])
+
+
+@pytest.mark.parametrize("arch", ["Cnn6", "MobileNetV2", "LeeNet11", "DaiNet19"])
+def test_fill_py_weights_under_the_official_name_load_alone(tmp_path: Path, arch: str) -> None:
+    """The reference's filled state_dict (numpy-made: its 0-d BatchNorm counters come back
+    with shape (1,), which torch itself accepts) saved in the official format loads with
+    ``load_checkpoint(path)`` alone and reproduces the directly loaded model exactly."""
+    fill = reference_fill()
+    model = create_model(arch).eval()
+    state = fill.fill_state_dict(model.state_dict(), reference_manifest()[arch]["gain"])
+    model.load_state_dict(state, strict=True)
+    path = tmp_path / OFFICIAL[arch].file_name
+    torch.save({"model": state, "iteration": 0}, path)
+    loaded = load_checkpoint(path)
+    waveform = torch.from_numpy(fill.make_inputs(model.sample_rate)["b1_3s"])
+    with torch.no_grad():
+        expected, got = model(waveform), loaded(waveform)
+    _assert_same(expected, got)
 
 
 def test_bare_state_dict_under_a_copied_name(tmp_path: Path) -> None:

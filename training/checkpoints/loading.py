@@ -144,13 +144,21 @@ def _listed(items: list[str]) -> str:
     return f"{shown}, ... (+{more} more)" if more > 0 else shown
 
 
+def _shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
+    """torch's own rule: a 1-element 1-d tensor loads into a 0-d one (e.g. BatchNorm's
+    ``num_batches_tracked`` saved as shape (1,), as numpy-made state_dicts often are)."""
+    if got.shape == expected.shape:
+        return True
+    return expected.dim() == 0 and tuple(got.shape) == (1,)
+
+
 def state_dict_conflicts(expected: Mapping[str, torch.Tensor],
                          got: Mapping[str, torch.Tensor]) -> list[str]:
     """Human-readable differences between two state_dicts (empty when they match)."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     shapes = [f"{k}: expected {tuple(v.shape)} vs got {tuple(got[k].shape)}"
-              for k, v in expected.items() if k in got and got[k].shape != v.shape]
+              for k, v in expected.items() if k in got and not _shapes_fit(v, got[k])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_listed(missing)}")
