@@ -41,7 +41,8 @@ bundle: install
 	$(BIN)/python -m model_export.ensure
 
 serve: bundle
-	$(BIN)/python -m service
+	PANNS_MODELS="$${PANNS_MODELS:-$$($(BIN)/python -m model_export.ensure --print-dir)}" \
+		$(BIN)/python -m service
 
 bench: install
 	$(BIN)/python benchmarks/engine.py --arch Cnn14 --batch 8

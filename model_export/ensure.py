@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="the bundle must have fp16")
     parser.add_argument("--int8", action="store_true", help="the bundle must have int8")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--print-dir", action="store_true",
+                        help="only print the bundle directory the environment asks for")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from training.checkpoints import CheckpointError
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {v for v in ("fp16", "int8") if getattr(args, v)}
     try:
         request = request_from_env(dict(os.environ), wanted)
+        if args.print_dir:  # for `make serve`: the service must load the bundle made here
+            print(request.bundle)
+            return 0
         card = ensure(request, progress=not args.quiet)
     except (CheckpointError, ExportError, ValueError, FileNotFoundError) as exc:
         print(f"error: no model bundle for the service.\n{exc}", file=sys.stderr)

@@ -119,3 +119,24 @@ def test_ensure_exports_once_then_does_nothing(
     monkeypatch.setenv("PANNS_CHECKPOINT_URL", f"http://127.0.0.1:{_closed_port()}/{{name}}")
     assert main(["-q"]) == 0
     assert (tmp_path / "b" / "model.onnx").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "models/cnn14"),
+    ({"PANNS_MODEL": "Cnn14_DecisionLevelAtt"}, "models/cnn14_decisionlevelatt"),
+    ({"PANNS_CHECKPOINT": "/ckpt/My_Birds.pth"}, "models/my_birds"),
+    ({"PANNS_MODEL": "Cnn10", "PANNS_MODELS": "/srv/a, /srv/b"}, "/srv/a"),
+])
+def test_print_dir_names_the_bundle_make_serve_loads(
+    env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make serve` hands this directory to the service, so both agree on one bundle."""
+    from model_export.ensure import main
+
+    for key in ("PANNS_MODEL", "PANNS_CHECKPOINT", "PANNS_MODELS", "PANNS_EXPORT_VARIANTS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--print-dir"]) == 0
+    assert capsys.readouterr().out.strip() == expected
