@@ -25,6 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,7 @@ class Subset:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        wave, target = self.dataset[int(self.indices[index])]
-        return wave, target
+        return self.dataset[int(self.indices[index])]
 
 
 def split_holdout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
@@ -71,28 +71,20 @@ def split_holdout(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any | 
     return Subset(dataset, np.sort(order[held:])), Subset(dataset, np.sort(order[:held]))
 
 
-def guess_arch(checkpoint: str, given: str | None) -> str:
-    """``--arch``, else the checkpoint's ``arch`` entry, else its official file name."""
-    if given:
-        return given
-    from training.checkpoints import find_official, read_checkpoint
+def checkpoint_base(checkpoint: str, given: str | None) -> tuple[str, dict[str, Any]]:
+    """From one read of the checkpoint: its architecture (``--arch``, else its ``arch`` entry,
+    else its official file name) and its create_model overrides minus the class count."""
+    from training.checkpoints import CheckpointError, read_checkpoint
+    from training.checkpoints.loading import resolve_arch
 
-    arch = read_checkpoint(checkpoint).get("arch")
-    if arch:
-        return str(arch)
-    entry = find_official(checkpoint)
-    if entry is None:
-        raise SystemExit(f"cannot tell the architecture of {checkpoint}: pass --arch")
-    return entry.arch
-
-
-def base_model_args(checkpoint: str) -> dict[str, Any]:
-    """The checkpoint's create_model overrides (front-end settings) minus its class count."""
-    from training.checkpoints import read_checkpoint
-
-    args = dict(read_checkpoint(checkpoint).get("model_args") or {})
+    state = read_checkpoint(checkpoint)
+    try:
+        arch = resolve_arch(Path(checkpoint), state, given)
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from None
+    args = dict(state.get("model_args") or {})
     args.pop("classes_num", None)
-    return args
+    return arch, args
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -108,12 +100,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace, classes: int) -> TrainConfig:
-    arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
+def build_config(args: argparse.Namespace, arch: str, model_args: dict[str, Any]) -> TrainConfig:
+    """The fine-tuning defaults, then the flags given (``--arch`` is already in ``arch``)."""
     base = TrainConfig(**{**FINETUNE_DEFAULTS, "arch": arch, "train": str(args.data),
                           "pretrained": str(args.checkpoint), "pretrained_skip_head": True,
-                          "model_args": {**base_model_args(args.checkpoint),
-                                         "classes_num": classes}})
+                          "model_args": model_args})
     vars(args).pop("arch", None)
     return config_from_args(args, base)
 
@@ -121,11 +112,11 @@ def build_config(args: argparse.Namespace, classes: int) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    arch = guess_arch(args.checkpoint, getattr(args, "arch", None))
-    rate = {**default_args(arch), **base_model_args(args.checkpoint)}["sample_rate"]
+    arch, model_args = checkpoint_base(args.checkpoint, getattr(args, "arch", None))
+    rate = {**default_args(arch), **model_args}["sample_rate"]
     clip = getattr(args, "clip_seconds", TrainConfig.clip_seconds)
     data = open_data(str(args.data), rate, clip)
-    config = build_config(args, len(data.labels))
+    config = build_config(args, arch, {**model_args, "classes_num": len(data.labels)})
     if config.eval:
         train_set: Any = data
         eval_set = open_data(config.eval, rate, clip, data.labels)
@@ -149,4 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from training.cli import run
+
+    raise SystemExit(run(main))

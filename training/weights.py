@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -20,16 +19,6 @@ def is_head(key: str) -> bool:
     return key.startswith(HEAD_PREFIXES)
 
 
-def checkpoint_state(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict, read through training.checkpoints (official or ours)."""
-    from training.checkpoints import read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    if "model" not in checkpoint:
-        raise ValueError(f"{path}: not a PANNs checkpoint (no 'model' entry)")
-    return checkpoint
-
-
 def load_pretrained(model: nn.Module, path: str | Path, *, skip_head: bool) -> list[str]:
     """Copy the checkpoint's weights into ``model``; returns the keys left at initialisation.
 
@@ -37,7 +26,9 @@ def load_pretrained(model: nn.Module, path: str | Path, *, skip_head: bool) -> l
     an error, not a silent partial load). With ``skip_head`` the head is left as initialised,
     which is how a 527-class checkpoint seeds a model with another number of classes.
     """
-    source = checkpoint_state(path)["model"]
+    from training.checkpoints import read_checkpoint  # official or ours; always has "model"
+
+    source = read_checkpoint(path)["model"]
     target = model.state_dict()
     wanted = {k for k in target if not (skip_head and is_head(k))}
     missing = sorted(wanted - set(source))

@@ -45,6 +45,7 @@ class H5Dataset:
                 f"{self.path}: {self.targets.shape[1]} target columns but {len(self.labels)} labels"
             )
         self._file: h5py.File | None = None
+        self._waveform: h5py.Dataset | None = None  # looked up once per open, not per clip
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -53,20 +54,21 @@ class H5Dataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
-        if self._file is None or self._pid != os.getpid():  # forked workers open their own
+        if self._waveform is None or self._pid != os.getpid():  # forked workers open their own
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._waveform = self._file["waveform"]
         row = int(index) % len(self)
-        wave = int16_to_float(self._file["waveform"][row])
+        wave = int16_to_float(self._waveform[row])
         return wave, self.targets[row].astype(np.float32)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = None
+            self._file = self._waveform = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"] = None  # each process opens its own handle
+        state["_file"] = state["_waveform"] = None  # each process opens its own handle
         return state
 
 

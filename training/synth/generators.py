@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
+
+from training.data.audio import load_audio
 
 Generator = Callable[[int, float, np.random.Generator], np.ndarray]
 PEAK = 0.5
@@ -182,9 +182,8 @@ def make_speech(sample_rate: int, seconds: float, rng: np.random.Generator) -> n
             capture_output=True,
             timeout=60,
         )
-        data, rate = sf.read(str(out), dtype="float32", always_2d=True)
-    wave = soxr.resample(data.mean(axis=1), rate, sample_rate)
-    return _finish(np.pad(wave, (0, max(0, n - len(wave))))[:n].astype(np.float64), sample_rate)
+        wave = load_audio(out, sample_rate, n)  # mono, resampled, padded or cut to n
+    return _finish(wave.astype(np.float64), sample_rate)
 
 
 @dataclass(frozen=True)
