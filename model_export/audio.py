@@ -31,41 +31,23 @@ def generated_batch(sample_rate: int, batch: int, samples: int, seed: int = 0) -
     return np.stack([generated_clip(sample_rate, samples, seed + i) for i in range(batch)])
 
 
-def fit_length(clip: np.ndarray, samples: int) -> np.ndarray:
-    """Zero-pad or cut a mono clip to exactly ``samples`` samples (as training does)."""
-    if clip.shape[0] >= samples:
-        return np.ascontiguousarray(clip[:samples])
-    return np.pad(clip, (0, samples - clip.shape[0]))
-
-
-def load_recording(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode one file to mono float32 at ``sample_rate`` (soundfile + soxr)."""
-    import soundfile
-    import soxr
-
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1)
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate)
-    return np.asarray(mono, dtype=np.float32)
-
-
 def recordings(directory: Path, sample_rate: int, samples: int) -> tuple[np.ndarray, list[str]]:
     """Every decodable recording in ``directory``, fitted to ``samples``; (batch, names).
 
     Files that fail to decode are skipped with a warning; no usable file is an error.
+    Decoding is training's :func:`~training.data.audio.load_audio` (mono, soxr, pad/cut).
     """
+    from training.data.audio import load_audio
+
     paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
     clips, names = [], []
     for path in paths:
         try:
-            clip = load_recording(path, sample_rate)
-        except (RuntimeError, OSError, ValueError) as exc:
+            clips.append(load_audio(path, sample_rate, clip_samples=samples))
+        except (RuntimeError, OSError, ValueError) as exc:  # AudioDecodeError is a ValueError
             log.warning("skipping %s: %s", path, exc)
             continue
-        if clip.size:
-            clips.append(fit_length(clip, samples))
-            names.append(path.name)
+        names.append(path.name)
     if not clips:
         kinds = ", ".join(AUDIO_SUFFIXES)
         raise FileNotFoundError(f"{directory}: no decodable audio files ({kinds})")

@@ -16,7 +16,7 @@ from model_export import variants, verify
 from model_export.atomic import replace_dir
 from model_export.audio import generated_batch, recordings
 from model_export.card import build_card, default_labels
-from model_export.graph import ExportError, ModelInfo, export_onnx
+from model_export.graph import INPUT_NAME, ExportError, ModelInfo, export_onnx
 from service.card import Label, ModelCard, Parity, Source, load_bundle, write_card
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _build(
         audio = _eval_audio(info.sample_rate, clip, calibration_dir)
         calibration = np.concatenate(list(audio.values()))
         variants.to_int8(work / FILE_NAMES["fp32"], work / FILE_NAMES["int8"],
-                         calibration, "waveform")
+                         calibration, INPUT_NAME)
         ref8 = verify.torch_reference(model, audio)
         parity["int8"] = verify.measure_int8(
             verify.session(work / FILE_NAMES["int8"]), ref8, names)

@@ -123,11 +123,12 @@ def ensure(request: Request, progress: bool = True) -> ModelCard:
         return card
     from training.checkpoints import download
 
-    path = request.checkpoint
+    path, digest = request.checkpoint, None
     if path is None:
         path = download(str(request.official), checkpoint_dir(), progress=progress)
+        digest = request.checkpoint_sha256()  # the registry's, which download() verified
     return export_checkpoint(path, request.bundle, fp16="fp16" in request.variants,
-                             int8="int8" in request.variants, progress=progress)
+                             int8="int8" in request.variants, progress=progress, sha256=digest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def cmd_list(directory: Path) -> int:
     print("-" * len(header))
     for arch, entry in OFFICIAL.items():
         path = directory / entry.file_name
-        problem = verify(path, entry, progress=True) if path.is_file() else "missing"
+        problem = verify(path, entry, progress=True)  # "missing" when there is no file
         rate = default_args(arch)["sample_rate"]
         print(f"{arch:<24} {entry.file_name:<38} {entry.mAP:>5.3f} {entry.size_mb:>8.1f} "
               f"{rate:>6}  {_status(path, entry.bytes, problem)}")

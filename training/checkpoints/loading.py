@@ -176,7 +176,13 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> nn.Module:
     official file name; constructor overrides come from the checkpoint's ``"model_args"``.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(path, read_checkpoint(path), arch)
+
+
+def model_from_checkpoint(path: Path, checkpoint: Mapping[str, Any],
+                          arch: str | None = None) -> nn.Module:
+    """:func:`load_checkpoint` on a dict already read by :func:`read_checkpoint` (``path``
+    names the file in errors): callers that need its other entries read the file once."""
     name = resolve_arch(path, checkpoint, arch)
     model_args = checkpoint.get("model_args") or {}
     if not isinstance(model_args, Mapping):
