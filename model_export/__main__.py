@@ -34,19 +34,24 @@ def checkpoint_dir() -> Path:
 def export_checkpoint(
     path: Path, out: Path, *, arch: str | None = None, name: str | None = None,
     fp16: bool = False, int8: bool = False, calibration_dir: Path | None = None,
-    progress: bool = True,
+    progress: bool = True, sha256: str | None = None,
 ) -> ModelCard:
-    """Load ``path`` (official or our own training's) and export it to the bundle ``out``."""
-    from training.checkpoints import load_checkpoint, read_checkpoint, sha256_file
-    from training.checkpoints.loading import resolve_arch
+    """Load ``path`` (official or our own training's) and export it to the bundle ``out``.
+
+    ``sha256``: the file's digest when the caller already knows it (a verified official
+    download), so a checkpoint of hundreds of MB is not hashed again.
+    """
+    from training.checkpoints import read_checkpoint, sha256_file
+    from training.checkpoints.loading import model_from_checkpoint, resolve_arch
 
     raw = read_checkpoint(path)
     arch_name = resolve_arch(path, raw, arch)
     names = raw.get("labels")
     labels = custom_labels([str(n) for n in names]) if isinstance(names, list) else None
+    model = model_from_checkpoint(path, raw, arch=arch_name)
     del raw
-    model = load_checkpoint(path, arch=arch_name)
-    source = Source(checkpoint=path.name, sha256=sha256_file(path, progress=progress))
+    digest = sha256 or sha256_file(path, progress=progress)
+    source = Source(checkpoint=path.name, sha256=digest)
     return export_bundle(
         model, out, arch=arch_name, name=name, labels=labels, source=source, fp16=fp16,
         int8=int8, calibration_dir=calibration_dir, progress=progress)
@@ -91,19 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from training.checkpoints import CheckpointError, download
+    from training.cli import run
 
-    try:
-        path = args.checkpoint
-        if args.official:
-            path = download(args.official, args.checkpoint_dir or checkpoint_dir(),
-                            progress=not args.quiet)
-        card = export_checkpoint(
-            path, args.out, arch=args.arch, name=args.name, fp16=args.fp16, int8=args.int8,
-            calibration_dir=args.calibration_dir, progress=not args.quiet)
-    except (CheckpointError, ExportError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run(lambda: _export(args), ExportError)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.checkpoints import download, get_official
+
+    path, digest = args.checkpoint, None
+    if args.official:
+        path = download(args.official, args.checkpoint_dir or checkpoint_dir(),
+                        progress=not args.quiet)
+        digest = get_official(args.official).sha256  # download() verified it
+    card = export_checkpoint(
+        path, args.out, arch=args.arch, name=args.name, fp16=args.fp16, int8=args.int8,
+        calibration_dir=args.calibration_dir, progress=not args.quiet, sha256=digest)
     print(describe(card, args.out))
     return 0
 

@@ -157,13 +157,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from training.checkpoints import load_checkpoint, read_checkpoint
+    from training.checkpoints import read_checkpoint
+    from training.checkpoints.loading import model_from_checkpoint
     from training.data import open_dataset
     from training.runtime import Dist, resolve_device
 
     device = resolve_device(args.device, Dist())
-    model = load_checkpoint(args.checkpoint, arch=args.arch).to(device)
-    keys, names = model_labels(read_checkpoint(args.checkpoint), int(model.classes_num))
+    checkpoint = read_checkpoint(args.checkpoint)  # read once: weights and labels
+    model = model_from_checkpoint(Path(args.checkpoint), checkpoint, arch=args.arch).to(device)
+    keys, names = model_labels(checkpoint, int(model.classes_num))
     dataset = align_dataset(open_dataset(args.data), keys)
     targets, scores = predict(model, dataset, batch_size=args.batch_size, device=device,
                               workers=args.workers, amp=args.amp)
@@ -178,4 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from training.cli import run
+
+    raise SystemExit(run(main))

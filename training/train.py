@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.checkpoints import read_checkpoint
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.evaluate import align_dataset, autocast_for, collate_padded, evaluate_model
 from training.metrics import Scores
@@ -323,7 +324,7 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from a checkpoint of this run (default: latest.pth): weights, optimizer,
         sampler position, loss scaler and every RNG."""
-        state = torch.load(path or self.run.latest, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path or self.run.latest)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -366,7 +367,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     run = RunDir(out)
     if not run.latest.is_file():
         raise SystemExit(f"--resume: {run.latest} does not exist")
-    saved = torch.load(run.latest, map_location="cpu", weights_only=True)["config"]
+    saved = read_checkpoint(run.latest)["config"]
     return config_from_args(args, TrainConfig.from_dict(saved))
 
 
@@ -388,4 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from training.cli import run
+
+    raise SystemExit(run(main))
