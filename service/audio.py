@@ -35,7 +35,6 @@ class AudioError(Exception):
 
     status = 400
     code = "invalid_audio"
-    reason = "invalid"  # label of panns_decode_failures_total
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -43,19 +42,19 @@ class AudioError(Exception):
 
 
 class EmptyAudio(AudioError):
-    code, reason = "empty_audio", "empty"
+    code = "empty_audio"
 
 
 class UndecodableAudio(AudioError):
-    code, reason = "undecodable_audio", "undecodable"
+    code = "undecodable_audio"
 
 
 class UnsupportedFormat(AudioError):
-    status, code, reason = 415, "unsupported_format", "unsupported_format"
+    status, code = 415, "unsupported_format"
 
 
 class AudioTooLong(AudioError):
-    status, code, reason = 413, "audio_too_long", "too_long"
+    status, code = 413, "audio_too_long"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -64,7 +64,7 @@ class _Item:
     future: asyncio.Future[WindowResult]
     enqueued: float
     deadline: float
-    queued: bool = field(default=True)
+    queued: bool = True
 
 
 class Batcher:

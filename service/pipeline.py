@@ -94,10 +94,14 @@ class AudioLimits:
 
 
 def _prepare_sequential(
-    parts: list[Part], runtime: ModelRuntime, params: WindowParams, limits: AudioLimits
+    parts: list[Part],
+    runtime: ModelRuntime,
+    params: WindowParams,
+    limits: AudioLimits,
+    window: int,
+    hop: int,
 ) -> list[FileWork]:
     """Decode one file after the other, so decoded audio per request stays under its limit."""
-    window, hop = params.samples(runtime)
     works, used = [], 0.0
     for part in parts:
         budget = max(0.0, min(limits.per_file_s, limits.per_request_s - used))
@@ -121,13 +125,14 @@ async def prepare_all(
     metrics: Metrics,
 ) -> list[FileWork]:
     """Decode and cut every file in a worker thread; a bad file only fails its own entry."""
-    params.samples(runtime)  # 422 for bad window parameters before any decoding
-    works = await asyncio.to_thread(_prepare_sequential, parts, runtime, params, limits)
+    window, hop = params.samples(runtime)  # 422 for bad window parameters before any decoding
+    works = await asyncio.to_thread(
+        _prepare_sequential, parts, runtime, params, limits, window, hop
+    )
     for work in works:
         if work.error is not None:
             metrics.decode_failures.labels(work.error.code).inc()
-    good = [w for w in works if w.error is None]
-    if not good:
+    if all(w.error is not None for w in works):
         first = works[0]
         assert first.error is not None
         raise ApiError(first.status, first.error.code, first.error.message)

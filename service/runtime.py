@@ -54,9 +54,13 @@ class Runtimes:
     settings: Settings
     metrics: Metrics
     models: dict[str, ModelRuntime] = field(default_factory=dict)
-    default_name: str | None = None
     ready: bool = False
     error: str | None = None
+
+    @property
+    def default_name(self) -> str | None:
+        """The first configured bundle's model (registered first)."""
+        return next(iter(self.models), None)
 
     def warmup_sizes(self, provider: str) -> list[int]:
         mode, top = self.settings.warmup, self.settings.max_batch
@@ -77,7 +81,7 @@ class Runtimes:
         engine.warm_up(sizes, engine.card.clip_samples)
         return engine, sizes
 
-    def _register(self, engine: Engine, first: bool) -> None:
+    def _register(self, engine: Engine) -> None:
         s, card = self.settings, engine.card
         if card.name in self.models:
             raise ValueError(f"two bundles are named {card.name!r}")
@@ -90,9 +94,7 @@ class Runtimes:
             name=card.name,
         )
         batcher.start()
-        self.models[card.name] = ModelRuntime(card, engine, batcher, default=first)
-        if first:
-            self.default_name = card.name
+        self.models[card.name] = ModelRuntime(card, engine, batcher, default=not self.models)
         self.metrics.model_info.labels(
             card.name, card.arch, card.checksum, engine.provider, engine.precision
         ).set(1)
@@ -101,9 +103,9 @@ class Runtimes:
     async def load_all(self) -> None:
         """Load, warm up and start every bundle (in a thread: the server stays responsive)."""
         try:
-            for index, bundle in enumerate(self.settings.model_dirs):
+            for bundle in self.settings.model_dirs:
                 engine, sizes = await asyncio.to_thread(self._load_one, str(bundle))
-                self._register(engine, first=index == 0)
+                self._register(engine)
                 log.info("model %s ready (warm-up batch sizes %s)", engine.card.name, sizes)
             self.ready = True
         except Exception as exc:  # reported by /readyz and the log; the server stays up

@@ -42,12 +42,13 @@ def cut(wave: np.ndarray, window: int, hop: int, pad: bool, min_samples: int) ->
     out = []
     for start in window_starts(n, window, hop):
         end = min(start + window, n)
-        if pad:
+        if pad and end - start < window:
             samples = np.zeros(window, np.float32)
             samples[: end - start] = wave[start:end]
         else:
-            start = min(start, n - min_samples) if end - start < min_samples else start
-            samples = wave[start:end]
+            if not pad and end - start < min_samples:
+                start = min(start, n - min_samples)
+            samples = wave[start:end]  # a view: the batcher's np.stack makes the one copy
         out.append(Window(start, end, np.ascontiguousarray(samples, dtype=np.float32)))
     return out
 

@@ -6,11 +6,12 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
 
 from service.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from service.card import OutputKind
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.pipeline import AudioLimits, FileWork, WindowParams, infer_all, prepare_all
@@ -20,7 +21,6 @@ from service.settings import Settings
 from service.upload import read_files
 
 T = TypeVar("T")
-OutputKind = Literal["clipwise", "embedding", "framewise"]
 
 
 def settings_of(request: Request) -> Settings:
