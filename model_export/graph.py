@@ -29,6 +29,8 @@ import onnx
 import torch
 from torch import nn
 
+from model_export.rewrite import trim_spectrum
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -113,6 +115,9 @@ def export_onnx(model: nn.Module, path: Path, example_samples: int) -> onnx.Mode
     except Exception as exc:  # the exporter raises many types; report them uniformly
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
     graph = onnx.load(str(path))
+    trimmed = trim_spectrum(graph)
+    if trimmed:
+        log.info("dropped %d STFT bins the mel filterbank does not use", trimmed)
     normalise(graph)
     onnx.save(graph, str(path))
     return graph
