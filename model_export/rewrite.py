@@ -6,7 +6,7 @@ each bundle's parity check re-proves that against PyTorch:
 * :func:`trim_spectrum`: the STFT convolutions compute every FFT bin, but the mel filterbank
   gives the bins below ``fmin`` and above ``fmax`` zero weight (for the 32 kHz models, 67 of
   513 bins: 0-1 and 448-512). Dropping those filters and the matching mel rows removes 13 % of
-  the STFT's multiply-adds, which is the only float32 part of the int8 graph.
+  the STFT's multiply-adds, the largest float32 part of the int8 graph.
 * :func:`pools_as_depthwise_convs`: an ``AveragePool`` is a depthwise convolution whose
   weights are all ``1 / kernel area``. Written that way, quantization turns it into a
   ``QLinearConv`` with ONNX Runtime's depthwise kernel: 3.3 ms instead of 43 ms for Cnn14's
