@@ -13,6 +13,11 @@ from torch import nn
 from model_export.graph import INPUT_NAME, OPSET, ModelInfo
 from service.card import FileEntry, Label, ModelCard, Parity, Source, TensorSpec, sha256_file
 
+# The export recipe, recorded in each card; raise it when a change to model_export makes
+# graphs worth re-exporting (``ensure`` then rebuilds older bundles it can rebuild).
+# 1: first release. 2: STFT cut to the mel band; int8 folds ReLUs, pools as depthwise convs.
+EXPORT_RECIPE = 2
+
 OUTPUT_KINDS = {"clipwise_output": "clipwise", "embedding": "embedding",
                 "framewise_output": "framewise"}
 
@@ -89,4 +94,5 @@ def build_card(
         source=source,
         parity=parity,  # type: ignore[arg-type]
         versions=versions(),
+        export_recipe=EXPORT_RECIPE,
     )

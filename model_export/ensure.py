@@ -10,8 +10,9 @@ Used by ``make serve`` and the Docker model step. Environment:
 * ``PANNS_EXPORT_VARIANTS``: extra variants, e.g. ``fp16`` or ``fp16,int8`` (or ``--fp16``,
   ``--int8``).
 
-Does nothing when a bundle is there, verifies (every file's size and SHA-256) and has the
-requested variants and, when ``PANNS_MODEL`` or ``PANNS_CHECKPOINT`` is set, was made from that
+Does nothing when a bundle is there, verifies (every file's size and SHA-256), has the
+requested variants, was made by the current export recipe (or its checkpoint is not on disk to
+redo it) and, when ``PANNS_MODEL`` or ``PANNS_CHECKPOINT`` is set, was made from that
 checkpoint, same file name and SHA-256 (a verified bundle of your own in ``PANNS_MODELS`` is
 served as it is, never replaced by the default model). Otherwise downloads (official) and
 exports. Offline without the checkpoint it exits 1 naming the file, its size, SHA-256, URL and
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_export.__main__ import checkpoint_dir, describe, export_checkpoint
+from model_export.card import EXPORT_RECIPE
 from model_export.graph import ExportError
 from service.card import BundleError, ModelCard, load_bundle
 
@@ -53,6 +55,12 @@ class Request:
         from training.checkpoints import get_official
 
         return get_official(str(self.official)).file_name
+
+    def checkpoint_on_disk(self) -> bool:
+        """The checkpoint can be exported without a download."""
+        if self.checkpoint is not None:
+            return self.checkpoint.is_file()
+        return (checkpoint_dir() / self.checkpoint_name).is_file()
 
     def checkpoint_sha256(self) -> str | None:
         """The SHA-256 the bundle must have been made from (None: the file is not there yet).
@@ -113,6 +121,20 @@ def usable(request: Request) -> ModelCard | None:
     if missing:
         log.warning("%s lacks %s: exporting again", request.bundle, ", ".join(sorted(missing)))
         return None
+    return _current_recipe(request, card)
+
+
+def _current_recipe(request: Request, card: ModelCard) -> ModelCard | None:
+    """None (export again) for a bundle of an older export recipe whose checkpoint is here;
+    without the checkpoint the older bundle is served as it is rather than nothing."""
+    if card.export_recipe >= EXPORT_RECIPE:
+        return card
+    older = f"{request.bundle} was made by export recipe {card.export_recipe} (now {EXPORT_RECIPE})"
+    if request.checkpoint_on_disk():
+        log.warning("%s: exporting again", older)
+        return None
+    log.warning("%s; serving it as it is: %s is not on disk to export again", older,
+                request.checkpoint_name)
     return card
 
 

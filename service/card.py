@@ -78,6 +78,9 @@ class ModelCard(_Strict):
     source: Source = Source()
     parity: dict[Variant, Parity] = {}
     versions: dict[str, str] = {}  # torch / onnx / onnxruntime / panns-serve that made it
+    # How model_export built the graphs (model_export.card.EXPORT_RECIPE); cards from before it
+    # was recorded read as 1. `model_export.ensure` re-exports bundles of an older recipe.
+    export_recipe: int = Field(default=1, ge=1)
 
     def output(self, kind: OutputKind) -> TensorSpec | None:
         """The output of the given kind, or None when the model has none."""

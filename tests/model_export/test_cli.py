@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -140,3 +141,54 @@ def test_print_dir_names_the_bundle_make_serve_loads(
         monkeypatch.setenv(key, value)
     assert main(["--print-dir"]) == 0
     assert capsys.readouterr().out.strip() == expected
+
+
+def _as_first_recipe(bundle: Path, **source: str) -> int:
+    """Rewrite the card as model_export wrote it before it recorded its recipe; return the
+    graph's mtime, which tells whether a later ensure exported again."""
+    card_path = bundle / "model.json"
+    card = json.loads(card_path.read_text())
+    del card["export_recipe"]
+    card["source"].update(source)
+    card_path.write_text(json.dumps(card))
+    assert load_bundle(bundle).export_recipe == 1
+    return (bundle / "model.onnx").stat().st_mtime_ns
+
+
+def test_ensure_exports_a_bundle_of_an_older_recipe_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_export.card import EXPORT_RECIPE
+    from model_export.ensure import main
+
+    bundle = tmp_path / "b"
+    ckpt = fine_tuned_checkpoint(tmp_path / "finetuned.pth")
+    monkeypatch.setenv("PANNS_CHECKPOINT", str(ckpt))
+    monkeypatch.setenv("PANNS_MODELS", str(bundle))
+    monkeypatch.delenv("PANNS_EXPORT_VARIANTS", raising=False)
+    assert main(["-q"]) == 0
+    assert load_bundle(bundle).export_recipe == EXPORT_RECIPE
+    stamp = _as_first_recipe(bundle)
+    assert main(["-q"]) == 0  # the checkpoint is here: exported again with today's recipe
+    assert load_bundle(bundle).export_recipe == EXPORT_RECIPE
+    assert (bundle / "model.onnx").stat().st_mtime_ns != stamp
+
+
+def test_ensure_serves_an_older_recipe_when_it_cannot_export_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_export import export_bundle
+    from model_export.ensure import main
+
+    bundle = tmp_path / "b"
+    export_bundle(seeded_model("LeeNet11"), bundle, arch="LeeNet11")
+    official = OFFICIAL["LeeNet11"]  # the card claims the official file, which is not on disk
+    stamp = _as_first_recipe(bundle, checkpoint=official.file_name, sha256=official.sha256)
+    monkeypatch.setenv("PANNS_MODEL", "LeeNet11")
+    monkeypatch.setenv("PANNS_MODELS", str(bundle))
+    monkeypatch.setenv("PANNS_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))
+    monkeypatch.setenv("PANNS_CHECKPOINT_URL", f"http://127.0.0.1:{_closed_port()}/{{name}}")
+    monkeypatch.delenv("PANNS_CHECKPOINT", raising=False)
+    monkeypatch.delenv("PANNS_EXPORT_VARIANTS", raising=False)
+    assert main(["-q"]) == 0  # served as it is, no download attempted
+    assert (bundle / "model.onnx").stat().st_mtime_ns == stamp
