@@ -48,6 +48,25 @@ def init_bn(bn: nn.Module) -> None:
         nn.init.zeros_(bn.bias)
 
 
+def same_conv2d(cin: int, cout: int, kernel: int, groups: int = 1) -> nn.Conv2d:
+    """Stride-1, size-preserving, bias-free conv, initialised like init_layer (ResNets and
+    MobileNets build every conv this way)."""
+    conv = nn.Conv2d(cin, cout, kernel, stride=1, padding=kernel // 2, groups=groups,
+                     bias=False)
+    init_layer(conv)
+    return conv
+
+
+def batch_norm2d(channels: int, zero: bool = False) -> nn.BatchNorm2d:
+    """BatchNorm2d initialised like init_bn; ``zero``: weight 0, so that a residual branch
+    ending in it starts as the identity."""
+    bn = nn.BatchNorm2d(channels)
+    init_bn(bn)
+    if zero:
+        nn.init.constant_(bn.weight, 0.0)
+    return bn
+
+
 def init_weights(model: nn.Module) -> None:
     """Initialise every conv/linear/BN of ``model`` except the frozen STFT/mel front-end."""
     for name, module in model.named_modules():

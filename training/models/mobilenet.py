@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from training.models.common import (
     PannsModel,
+    batch_norm2d,
     global_pool_2d,
-    init_bn,
     init_layer,
     logmel_min_samples,
+    same_conv2d,
     tagging_head,
 )
 
@@ -23,29 +24,18 @@ from training.models.common import (
 DOWNSAMPLING = 32
 
 
-def _conv(cin: int, cout: int, kernel: int, groups: int = 1) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, kernel, stride=1, padding=kernel // 2, groups=groups,
-                     bias=False)
-    init_layer(conv)
-    return conv
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(channels)
-    init_bn(bn)
-    return bn
-
-
 def conv_bn(cin: int, cout: int, stride: int, act: type[nn.Module]) -> nn.Sequential:
     """The stem: [conv3x3, AvgPool2d(stride), BN, activation] (params at 0 and 2)."""
-    return nn.Sequential(_conv(cin, cout, 3), nn.AvgPool2d(stride), _bn(cout), act(inplace=True))
+    return nn.Sequential(same_conv2d(cin, cout, 3), nn.AvgPool2d(stride), batch_norm2d(cout),
+                         act(inplace=True))
 
 
 def conv_dw(cin: int, cout: int, stride: int) -> nn.Sequential:
     """MobileNetV1 separable block: depthwise 3x3, AvgPool2d(s), BN, ReLU, 1x1, BN, ReLU."""
     return nn.Sequential(
-        _conv(cin, cin, 3, groups=cin), nn.AvgPool2d(stride), _bn(cin), nn.ReLU(inplace=True),
-        _conv(cin, cout, 1), _bn(cout), nn.ReLU(inplace=True),
+        same_conv2d(cin, cin, 3, groups=cin), nn.AvgPool2d(stride), batch_norm2d(cin),
+        nn.ReLU(inplace=True),
+        same_conv2d(cin, cout, 1), batch_norm2d(cout), nn.ReLU(inplace=True),
     )
 
 
@@ -58,10 +48,11 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers += [_conv(cin, hidden, 1), _bn(hidden), nn.ReLU6(inplace=True)]
+            layers += [same_conv2d(cin, hidden, 1), batch_norm2d(hidden), nn.ReLU6(inplace=True)]
         layers += [
-            _conv(hidden, hidden, 3, groups=hidden), nn.AvgPool2d(stride), _bn(hidden),
-            nn.ReLU6(inplace=True), _conv(hidden, cout, 1), _bn(cout),
+            same_conv2d(hidden, hidden, 3, groups=hidden), nn.AvgPool2d(stride),
+            batch_norm2d(hidden), nn.ReLU6(inplace=True), same_conv2d(hidden, cout, 1),
+            batch_norm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)
 
@@ -96,7 +87,8 @@ def mobilenet_v2_features() -> nn.Sequential:
         for i in range(n):
             layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
             cin = c
-    layers.append(nn.Sequential(_conv(cin, 1280, 1), _bn(1280), nn.ReLU6(inplace=True)))
+    layers.append(nn.Sequential(same_conv2d(cin, 1280, 1), batch_norm2d(1280),
+                                nn.ReLU6(inplace=True)))
     return nn.Sequential(*layers)
 
 

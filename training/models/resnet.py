@@ -14,10 +14,11 @@ from torch import Tensor, nn
 from training.models.common import (
     ConvBlock,
     PannsModel,
+    batch_norm2d,
     global_pool_2d,
-    init_bn,
     init_layer,
     logmel_min_samples,
+    same_conv2d,
     tagging_head,
 )
 
@@ -25,27 +26,13 @@ from training.models.common import (
 DOWNSAMPLING = 32
 
 
-def _conv(cin: int, cout: int, kernel: int) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, kernel, stride=1, padding=kernel // 2, bias=False)
-    init_layer(conv)
-    return conv
-
-
-def _bn(channels: int, zero: bool = False) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(channels)
-    init_bn(bn)
-    if zero:  # the last BN of a residual branch starts at 0: each block begins as identity
-        nn.init.constant_(bn.weight, 0.0)
-    return bn
-
-
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential | None:
     if stride == 2:
-        return nn.Sequential(nn.AvgPool2d(2), _conv(cin, cout, 1), _bn(cout))
+        return nn.Sequential(nn.AvgPool2d(2), same_conv2d(cin, cout, 1), batch_norm2d(cout))
     if stride != 1:
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if cin != cout:
-        return nn.Sequential(_conv(cin, cout, 1), _bn(cout))
+        return nn.Sequential(same_conv2d(cin, cout, 1), batch_norm2d(cout))
     return None
 
 
@@ -57,10 +44,10 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int) -> None:
         super().__init__()
         self.stride = stride
-        self.conv1 = _conv(cin, planes, 3)
-        self.bn1 = _bn(planes)
-        self.conv2 = _conv(planes, planes, 3)
-        self.bn2 = _bn(planes, zero=True)
+        self.conv1 = same_conv2d(cin, planes, 3)
+        self.bn1 = batch_norm2d(planes)
+        self.conv2 = same_conv2d(planes, planes, 3)
+        self.bn2 = batch_norm2d(planes, zero=True)
         self.downsample = _shortcut(cin, planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -81,12 +68,12 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.stride = stride
         out = planes * self.expansion
-        self.conv1 = _conv(cin, planes, 1)
-        self.bn1 = _bn(planes)
-        self.conv2 = _conv(planes, planes, 3)
-        self.bn2 = _bn(planes)
-        self.conv3 = _conv(planes, out, 1)
-        self.bn3 = _bn(out, zero=True)
+        self.conv1 = same_conv2d(cin, planes, 1)
+        self.bn1 = batch_norm2d(planes)
+        self.conv2 = same_conv2d(planes, planes, 3)
+        self.bn2 = batch_norm2d(planes)
+        self.conv3 = same_conv2d(planes, out, 1)
+        self.bn3 = batch_norm2d(out, zero=True)
         self.downsample = _shortcut(cin, out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
