@@ -28,8 +28,8 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.audio import decode  # noqa: E402
-from service.backend import Engine  # noqa: E402
+from service.core.audio import decode  # noqa: E402
+from service.core.backends.ort import Engine  # noqa: E402
 
 log = logging.getLogger("benchmarks.service")
 

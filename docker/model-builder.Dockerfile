@@ -27,7 +27,7 @@ COPY model_export/ model_export/
 COPY service/ service/
 # hadolint ignore=DL3013
 RUN pip install ".[train,cpu]" \
-    && python -c "import torch, training.models, model_export, service.card; print('torch', torch.__version__)" \
+    && python -c "import torch, training.models, model_export, service.core.card; print('torch', torch.__version__)" \
     && pip uninstall -y pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime

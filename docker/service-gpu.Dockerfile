@@ -38,7 +38,7 @@ COPY service/ service/
 # hadolint ignore=DL3013
 RUN pip install "pip==${PIP_VERSION}" \
     && pip install ".[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
-    && python -c "import onnxruntime, service.card; print('onnxruntime', onnxruntime.__version__)" \
+    && python -c "import onnxruntime, service.core.card; print('onnxruntime', onnxruntime.__version__)" \
     && pip uninstall -y pip setuptools
 
 FROM base AS runtime

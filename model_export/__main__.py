@@ -18,7 +18,7 @@ from pathlib import Path
 from model_export.bundle import export_bundle
 from model_export.card import custom_labels
 from model_export.graph import ExportError
-from service.card import ModelCard, Source
+from service.core.card import ModelCard, Source
 
 log = logging.getLogger("model_export")
 

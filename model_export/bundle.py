@@ -17,7 +17,7 @@ from model_export.atomic import replace_dir
 from model_export.audio import generated_batch, recordings
 from model_export.card import build_card, default_labels
 from model_export.graph import INPUT_NAME, ExportError, ModelInfo, export_onnx
-from service.card import Label, ModelCard, Parity, Source, load_bundle, write_card
+from service.core.card import Label, ModelCard, Parity, Source, load_bundle, write_card
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Building the bundle card (``service.card.ModelCard``) for an exported model."""
+"""Building the bundle card (``service.core.card.ModelCard``) for an exported model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from model_export.graph import INPUT_NAME, OPSET, ModelInfo
-from service.card import FileEntry, Label, ModelCard, Parity, Source, TensorSpec, sha256_file
+from service.core.card import FileEntry, Label, ModelCard, Parity, Source, TensorSpec, sha256_file
 
 # The export recipe, recorded in each card; raise it when a change to model_export makes
 # graphs worth re-exporting (``ensure`` then rebuilds older bundles it can rebuild).

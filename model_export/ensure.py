@@ -31,7 +31,7 @@ from pathlib import Path
 from model_export.__main__ import checkpoint_dir, describe, export_checkpoint
 from model_export.card import EXPORT_RECIPE
 from model_export.graph import ExportError
-from service.card import BundleError, ModelCard, load_bundle
+from service.core.card import BundleError, ModelCard, load_bundle
 
 log = logging.getLogger("model_export.ensure")
 

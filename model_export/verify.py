@@ -18,7 +18,7 @@ from torch import nn
 
 from model_export.audio import generated_batch
 from model_export.graph import INPUT_NAME, ExportError, ModelInfo
-from service.card import Parity
+from service.core.card import Parity
 
 log = logging.getLogger(__name__)
 

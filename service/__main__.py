@@ -8,9 +8,9 @@ import sys
 import uvicorn
 
 from service.app import create_app
-from service.card import BundleError
+from service.core.card import BundleError
+from service.core.models import check_bundles
 from service.logs import configure_logging
-from service.runtime import check_bundles
 from service.settings import get_settings
 
 

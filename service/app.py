@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
 
+from service.core.models import Runtimes, check_bundles
 from service.errors import install_error_handlers
 from service.logs import AccessLogMiddleware
 from service.metrics import Metrics
 from service.routes import detect, embed, health, metrics, models, tag
 from service.routes.common import require_api_key
-from service.runtime import Runtimes, check_bundles
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from service.card import FileEntry, Label, Parity, Source, TensorSpec
+from service.core.card import FileEntry, Label, Parity, Source, TensorSpec
 
 
 class ErrorInfo(BaseModel):

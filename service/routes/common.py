@@ -10,12 +10,12 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
 
-from service.batcher import BatcherStopped, DeadlineExceeded, QueueFull
-from service.card import OutputKind
+from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from service.core.card import OutputKind
+from service.core.models import ModelRuntime, Runtimes
+from service.core.pipeline import AudioLimits, FileWork, WindowParams, infer_all, prepare_all
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.pipeline import AudioLimits, FileWork, WindowParams, infer_all, prepare_all
-from service.runtime import ModelRuntime, Runtimes
 from service.schemas import ModelRef
 from service.settings import Settings
 from service.upload import read_files

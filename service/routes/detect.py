@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service.core.pipeline import FileWork
+from service.core.results import decimate, events, tracks
+from service.core.windows import stitch_frames
 from service.errors import ApiError
-from service.pipeline import FileWork
-from service.results import decimate, events, tracks
 from service.routes.common import RuntimeDep, WindowDep, model_ref, require_output, run_request
 from service.routes.docs import ERRORS, UPLOAD
 from service.schemas import DetectResponse, DetectResult
-from service.windows import stitch_frames
 
 router = APIRouter(tags=["inference"])
 

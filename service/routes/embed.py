@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.pipeline import FileWork
+from service.core.pipeline import FileWork
 from service.routes.common import RuntimeDep, WindowDep, model_ref, require_output, run_request
 from service.routes.docs import ERRORS, UPLOAD
 from service.schemas import EmbedResponse, EmbedResult

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.core.models import ModelRuntime
 from service.routes.common import RuntimeDep, runtimes_of
-from service.runtime import ModelRuntime
 from service.schemas import LabelsResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])

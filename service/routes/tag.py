@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from service.pipeline import FileWork
-from service.results import aggregate, top_entries
+from service.core.pipeline import FileWork
+from service.core.results import aggregate, top_entries
 from service.routes.common import RuntimeDep, WindowDep, model_ref, run_request
 from service.routes.docs import ERRORS, UPLOAD
 from service.schemas import TagResponse, TagResult, WindowTop

@@ -108,7 +108,7 @@ def bundle(mounts: dict[str, Path], checkpoint: Path) -> Path:
 
 
 def test_model_step_builds_a_verified_bundle_with_the_compose_variants(bundle: Path) -> None:
-    from service.card import load_bundle
+    from service.core.card import load_bundle
 
     card = load_bundle(bundle)
     assert card.arch == ARCH

@@ -10,7 +10,7 @@ import pytest
 
 from model_export import export_bundle
 from model_export.atomic import replace_dir
-from service.card import BundleError, ModelCard, load_bundle, read_card, write_card
+from service.core.card import BundleError, ModelCard, load_bundle, read_card, write_card
 from tests.model_export.conftest import seeded_model, write_recordings
 from training.audioset import audioset_labels
 
@@ -68,7 +68,7 @@ def test_existing_bundle_is_replaced_whole(leenet_bundle: Path, tmp_path: Path) 
 
 
 def _labels(n: int) -> list:
-    from service.card import Label
+    from service.core.card import Label
 
     return [Label(index=i, mid=f"/x/{i}", display_name=f"sound {i}") for i in range(n)]
 

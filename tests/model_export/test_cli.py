@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.card import load_bundle
+from service.core.card import load_bundle
 from tests.conftest import REPO_ROOT
 from tests.model_export.conftest import seeded_model, write_recordings
 from training.audioset import name_to_index

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from model_export import ParityError, export_bundle
-from service.card import load_bundle
+from service.core.card import load_bundle
 from tests.conftest import reference_fill, shared_path
 from tests.model_export.conftest import reference_model, seeded_model
 
@@ -130,7 +130,7 @@ class _LengthBaked(nn.Module):
 
 
 def test_parity_failure_writes_nothing(tmp_path: Path) -> None:
-    from service.card import Label
+    from service.core.card import Label
 
     labels = [Label(index=i, mid=f"c{i}", display_name=f"class {i}") for i in range(4)]
     out = tmp_path / "bad"

@@ -217,7 +217,7 @@ def run_bundle(bundle: Path, waveform: np.ndarray) -> dict[str, np.ndarray]:
     """The bundle's fp32 graph run directly on a (L,) waveform: {output name: (…) row}."""
     import onnxruntime as ort
 
-    from service.card import read_card
+    from service.core.card import read_card
 
     card = read_card(bundle)
     session = ort.InferenceSession(str(bundle / card.files["fp32"].path),

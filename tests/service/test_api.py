@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.card import read_card
+from service.core.card import read_card
 from tests.conftest import REPO_ROOT, shared_path
 from tests.service.conftest import (
     RATE,

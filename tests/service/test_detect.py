@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.card import read_card
+from service.core.card import read_card
 from tests.service.conftest import RATE, LiveServer, encode, files, noise, run_bundle, settings_for
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.card import read_card
+from service.core.card import read_card
 from tests.service.conftest import (
     RATE,
     LiveServer,

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.backend import CPU, Engine
-from service.card import read_card
+from service.core.backends.ort import CPU, Engine
+from service.core.card import read_card
 from tests.service.conftest import (
     RATE,
     LiveServer,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import (
+from service.core.audio import (
     AudioError,
     AudioTooLong,
     EmptyAudio,

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, BatcherStopped, DeadlineExceeded, QueueFull
+from service.core.batcher import Batcher, BatcherStopped, DeadlineExceeded, QueueFull
 
 
 class Recorder:

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.audio import AudioError, Decoded, decode
-from service.batcher import WindowResult
+from service.core.audio import AudioError, Decoded, decode
+from service.core.batcher import WindowResult
+from service.core.models import ModelRuntime
+from service.core.windows import Window, WindowError, cut
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.runtime import ModelRuntime
 from service.schemas import ErrorInfo, FileMetrics
 from service.upload import Part
-from service.windows import Window, WindowError, cut
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger("service.core.batcher")
 
 InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 

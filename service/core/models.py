@@ -6,13 +6,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from service.backend import CUDA, Engine
-from service.batcher import Batcher
-from service.card import ModelCard, read_card
+from service.core.backends.ort import CUDA, Engine
+from service.core.batcher import Batcher
+from service.core.card import ModelCard, read_card
 from service.metrics import Metrics
 from service.settings import Settings
 
-log = logging.getLogger("service.runtime")
+log = logging.getLogger("service.core.models")
 
 
 class _Observer:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.card import Label
-from service.results import aggregate, decimate, events, top_entries
-from service.windows import WindowError, cut, stitch_frames, window_starts
+from service.core.card import Label
+from service.core.results import aggregate, decimate, events, top_entries
+from service.core.windows import WindowError, cut, stitch_frames, window_starts
 
 LABELS = [Label(index=i, mid=f"/m/{i}", display_name=f"class {i}") for i in range(4)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.card import Label
+from service.core.card import Label
 from service.schemas import Event, FrameTrack, Top
 
 

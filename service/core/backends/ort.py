@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.card import BundleError, ModelCard, load_bundle
+from service.core.card import BundleError, ModelCard, load_bundle
 
-log = logging.getLogger("service.backend")
+log = logging.getLogger("service.core.backends.ort")
 
 Device = Literal["auto", "cuda", "cpu"]
 Precision = Literal["auto", "fp32", "fp16", "int8"]

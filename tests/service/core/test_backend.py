@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.backend import CPU, Engine
-from service.card import BundleError
+from service.core.backends.ort import CPU, Engine
+from service.core.card import BundleError
 from tests.service.conftest import noise, run_bundle, settings_for
 
 
