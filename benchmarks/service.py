@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.core.audio import decode  # noqa: E402
-from service.core.backends.ort import Engine  # noqa: E402
+from service.core.backends import BackendOptions  # noqa: E402
+from service.core.backends.ort import OrtBackend  # noqa: E402
 
 log = logging.getLogger("benchmarks.service")
 
@@ -47,7 +48,7 @@ def load_clips(audio_dir: Path, rate: int, samples: int) -> list[np.ndarray]:
     return clips
 
 
-def raw_throughput(engine: Engine, clips: list[np.ndarray], batch: int, seconds: float) -> float:
+def raw_throughput(engine: OrtBackend, clips: list[np.ndarray], batch: int, seconds: float) -> float:
     """Clips per second of ``engine.run`` on full batches, after one warm-up batch."""
     stacked = np.stack([clips[i % len(clips)] for i in range(batch)])
     engine.run(stacked)
@@ -170,8 +171,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args()
-    engine = Engine(args.bundle, device=args.device, precision=args.precision,
-                    threads=args.threads)
+    engine = OrtBackend(args.bundle, BackendOptions(device=args.device, precision=args.precision,
+                    threads=args.threads))
     card, provider, precision = engine.card, engine.provider, engine.precision
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)

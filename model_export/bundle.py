@@ -16,7 +16,7 @@ from model_export import variants, verify
 from model_export.atomic import replace_dir
 from model_export.audio import generated_batch, recordings
 from model_export.card import build_card, default_labels
-from model_export.graph import INPUT_NAME, ExportError, ModelInfo, export_onnx
+from model_export.graph import INPUT_NAME, ExportError, GraphSpec, export_onnx
 from service.core.card import Label, ModelCard, Parity, Source, load_bundle, write_card
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _fp32(
     """Export and gate the float32 graph; return its parity, output shapes and reference."""
     path = work / FILE_NAMES["fp32"]
     export_onnx(model, path, example_samples=clip)
-    info = ModelInfo.of(model)
+    info = GraphSpec.of(model)
     names = info.output_names
     ref = verify.torch_reference(
         model, verify.parity_inputs(info.sample_rate, clip, info.min_samples))
@@ -92,7 +92,7 @@ def _build(
     calibration_dir: Path | None, steps: _Steps,
 ) -> tuple[dict[str, Parity], dict[str, list[int]]]:
     """Write the graphs into ``work`` and verify each; return parity per variant."""
-    info = ModelInfo.of(model)
+    info = GraphSpec.of(model)
     clip = CLIP_SECONDS * info.sample_rate
     names = info.output_names
     steps.start("export + verify fp32")
@@ -141,7 +141,7 @@ def export_bundle(
     """
     out = Path(out_dir).resolve()
     model.eval()
-    classes = ModelInfo.of(model).classes_num
+    classes = GraphSpec.of(model).classes_num
     try:
         labels = list(labels) if labels is not None else default_labels(classes)
     except ValueError as exc:

@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import nn
 
-from model_export.graph import INPUT_NAME, OPSET, ModelInfo
+from model_export.graph import INPUT_NAME, OPSET, GraphSpec
 from service.core.card import FileEntry, Label, ModelCard, Parity, Source, TensorSpec, sha256_file
 
 # The export recipe, recorded in each card; raise it when a change to model_export makes
@@ -76,7 +76,7 @@ def build_card(
     files: dict[str, str], parity: dict[str, Parity], shapes: dict[str, list[int]],
 ) -> ModelCard:
     """The card for the graphs in ``work`` (``files``: variant -> file name)."""
-    info = ModelInfo.of(model)
+    info = GraphSpec.of(model)
     sample_rate = info.sample_rate
     return ModelCard(
         name=name,

@@ -46,7 +46,7 @@ class ExportError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class GraphSpec:
     """The zoo interface attributes a bundle needs (read once, typed)."""
 
     sample_rate: int
@@ -56,7 +56,7 @@ class ModelInfo:
     frames_per_second: float | None
 
     @classmethod
-    def of(cls, model: nn.Module) -> ModelInfo:
+    def of(cls, model: nn.Module) -> GraphSpec:
         try:
             fps = getattr(model, "frames_per_second", None)
             return cls(
@@ -77,7 +77,7 @@ class _TupleOutputs(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model  # attribute name = WRAPPER_SCOPE
-        self.output_names = ModelInfo.of(model).output_names
+        self.output_names = GraphSpec.of(model).output_names
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(waveform)

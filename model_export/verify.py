@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from model_export.audio import generated_batch
-from model_export.graph import INPUT_NAME, ExportError, ModelInfo
+from model_export.graph import INPUT_NAME, ExportError, GraphSpec
 from service.core.card import Parity
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def parity_inputs(sample_rate: int, clip_samples: int, min_samples: int) -> Batc
 
 def torch_reference(model: nn.Module, inputs: Batch) -> Reference:
     """Run the PyTorch model (eval, no grad) on every input batch."""
-    names = ModelInfo.of(model).output_names
+    names = GraphSpec.of(model).output_names
     ref = Reference(inputs=inputs)
     with torch.no_grad():
         for name, batch in inputs.items():

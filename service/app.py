@@ -1,31 +1,41 @@
-"""The app factory: ``create_app(settings)`` wires routes, errors, metrics and model loading."""
+"""The app factory: ``create_app(settings)`` wires the tagger, routes, errors and metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI
 
-from service.core.models import Runtimes, check_bundles
+from service.core.models import check_bundles
+from service.core.tagger import Tagger
+from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.logs import AccessLogMiddleware
-from service.metrics import Metrics
+from service.metrics import Metrics, observer_factory
 from service.routes import detect, embed, health, metrics, models, tag
-from service.routes.common import require_api_key
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
 
 
-def _lifespan(runtimes: Runtimes):  # type: ignore[no-untyped-def]
+async def _load(tagger: Tagger, on_failure: Callable[[], None] | None) -> None:
+    try:
+        await tagger.models.load_all()
+    except Exception:  # kept in models.error: /healthz and /readyz report it
+        log.exception("loading models failed")
+        if on_failure is not None:
+            on_failure()
+
+
+def _lifespan(tagger: Tagger, on_failure: Callable[[], None] | None):  # type: ignore[no-untyped-def]
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        check_bundles(runtimes.settings)  # a wrong path stops the start-up at once
+        check_bundles(tagger.settings)  # a wrong path stops the start-up at once
         # Load and warm up in the background: /healthz answers and /readyz says 503 meanwhile.
-        loader = asyncio.create_task(runtimes.load_all(), name="load-models")
+        loader = asyncio.create_task(_load(tagger, on_failure), name="load-models")
         try:
             yield
         finally:
@@ -33,25 +43,33 @@ def _lifespan(runtimes: Runtimes):  # type: ignore[no-untyped-def]
                 loader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loader
-            await runtimes.stop()  # finishes every queued window before the process exits
+            await tagger.close()  # finishes every queued window before the process exits
             log.info("stopped")
 
     return lifespan
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service for ``settings`` (default: ``get_settings()`` from the environment)."""
+def create_app(
+    settings: Settings | None = None, on_load_failure: Callable[[], None] | None = None
+) -> FastAPI:
+    """Build the service for ``settings`` (default: ``get_settings()`` from the environment).
+
+    ``on_load_failure`` is called when the models cannot be loaded (``python -m service``
+    passes one that stops the process with a non-zero status)."""
     settings = settings or get_settings()
     app_metrics = Metrics()
-    runtimes = Runtimes(settings, app_metrics)
+    tagger = Tagger(
+        settings=settings, observer=observer_factory(app_metrics), events=app_metrics
+    )
     app = FastAPI(
         title="PANNs audio tagging",
         version="0.1.0",
         description="Tag, embed and detect sound events with PANNs bundles on ONNX Runtime.",
-        lifespan=_lifespan(runtimes),
+        lifespan=_lifespan(tagger, on_load_failure),
     )
     app.state.settings = settings
-    app.state.runtimes = runtimes
+    app.state.tagger = tagger
+    app.state.metrics = app_metrics
     install_error_handlers(app)
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):

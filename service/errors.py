@@ -1,15 +1,49 @@
-"""JSON errors: ``{"error": {"code", "message"}}`` with the right status, never a stack trace."""
+"""HTTP errors: the one table from domain errors to statuses, and the JSON error handlers.
+
+Every error body is ``{"error": {"code", "message"}}`` (plus ``files`` when several uploads
+failed), never a stack trace. The core raises domain errors (``service.core.errors``, audio
+and batcher errors); this module alone decides which status each one gets.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.core.audio import AudioError
+from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from service.core.errors import (
+    InvalidParameters,
+    MissingOutput,
+    NotReady,
+    TaggingError,
+    TimedOut,
+    TooMuchWork,
+    UnknownModel,
+)
+
 log = logging.getLogger("service.errors")
+
+# Domain error class -> HTTP status (the first class in an exception's MRO that is listed).
+STATUS: dict[type[Exception], int] = {
+    InvalidParameters: 422,
+    MissingOutput: 422,
+    UnknownModel: 404,
+    NotReady: 503,
+    TooMuchWork: 413,
+    TimedOut: 504,
+    DeadlineExceeded: 504,
+    QueueFull: 503,
+    BatcherStopped: 503,
+    AudioError: 400,
+}
+# Audio error codes whose status is not 400.
+AUDIO_STATUS = {"unsupported_format": 415, "audio_too_long": 413}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -28,21 +62,75 @@ class ApiError(Exception):
     """An error answered to the client as-is: status, machine code, human message."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.extra = extra or {}
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def status_of(exc: Exception) -> int:
+    """The HTTP status of a domain error (500 for anything unknown)."""
+    if isinstance(exc, AudioError):
+        return AUDIO_STATUS.get(exc.code, 400)
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def code_of(exc: Exception) -> str:
+    if isinstance(exc, QueueFull):
+        return "overloaded"
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, BatcherStopped):
+        return "shutting_down"
+    return str(getattr(exc, "code", "internal_error"))
+
+
+def message_of(exc: Exception) -> str:
+    if isinstance(exc, QueueFull):
+        return "the queue is full; retry later"
+    return str(getattr(exc, "message", None) or exc)
+
+
+def headers_of(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, QueueFull):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, NotReady):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, BatcherStopped):
+        return {"Retry-After": "5"}
+    return {}
+
+
+def to_api_error(exc: Exception) -> ApiError:
+    """The HTTP answer for a domain error."""
+    return ApiError(status_of(exc), code_of(exc), message_of(exc), headers_of(exc))
+
+
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (
+    TaggingError,
+    QueueFull,
+    DeadlineExceeded,
+    BatcherStopped,
+)
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(err.code, err.message), err.status, headers=err.headers)
+    body = error_body(err.code, err.message, **err.extra)
+    return JSONResponse(body, err.status, headers=err.headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -56,6 +144,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(exc)
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(to_api_error(exc))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -77,6 +169,8 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    for cls in DOMAIN_ERRORS:
+        app.add_exception_handler(cls, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.core.backends import Backend
+from service.core.card import ModelCard
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MODEL = ("model",)
@@ -69,5 +72,44 @@ class Metrics:
     ) -> Histogram:
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
+    def file_done(self, model: str, seconds: float) -> None:
+        self.audio_seconds.labels(model).inc(seconds)
+
+    def file_failed(self, code: str) -> None:
+        self.decode_failures.labels(code).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BatchMetrics:
+    """Feeds one model's batcher events into the Prometheus metrics (a ``BatchObserver``)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.metrics, self.model = metrics, model
+        metrics.queue_depth.labels(model).set(0)
+
+    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
+        self.metrics.batch_size.labels(self.model).observe(size)
+        self.metrics.compute.labels(self.model).observe(compute_s)
+        hist = self.metrics.queue_wait.labels(self.model)
+        for wait in waits:
+            hist.observe(wait)
+
+    def depth_changed(self, depth: int) -> None:
+        self.metrics.queue_depth.labels(self.model).set(depth)
+
+    def dropped(self, reason: str, count: int) -> None:
+        self.metrics.dropped_windows.labels(self.model, reason).inc(count)
+
+
+def observer_factory(metrics: Metrics):  # type: ignore[no-untyped-def]
+    """The ``ObserverFactory`` the tagger calls for each model it loads."""
+
+    def observe(card: ModelCard, backend: Backend) -> BatchMetrics:
+        metrics.model_info.labels(
+            card.name, card.arch, card.checksum, backend.provider, backend.precision
+        ).set(1)
+        return BatchMetrics(metrics, card.name)
+
+    return observe

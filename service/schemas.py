@@ -106,7 +106,9 @@ class DetectResponse(BaseModel):
     results: list[DetectResult]
 
 
-class ModelInfo(BaseModel):
+class ServedModel(BaseModel):
+    """A served model: its card (without labels) and how it runs."""
+
     name: str
     arch: str
     checksum: str
@@ -129,7 +131,7 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
+    models: list[ServedModel]
 
 
 class LabelsResponse(BaseModel):

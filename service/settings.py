@@ -6,11 +6,12 @@ so tests and embedders build their own.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,31 +19,27 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every knob of the service; the README documents each with its default."""
 
     model_config = SettingsConfigDict(env_prefix="PANNS_", extra="ignore", frozen=True)
 
+    # What is served, and on what.
     models: str = Field(
         default="models/cnn14", description="bundle dirs, comma-separated; first=default"
     )
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=0, le=65535)
+    backend: str = Field(default="onnxruntime", description="the engine: onnxruntime | oip")
+    engine_url: str = Field(default="", description="oip backend: URL of the engine tier")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
-    max_batch: int = Field(default=16, ge=1, le=1024, description="windows per batch")
-    max_delay_ms: float = Field(default=5.0, ge=0, description="how long a batch may wait to fill")
-    max_queue: int = Field(
-        default=512, ge=1, description="windows waiting before requests are refused"
-    )
-    max_upload_mb: float = Field(default=50.0, gt=0, description="request body limit")
-    max_files: int = Field(default=32, ge=1, description="files per request")
-    max_audio_s: float = Field(default=600.0, gt=0, description="decoded duration limit per file")
-    max_request_audio_s: float = Field(
-        default=1800.0, gt=0, description="decoded duration limit per request, all files"
-    )
-    timeout_s: float = Field(default=60.0, gt=0, description="deadline per request, after upload")
-    api_keys: str = Field(default="", description="comma-separated; empty = no authentication")
     threads: int = Field(
         default=0, ge=0, description="ORT intra-op threads on CPU (0 = ORT default)"
     )
@@ -54,8 +51,53 @@ class Settings(BaseSettings):
     verify_bundles: bool = Field(
         default=True, description="check every bundle file's SHA-256 at start"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The HTTP server.
+    host: str = Field(default="127.0.0.1", description="0.0.0.0 to listen on every interface")
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=0, ge=0, le=256, description="HTTP/decode processes (0 = the usable cores)"
+    )
+    api_keys: SecretStr = Field(
+        default=SecretStr(""), description="comma-separated; empty = no authentication"
+    )
+    public_docs: bool = Field(
+        default=False, description="serve /docs and /openapi.json without a key when keys are set"
+    )
+    web_ui: bool = Field(default=True, description="serve the page at GET /")
     graceful_timeout_s: int = Field(default=30, ge=1, description="SIGTERM drain limit")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Batching.
+    max_batch: int = Field(default=16, ge=1, le=1024, description="windows per batch")
+    max_delay_ms: float = Field(default=5.0, ge=0, description="how long a batch may wait to fill")
+    max_queue: int = Field(
+        default=512, ge=1, description="windows waiting before requests are refused"
+    )
+    # What one request may cost.
+    max_upload_mb: float = Field(default=50.0, gt=0, description="request body limit")
+    max_files: int = Field(default=32, ge=1, description="files per request")
+    max_audio_s: float = Field(default=600.0, gt=0, description="decoded duration limit per file")
+    max_request_audio_s: float = Field(
+        default=1800.0, gt=0, description="decoded duration limit per request, all files"
+    )
+    max_windows: int = Field(
+        default=128, ge=1, description="model windows per request, all files (the cost bound)"
+    )
+    min_hop_s: float = Field(default=0.05, gt=0, description="the smallest hop_s accepted")
+    max_response_values: int = Field(
+        default=2_000_000, ge=1000, description="frame scores a /v1/detect result may hold"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="deadline per request, after upload")
+    upload_timeout_s: float = Field(
+        default=120.0, gt=0, description="longest time a request body may take to arrive"
+    )
+    idle_timeout_s: float = Field(
+        default=15.0, gt=0, description="longest pause while a request body arrives"
+    )
+    max_header_kb: int = Field(default=64, ge=1, description="request line + headers limit")
+    # Live streams (WS /v1/stream).
+    max_streams: int = Field(default=32, ge=0, description="open WebSocket streams")
+    max_frame_kb: int = Field(default=1024, ge=1, description="largest WebSocket message")
+    stream_idle_s: float = Field(default=30.0, gt=0, description="close a silent stream after")
 
     @property
     def model_dirs(self) -> list[Path]:
@@ -63,11 +105,15 @@ class Settings(BaseSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return _split(self.api_keys)
+        return _split(self.api_keys.get_secret_value())
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or usable_cores()
 
 
 @lru_cache(maxsize=1)

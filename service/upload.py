@@ -1,7 +1,15 @@
-"""Stream a multipart body with a hard byte limit: 413 while reading, never buffered unbounded."""
+"""Read a request body with hard limits: bytes (413 while reading), time (408), files.
+
+Three shapes are accepted: ``multipart/form-data`` with parts named ``file`` (and small text
+fields such as ``model``), a single encoded file as the raw body (``Content-Type: audio/*``),
+and raw PCM (``application/octet-stream``, described by query parameters at the route).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -13,6 +21,8 @@ from starlette.requests import ClientDisconnect
 from service.errors import ApiError
 
 FIELD = "file"
+MAX_FIELD_BYTES = 1024  # a text field (model=...) longer than this is refused
+RAW_TYPES = ("audio/", "application/octet-stream")
 
 
 @dataclass
@@ -24,6 +34,19 @@ class Part:
     @property
     def data(self) -> bytes:
         return b"".join(self.chunks)
+
+    @property
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+@dataclass
+class Body:
+    """What a request carried: audio files in upload order, and the small form fields."""
+
+    files: list[Part]
+    fields: dict[str, str] = field(default_factory=dict)
+    raw: bool = False  # the body itself was the file (audio/* or raw PCM)
 
 
 class _Collector:
@@ -44,7 +67,10 @@ class _Collector:
         self.parts.append(Part())
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self.parts[-1].chunks.append(data[start:end])
+        part = self.parts[-1]
+        part.chunks.append(data[start:end])
+        if not part.filename and part.name != FIELD and part.size > MAX_FIELD_BYTES:
+            raise ApiError(400, "bad_multipart", f"form field {part.name!r} is too long")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -77,47 +103,98 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    max_files: int
+    idle_s: float  # longest pause between two chunks
+    total_s: float  # longest time the whole body may take
+
+
+def _media_type(request: Request) -> tuple[bytes, dict[bytes, bytes]]:
+    return parse_options_header(request.headers.get("content-type", ""))
+
+
+def is_raw(request: Request) -> bool:
+    kind = _media_type(request)[0].decode("latin-1").lower()
+    return kind.startswith(RAW_TYPES)
+
+
 def _boundary(request: Request) -> bytes:
-    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    kind, options = _media_type(request)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ApiError(
             415,
             "unsupported_media_type",
-            "send multipart/form-data (with a boundary) with one or more parts named 'file'",
+            "send multipart/form-data (with a boundary) with one or more parts named 'file', "
+            "a single file as audio/*, or raw PCM as application/octet-stream",
         )
     return options[b"boundary"]
 
 
-async def read_files(request: Request, max_bytes: int, max_files: int) -> list[Part]:
-    """The parts named ``file``, in upload order; 413 as soon as the body passes ``max_bytes``."""
-    boundary = _boundary(request)
+async def _chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
+    """The body's chunks; 413 past ``max_bytes``, 408 when the client stalls or dawdles."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    collector = _Collector(max_files)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+        raise _too_large(limits.max_bytes)
+    stream, received = request.stream().__aiter__(), 0
+    ends = time.monotonic() + limits.total_s
+    while True:
+        wait = min(limits.idle_s, ends - time.monotonic())
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.0))
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"the request body did not arrive in time (a pause over {limits.idle_s:g} s "
+                f"or over {limits.total_s:g} s in all)",
+                {"Connection": "close"},
+            ) from exc
+        except ClientDisconnect as exc:
+            raise ApiError(499, "client_disconnected", "the client went away mid-upload") from exc
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise _too_large(limits.max_bytes)
+        yield chunk
+
+
+async def read_body(request: Request, limits: BodyLimits) -> Body:
+    """The uploaded files (and form fields) of a request, whatever its shape."""
+    if is_raw(request):
+        chunks = [chunk async for chunk in _chunks(request, limits)]
+        name = request.query_params.get("filename") or "body"
+        return Body([Part(FIELD, name[:255], chunks)], raw=True)
+    return await _read_multipart(request, limits)
+
+
+async def _read_multipart(request: Request, limits: BodyLimits) -> Body:
+    boundary = _boundary(request)
+    collector = _Collector(limits.max_files)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    except (MultipartParseError, ValueError) as exc:
+        raise ApiError(400, "bad_multipart", f"unusable multipart boundary: {exc}") from exc
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, limits):
             received += len(chunk)
-            if received > max_bytes:
-                raise _too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
-        if received and not collector.ended:
-            raise ApiError(
-                400,
-                "bad_multipart",
-                "the multipart body ends before its closing boundary (truncated upload?)",
-            )
-    except ClientDisconnect as exc:
-        raise ApiError(400, "client_disconnected", "the client went away mid-upload") from exc
     except MultipartParseError as exc:
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
-    return _files_only(collector.parts)
+    if received and not collector.ended:
+        raise ApiError(
+            400,
+            "bad_multipart",
+            "the multipart body ends before its closing boundary (truncated upload?)",
+        )
+    return _split_parts(collector.parts)
 
 
-def _files_only(parts: list[Part]) -> list[Part]:
+def _split_parts(parts: list[Part]) -> Body:
     files = [p for p in parts if p.name == FIELD]
     if not files:
         names = sorted({p.name for p in parts})
@@ -125,4 +202,9 @@ def _files_only(parts: list[Part]) -> list[Part]:
         raise ApiError(422, "missing_file", f"upload the audio in parts named '{FIELD}'{got}")
     for index, part in enumerate(files):
         part.filename = part.filename or f"file{index}"
-    return files
+    fields = {
+        p.name: p.data.decode("utf-8", "replace").strip()
+        for p in parts
+        if p.name != FIELD and not p.filename
+    }
+    return Body(files, fields)

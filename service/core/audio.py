@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from service.core.errors import TaggingError
+
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
@@ -30,15 +32,11 @@ SUPPORTED = {
 }
 
 
-class AudioError(Exception):
+class AudioError(TaggingError):
     """Why an upload cannot be used; ``status``/``code`` map it to the HTTP answer."""
 
     status = 400
     code = "invalid_audio"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class EmptyAudio(AudioError):
@@ -210,3 +208,39 @@ def decode(data: bytes, target_rate: int, max_seconds: float) -> Decoded:
             raise UndecodableAudio(f"cannot decode this {name} file: {_reason(exc)}") from exc
         read_s = wave.shape[0] / target_rate
         return Decoded(wave, handle.samplerate, handle.channels, name, read_s)
+
+
+def decode_pcm(
+    data: bytes | memoryview,
+    *,
+    sample_rate: int,
+    channels: int,
+    dtype: str,
+    target_rate: int,
+    max_seconds: float,
+) -> Decoded:
+    """Raw interleaved PCM (int16 or float32) to mono float32 at ``target_rate``."""
+    _check_rate(sample_rate)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"channels must be in 1..{MAX_CHANNELS}")
+    width = 2 if dtype == "int16" else 4
+    if len(data) == 0:
+        raise EmptyAudio("the body is empty (0 bytes)")
+    if len(data) % (width * channels):
+        raise AudioError(
+            f"{len(data)} bytes is not a whole number of {channels}-channel {dtype} frames"
+        )
+    frames = len(data) // (width * channels)
+    if frames / sample_rate > max_seconds:
+        raise AudioTooLong(
+            f"audio is {frames / sample_rate:.1f} s long: the limit is {max_seconds:g} s"
+        )
+    raw = np.frombuffer(data, "<i2" if dtype == "int16" else "<f4").reshape(frames, channels)
+    block = raw.astype(np.float32) * np.float32(1 / 32768) if dtype == "int16" else raw
+    if not np.isfinite(block).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    mono = block[:, 0] if channels == 1 else block.sum(axis=1, dtype=np.float32) / channels
+    if sample_rate != target_rate:
+        mono = soxr.resample(mono, sample_rate, target_rate, quality="HQ")
+    wave = np.ascontiguousarray(mono, dtype=np.float32)
+    return Decoded(wave, sample_rate, channels, "PCM", wave.shape[0] / target_rate)

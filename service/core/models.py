@@ -1,44 +1,30 @@
-"""Loaded models: engine + batcher per bundle, loaded and warmed up in the background."""
+"""Loaded models: a backend and a batcher per bundle, loaded and warmed up in the background."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service.core.backends.ort import CUDA, Engine
-from service.core.batcher import Batcher
-from service.core.card import ModelCard, read_card
-from service.metrics import Metrics
+from service.core.backends import Backend, BackendOptions, load_backend
+from service.core.batcher import Batcher, BatchObserver
+from service.core.card import ModelCard, OutputKind, read_card
+from service.core.errors import MissingOutput, NotReady, UnknownModel
 from service.settings import Settings
 
 log = logging.getLogger("service.core.models")
 
-
-class _Observer:
-    """Feeds a batcher's events into the Prometheus metrics of one model."""
-
-    def __init__(self, metrics: Metrics, model: str) -> None:
-        self.metrics, self.model = metrics, model
-
-    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
-        self.metrics.batch_size.labels(self.model).observe(size)
-        self.metrics.compute.labels(self.model).observe(compute_s)
-        hist = self.metrics.queue_wait.labels(self.model)
-        for wait in waits:
-            hist.observe(wait)
-
-    def depth_changed(self, depth: int) -> None:
-        self.metrics.queue_depth.labels(self.model).set(depth)
-
-    def dropped(self, reason: str, count: int) -> None:
-        self.metrics.dropped_windows.labels(self.model, reason).inc(count)
+# Builds the observer of one model's batcher (the service feeds Prometheus with it).
+ObserverFactory = Callable[[ModelCard, Backend], BatchObserver | None]
 
 
 @dataclass
 class ModelRuntime:
+    """One served model: its card, the backend that runs it and the batcher in front."""
+
     card: ModelCard
-    engine: Engine
+    backend: Backend
     batcher: Batcher
     default: bool = False
 
@@ -46,13 +32,39 @@ class ModelRuntime:
     def name(self) -> str:
         return self.card.name
 
+    def require(self, kind: OutputKind, purpose: str) -> None:
+        """Raise ``MissingOutput`` unless the model has an output of ``kind``."""
+        if kind not in self.backend.kinds.values():
+            raise MissingOutput(
+                kind,
+                f"model {self.name!r} has no {kind} output, so {purpose} cannot use it; "
+                "pick a model with one",
+            )
+
+
+def backend_options(settings: Settings) -> BackendOptions:
+    return BackendOptions(
+        device=settings.device,
+        precision=settings.precision,
+        threads=settings.threads,
+        verify=settings.verify_bundles,
+        url=settings.engine_url,
+    )
+
+
+def warmup_sizes(mode: str, device: str, max_batch: int) -> list[int]:
+    """Batch sizes run at start-up: every size on a GPU (kernels per shape), the ends on CPU."""
+    if mode == "auto":
+        mode = "all" if device == "cuda" else "ends"
+    return {"none": [], "ends": sorted({1, max_batch}), "all": list(range(1, max_batch + 1))}[mode]
+
 
 @dataclass
-class Runtimes:
+class Models:
     """Every served model by name; ``ready`` once all are loaded and warmed up."""
 
     settings: Settings
-    metrics: Metrics
+    observer: ObserverFactory | None = None
     models: dict[str, ModelRuntime] = field(default_factory=dict)
     ready: bool = False
     error: str | None = None
@@ -62,57 +74,55 @@ class Runtimes:
         """The first configured bundle's model (registered first)."""
         return next(iter(self.models), None)
 
-    def warmup_sizes(self, provider: str) -> list[int]:
-        mode, top = self.settings.warmup, self.settings.max_batch
-        if mode == "auto":
-            mode = "all" if provider == CUDA else "ends"
-        return {"none": [], "ends": sorted({1, top}), "all": list(range(1, top + 1))}[mode]
+    def get(self, name: str | None = None) -> ModelRuntime:
+        """The model called ``name`` (default: the first); ``NotReady``/``UnknownModel``."""
+        if not self.ready:
+            raise NotReady("models failed to load" if self.error else "models are loading")
+        name = name or self.default_name or ""
+        runtime = self.models.get(name)
+        if runtime is None:
+            known = ", ".join(self.models)
+            raise UnknownModel(f"no model named {name!r}; served: {known}")
+        return runtime
 
-    def _load_one(self, bundle: str) -> tuple[Engine, list[int]]:
+    def _load_one(self, bundle: str) -> tuple[Backend, list[int]]:
         s = self.settings
-        engine = Engine(
-            bundle,
-            device=s.device,
-            precision=s.precision,
-            threads=s.threads,
-            verify=s.verify_bundles,
-        )
-        sizes = self.warmup_sizes(engine.provider)
-        engine.warm_up(sizes, engine.card.clip_samples)
-        return engine, sizes
+        backend = load_backend(s.backend, bundle, backend_options(s))
+        sizes = warmup_sizes(s.warmup, backend.device, s.max_batch)
+        backend.warm_up(sizes, backend.card.clip_samples)
+        return backend, sizes
 
-    def _register(self, engine: Engine) -> None:
-        s, card = self.settings, engine.card
+    def _register(self, backend: Backend) -> None:
+        s, card = self.settings, backend.card
         if card.name in self.models:
             raise ValueError(f"two bundles are named {card.name!r}")
         batcher = Batcher(
-            engine.run,
+            backend.run,
             max_batch=s.max_batch,
             max_delay_s=s.max_delay_ms / 1000,
             max_queue=s.max_queue,
-            observer=_Observer(self.metrics, card.name),
+            observer=self.observer(card, backend) if self.observer else None,
             name=card.name,
         )
         batcher.start()
-        self.models[card.name] = ModelRuntime(card, engine, batcher, default=not self.models)
-        self.metrics.model_info.labels(
-            card.name, card.arch, card.checksum, engine.provider, engine.precision
-        ).set(1)
-        self.metrics.queue_depth.labels(card.name).set(0)
+        self.models[card.name] = ModelRuntime(card, backend, batcher, default=not self.models)
 
     async def load_all(self) -> None:
-        """Load, warm up and start every bundle (in a thread: the server stays responsive)."""
+        """Load, warm up and start every bundle (in a thread: the caller stays responsive).
+
+        A failure is kept in ``error`` and raised again."""
         try:
             for bundle in self.settings.model_dirs:
-                engine, sizes = await asyncio.to_thread(self._load_one, str(bundle))
-                self._register(engine)
-                log.info("model %s ready (warm-up batch sizes %s)", engine.card.name, sizes)
+                backend, sizes = await asyncio.to_thread(self._load_one, str(bundle))
+                self._register(backend)
+                log.info("model %s ready (warm-up batch sizes %s)", backend.card.name, sizes)
             self.ready = True
-        except Exception as exc:  # reported by /readyz and the log; the server stays up
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading models failed")
+            raise
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop every batcher: queued windows are finished (or failed after ``timeout_s``)."""
         for runtime in self.models.values():
             await runtime.batcher.stop()
 

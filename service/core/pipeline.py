@@ -1,55 +1,77 @@
-"""The work of one request: decode every file, cut windows, run them through the batcher."""
+"""The work of one request: decode every input, cut windows, run them through the batcher.
+
+Costs are bounded here, before any window is made: audio seconds per file and per request,
+and windows per request (a tiny ``hop_s`` on a long file would otherwise fan out into
+millions of windows).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.audio import AudioError, Decoded, decode
+from service.core.audio import AudioError, AudioTooLong, Decoded
 from service.core.batcher import WindowResult
+from service.core.card import ModelCard
+from service.core.errors import InvalidParameters, TaggingError, TooMuchWork
+from service.core.inputs import AudioInput
 from service.core.models import ModelRuntime
+from service.core.results import FileMetrics
 from service.core.windows import Window, WindowError, cut
-from service.errors import ApiError
-from service.metrics import Metrics
-from service.schemas import ErrorInfo, FileMetrics
-from service.upload import Part
+
+MAX_WINDOW_S = 60.0
+
+
+class AudioTooShort(AudioError):
+    code = "audio_too_short"
 
 
 @dataclass(frozen=True)
-class WindowParams:
-    window_s: float | None  # None: the card's clip length
-    hop_s: float | None  # None: equal to the window
-    pad: bool
+class WindowSpec:
+    """How audio is cut: ``window_s`` (None: the card's 10 s), ``hop_s`` (None: the window)."""
 
-    def samples(self, runtime: ModelRuntime) -> tuple[int, int]:
-        """(window, hop) in samples; 422 when the window is shorter than the model accepts."""
-        card = runtime.card
-        window = (
-            card.clip_samples if self.window_s is None else round(self.window_s * card.sample_rate)
-        )
-        hop = window if self.hop_s is None else round(self.hop_s * card.sample_rate)
+    window_s: float | None = None
+    hop_s: float | None = None
+    pad: bool = True
+
+    def samples(self, card: ModelCard, min_hop_s: float) -> tuple[int, int]:
+        """(window, hop) in samples; ``InvalidParameters`` for values the model cannot use."""
+        for name, value in (("window_s", self.window_s), ("hop_s", self.hop_s)):
+            if value is not None and not (0 < value <= MAX_WINDOW_S):
+                raise InvalidParameters(f"{name} must be in (0, {MAX_WINDOW_S:g}] seconds")
+        rate = card.sample_rate
+        window = card.clip_samples if self.window_s is None else round(self.window_s * rate)
+        hop = window if self.hop_s is None else round(self.hop_s * rate)
         if window < card.min_samples:
-            raise ApiError(
-                422,
-                "invalid_parameters",
-                f"window_s must be at least {card.min_samples / card.sample_rate:g} s "
-                f"for model {card.name!r}",
+            raise InvalidParameters(
+                f"window_s must be at least {card.min_samples / rate:g} s for model {card.name!r}"
             )
-        if hop < 1:
-            raise ApiError(422, "invalid_parameters", "hop_s is shorter than one sample")
+        if hop < max(1, round(min_hop_s * rate)):
+            raise InvalidParameters(f"hop_s must be at least {min_hop_s:g} s")
         return window, hop
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost."""
+
+    per_file_s: float  # decoded seconds per file
+    per_request_s: float  # decoded seconds, all files of the request
+    max_windows: int  # windows per request, all files
+    min_hop_s: float  # the smallest hop
 
 
 @dataclass
 class FileWork:
+    """One input on its way through: decoded audio, its windows, their results."""
+
     filename: str
     decoded: Decoded | None = None
     windows: list[Window] = field(default_factory=list)
-    error: ErrorInfo | None = None
-    status: int = 200
+    error: TaggingError | None = None
     decode_ms: float = 0.0
     results: list[WindowResult] = field(default_factory=list)
 
@@ -68,87 +90,72 @@ class FileWork:
         return np.stack([r.outputs[kind] for r in self.results])
 
 
-def _prepare(
-    part: Part, runtime: ModelRuntime, params: WindowParams, max_s: float, window: int, hop: int
+def count_windows(n: int, window: int, hop: int) -> int:
+    """How many windows ``window_starts`` gives, without making them."""
+    return 1 + max(0, math.ceil((n - window) / hop))
+
+
+@dataclass
+class _Budget:
+    limits: Limits
+    seconds: float = 0.0
+    windows: int = 0
+
+
+def _prepare_one(
+    item: AudioInput, card: ModelCard, spec: WindowSpec, cut_at: tuple[int, int], budget: _Budget
 ) -> FileWork:
-    work = FileWork(part.filename)
-    start = time.perf_counter()
-    card = runtime.card
+    work, start = FileWork(item.name), time.perf_counter()
+    limits = budget.limits
+    allowed = max(0.0, min(limits.per_file_s, limits.per_request_s - budget.seconds))
     try:
-        data = part.data
-        part.chunks.clear()  # the request keeps no second copy of the upload
-        work.decoded = decode(data, card.sample_rate, max_s)
-        work.windows = cut(work.decoded.waveform, window, hop, params.pad, card.min_samples)
-    except AudioError as exc:
-        work.error, work.status = ErrorInfo(code=exc.code, message=exc.message), exc.status
+        work.decoded = item.decode(card.sample_rate, allowed)
+        n = work.decoded.waveform.shape[0]
+        count = count_windows(n, *cut_at)
+        if budget.windows + count > limits.max_windows:
+            raise TooMuchWork(
+                f"this request would cut {budget.windows + count} windows: the limit is "
+                f"{limits.max_windows} per request (use a longer hop_s or fewer files)"
+            )
+        work.windows = cut(work.decoded.waveform, *cut_at, spec.pad, card.min_samples)
+        budget.seconds += work.decoded.duration_s
+        budget.windows += count
+    except AudioTooLong as exc:
+        work.error = exc
+        if allowed < limits.per_file_s:
+            work.error = AudioTooLong(
+                f"the files of this request hold more than {limits.per_request_s:g} s of "
+                "audio in total"
+            )
+    except (AudioError, TooMuchWork) as exc:
+        work.error = exc
     except WindowError as exc:
-        work.error, work.status = ErrorInfo(code="audio_too_short", message=str(exc)), 400
+        work.error = AudioTooShort(str(exc))
+    if work.error is not None:
+        work.decoded, work.windows = None, []
     work.decode_ms = 1000 * (time.perf_counter() - start)
     return work
 
 
-@dataclass(frozen=True)
-class AudioLimits:
-    per_file_s: float
-    per_request_s: float
-
-
-def _prepare_sequential(
-    parts: list[Part],
-    runtime: ModelRuntime,
-    params: WindowParams,
-    limits: AudioLimits,
-    window: int,
-    hop: int,
+def prepare(
+    items: list[AudioInput], card: ModelCard, spec: WindowSpec, limits: Limits
 ) -> list[FileWork]:
-    """Decode one file after the other, so decoded audio per request stays under its limit."""
-    works, used = [], 0.0
-    for part in parts:
-        budget = max(0.0, min(limits.per_file_s, limits.per_request_s - used))
-        work = _prepare(part, runtime, params, budget, window, hop)
-        if work.error is not None and work.status == 413 and budget < limits.per_file_s:
-            message = (
-                f"the files of this request hold more than {limits.per_request_s:g} s "
-                "of audio in total"
-            )
-            work.error = ErrorInfo(code="audio_too_long", message=message)
-        used += work.decoded.duration_s if work.decoded is not None else 0.0
-        works.append(work)
-    return works
+    """Decode and cut every input, one after the other (blocking: run it in a thread).
+
+    A bad input fails only its own entry."""
+    cut_at = spec.samples(card, limits.min_hop_s)
+    budget = _Budget(limits)
+    return [_prepare_one(item, card, spec, cut_at, budget) for item in items]
 
 
-async def prepare_all(
-    parts: list[Part],
-    runtime: ModelRuntime,
-    params: WindowParams,
-    limits: AudioLimits,
-    metrics: Metrics,
-) -> list[FileWork]:
-    """Decode and cut every file in a worker thread; a bad file only fails its own entry."""
-    window, hop = params.samples(runtime)  # 422 for bad window parameters before any decoding
-    works = await asyncio.to_thread(
-        _prepare_sequential, parts, runtime, params, limits, window, hop
-    )
-    for work in works:
-        if work.error is not None:
-            metrics.decode_failures.labels(work.error.code).inc()
-    if all(w.error is not None for w in works):
-        first = works[0]
-        assert first.error is not None
-        raise ApiError(first.status, first.error.code, first.error.message)
-    return works
-
-
-async def infer_all(
-    works: list[FileWork], runtime: ModelRuntime, deadline: float, metrics: Metrics
-) -> None:
-    """Submit every window of every good file at once (admitted all or none)."""
+async def infer(works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
+    """Submit every window of every good input at once (admitted all or none)."""
     good = [w for w in works if w.error is None]
     samples = [win.samples for w in good for win in w.windows]
+    if not samples:
+        return
     results = await runtime.batcher.submit(samples, deadline)
     offset = 0
     for work in good:
         work.results = results[offset : offset + len(work.windows)]
         offset += len(work.windows)
-        assert work.decoded is not None
-        metrics.audio_seconds.labels(runtime.name).inc(work.decoded.duration_s)

@@ -1,17 +1,97 @@
-"""Turn model outputs into the response's numbers: top classes, aggregates, events."""
+"""What the core returns: plain dataclasses, and the functions that compute them from arrays.
+
+Aggregation over windows, top-k with a threshold, frame tracks and event segments are plain
+functions on numpy arrays, shared by every door (REST, OIP, WebSocket, CLI, Python API).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from service.core.card import Label
-from service.schemas import Event, FrameTrack, Top
+from service.core.errors import TaggingError
+
+Aggregate = Literal["max", "mean"]
+
+
+@dataclass(frozen=True)
+class Top:
+    index: int
+    mid: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class WindowTop:
+    start_s: float
+    end_s: float
+    top: list[Top]
+
+
+@dataclass(frozen=True)
+class FileMetrics:
+    decode_ms: float
+    queue_ms: float  # longest wait of the file's windows before their batch
+    inference_ms: float  # compute time of the batches the windows ran in
+    total_ms: float
+    windows: int
+    batch_sizes: list[int]  # size of the batch each window ran in
+
+
+@dataclass(frozen=True)
+class FileResult:
+    filename: str
+    duration_s: float | None = None
+    metrics: FileMetrics | None = None
+    error: TaggingError | None = None
+
+
+@dataclass(frozen=True)
+class TagResult(FileResult):
+    scores: np.ndarray | None = None  # (classes,) float32, in label order
+    top: list[Top] | None = None
+    windows: list[WindowTop] | None = None  # present with more than one window
+
+
+@dataclass(frozen=True)
+class EmbedResult(FileResult):
+    embedding: np.ndarray | None = None  # mean over windows
+
+
+@dataclass(frozen=True)
+class FrameTrack:
+    index: int
+    mid: str
+    label: str
+    scores: np.ndarray  # one score per frame at the result's frames_per_second
+
+
+@dataclass(frozen=True)
+class Event:
+    index: int
+    mid: str
+    label: str
+    start_s: float
+    end_s: float
+    peak: float
+
+
+@dataclass(frozen=True)
+class DetectResult(FileResult):
+    frames_per_second: float | None = None
+    tracks: list[FrameTrack] | None = None
+    events: list[Event] | None = field(default=None)
 
 
 def top_entries(
     scores: np.ndarray, labels: list[Label], k: int, threshold: float | None = None
 ) -> list[Top]:
     """The ``k`` best classes, best first, optionally only those scoring >= ``threshold``."""
+    k = min(k, scores.shape[0])
     order = np.argsort(-scores, kind="stable")[:k]
     out = []
     for index in order:
@@ -19,11 +99,11 @@ def top_entries(
         if threshold is not None and score < threshold:
             break
         label = labels[index]
-        out.append(Top(index=int(index), mid=label.mid, label=label.display_name, score=score))
+        out.append(Top(int(index), label.mid, label.display_name, score))
     return out
 
 
-def aggregate(rows: np.ndarray, how: str) -> np.ndarray:
+def aggregate(rows: np.ndarray, how: Aggregate) -> np.ndarray:
     """Combine (windows, classes) scores: max or mean over windows."""
     return rows.max(axis=0) if how == "max" else rows.mean(axis=0)
 
@@ -43,12 +123,7 @@ def tracks(frames: np.ndarray, labels: list[Label], k: int) -> list[FrameTrack]:
     peaks = frames.max(axis=0)
     order = np.argsort(-peaks, kind="stable")[:k]
     return [
-        FrameTrack(
-            index=int(i),
-            mid=labels[i].mid,
-            label=labels[i].display_name,
-            scores=frames[:, i].tolist(),
-        )
+        FrameTrack(int(i), labels[i].mid, labels[i].display_name, frames[:, i].copy())
         for i in order
     ]
 
@@ -66,20 +141,14 @@ def events(
     out = []
     for cls in np.flatnonzero(active.any(axis=0)):
         edges = np.diff(np.concatenate(([0], active[:, cls].astype(np.int8), [0])))
-        for start, stop in zip(
-            np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True
-        ):
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        for start, stop in zip(starts, stops, strict=True):
             start_s, end_s = start / fps, min(stop / fps, duration_s)
             if end_s - start_s + 1e-9 < min_duration_s:
                 continue
+            peak = float(frames[start:stop, cls].max())
+            label = labels[cls]
             out.append(
-                Event(
-                    index=int(cls),
-                    mid=labels[cls].mid,
-                    label=labels[cls].display_name,
-                    start_s=float(start_s),
-                    end_s=float(end_s),
-                    peak=float(frames[start:stop, cls].max()),
-                )
+                Event(int(cls), label.mid, label.display_name, float(start_s), float(end_s), peak)
             )
     return sorted(out, key=lambda e: (e.start_s, e.index))

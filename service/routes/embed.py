@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from service.core.pipeline import FileWork
-from service.routes.common import RuntimeDep, WindowDep, model_ref, require_output, run_request
+from service.core.inputs import AudioInput
+from service.core.tagger import Tagger
+from service.deps import ModelParam, WindowDep
+from service.present import embed_json
 from service.routes.docs import ERRORS, UPLOAD
-from service.schemas import EmbedResponse, EmbedResult
+from service.routes.inference import PcmDep, run_upload
+from service.schemas import EmbedResponse
 
 router = APIRouter(tags=["inference"])
 
 
 @router.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=UPLOAD)
-async def embed(request: Request, runtime: RuntimeDep, params: WindowDep) -> EmbedResponse:
-    """Multipart upload, parts named ``file``; 422 for models without an embedding output."""
-    require_output(runtime, "embedding", "/v1/embed")
+async def embed(
+    request: Request, params: WindowDep, pcm: PcmDep, model: ModelParam = None
+) -> Response:
+    """The mean embedding per file; 422 for models without an embedding output."""
 
-    def build(work: FileWork, started: float) -> EmbedResult:
-        assert work.decoded is not None
-        vector = work.stack("embedding").mean(axis=0)
-        return EmbedResult(
-            filename=work.filename,
-            duration_s=work.decoded.duration_s,
-            embedding=vector.tolist(),
-            metrics=work.metrics(started),
-        )
+    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
+        return await tagger.embed_many(inputs, model=name, window=params)
 
-    def failed(work: FileWork) -> EmbedResult:
-        return EmbedResult(filename=work.filename, error=work.error)
-
-    results = await run_request(request, runtime, params, build, failed)
-    return EmbedResponse(model=model_ref(runtime), results=results)
+    return await run_upload(request, model, pcm, call, embed_json)

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from service.core.models import ModelRuntime
-from service.routes.common import RuntimeDep, runtimes_of
-from service.schemas import LabelsResponse, ModelInfo, ModelsResponse
+from service.deps import ModelParam, TaggerDep
+from service.schemas import LabelsResponse, ModelsResponse, ServedModel
 
 router = APIRouter(tags=["models"])
 
 
-def model_info(runtime: ModelRuntime) -> ModelInfo:
-    card = runtime.card
-    return ModelInfo(
+def served_model(runtime: ModelRuntime) -> ServedModel:
+    card, backend = runtime.card, runtime.backend
+    return ServedModel(
         name=card.name,
         arch=card.arch,
         checksum=card.checksum,
         default=runtime.default,
-        provider=runtime.engine.provider,
-        precision=runtime.engine.precision,
+        provider=backend.provider,
+        precision=backend.precision,
         variants=list(card.files),
         sample_rate=card.sample_rate,
         clip_samples=card.clip_samples,
@@ -37,11 +37,11 @@ def model_info(runtime: ModelRuntime) -> ModelInfo:
 
 
 @router.get("/v1/models", response_model=ModelsResponse)
-async def list_models(request: Request) -> ModelsResponse:
-    runtimes = runtimes_of(request)
-    return ModelsResponse(models=[model_info(r) for r in runtimes.models.values()])
+async def list_models(tagger: TaggerDep) -> ModelsResponse:
+    return ModelsResponse(models=[served_model(r) for r in tagger.models.models.values()])
 
 
 @router.get("/v1/labels", response_model=LabelsResponse)
-async def labels(runtime: RuntimeDep) -> LabelsResponse:
+async def labels(tagger: TaggerDep, model: ModelParam = None) -> LabelsResponse:
+    runtime = tagger.model(model)
     return LabelsResponse(model=runtime.name, labels=runtime.card.labels)

@@ -234,3 +234,38 @@ def test_service_never_imports_torch_or_training() -> None:
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', "
             "'training'))]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_model_as_form_field_raw_body_and_pcm(tagger_bundle: Path, sed_bundle: Path) -> None:
+    sed = read_card(sed_bundle).name
+    x = noise(3.0, seed=31)
+    wav = encode(x, RATE)
+    pcm16 = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    server = LiveServer(settings_for(tagger_bundle, sed_bundle)).start()
+    try:
+        with server.client() as c:
+            form = c.post("/v1/tag", files=files(("a.wav", wav)), data={"model": sed})
+            query = c.post("/v1/tag", params={"model": sed}, files=files(("a.wav", wav)))
+            raw = c.post("/v1/tag", content=wav, headers={"Content-Type": "audio/wav"})
+            multi = c.post("/v1/tag", files=files(("a.wav", wav)))
+            pcm = c.post("/v1/tag", params={"sample_rate": RATE, "dtype": "int16"},
+                         content=pcm16.tobytes(),
+                         headers={"Content-Type": "application/octet-stream"})
+            no_rate = c.post("/v1/tag", content=pcm16.tobytes(),
+                             headers={"Content-Type": "application/octet-stream"})
+            odd = c.post("/v1/tag", params={"sample_rate": RATE}, content=b"\x00" * 3,
+                         headers={"Content-Type": "application/octet-stream"})
+            slim = c.post("/v1/tag", params={"scores": "false"}, files=files(("a.wav", wav)))
+    finally:
+        server.stop()
+    assert form.status_code == 200 and form.json()["model"]["name"] == sed
+    assert form.json()["results"][0]["scores"] == query.json()["results"][0]["scores"]
+    assert raw.status_code == 200 and raw.json()["results"][0]["filename"] == "body"
+    assert raw.json()["results"][0]["scores"] == multi.json()["results"][0]["scores"]
+    assert pcm.status_code == 200, pcm.text
+    np.testing.assert_allclose(pcm.json()["results"][0]["scores"],
+                               multi.json()["results"][0]["scores"], atol=2e-3)
+    assert no_rate.status_code == 422 and "sample_rate" in no_rate.json()["error"]["message"]
+    assert odd.status_code == 400, odd.text
+    assert slim.json()["results"][0]["scores"] is None and slim.json()["results"][0]["top"]

@@ -9,7 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.core.backends.ort import CPU, Engine
+from service.core.backends import BackendOptions
+from service.core.backends.ort import CPU, OrtBackend
 from service.core.card import read_card
 from tests.service.conftest import (
     RATE,
@@ -27,16 +28,16 @@ pytestmark = pytest.mark.slow
 
 def test_auto_precision_on_cpu_is_fp32_even_with_variants(variants_bundle: Path) -> None:
     assert set(read_card(variants_bundle).files) == {"fp32", "fp16", "int8"}
-    engine = Engine(variants_bundle, device="cpu", threads=1)
+    engine = OrtBackend(variants_bundle, BackendOptions(device="cpu", threads=1))
     assert (engine.provider, engine.precision) == (CPU, "fp32")
 
 
 @pytest.mark.parametrize(("precision", "atol"), [("fp16", 0.02), ("int8", 0.25)])
 def test_explicit_variant_runs_and_stays_close_to_fp32(variants_bundle: Path, precision: str,
                                                        atol: float) -> None:
-    fp32 = Engine(variants_bundle, device="cpu", threads=1)
-    other = Engine(variants_bundle, device="cpu", precision=precision,  # type: ignore[arg-type]
-                   threads=1)
+    fp32 = OrtBackend(variants_bundle, BackendOptions(device="cpu", threads=1))
+    other = OrtBackend(variants_bundle, BackendOptions(device="cpu", precision=precision,  # type: ignore[arg-type]
+                   threads=1))
     assert other.precision == precision
     x = np.stack([noise(3.0, seed=s) for s in (1, 2)])
     a, b = fp32.run(x)["clipwise"], other.run(x)["clipwise"]

@@ -1,0 +1,63 @@
+"""The ``Backend`` protocol and the registry of backends by name.
+
+A backend runs batches of waveforms through one bundle's graph on one device. It knows
+nothing of HTTP or batching. A new runtime (OpenVINO, TensorRT, a remote OIP server) is a new
+module here and one line in ``BACKENDS``; nothing else in the service changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from service.core.card import ModelCard, OutputKind
+
+Device = Literal["auto", "cuda", "cpu"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    device: Device = "auto"
+    precision: Precision = "auto"
+    threads: int = 0  # intra-op threads on CPU (0: the runtime's default)
+    verify: bool = True  # check every bundle file's SHA-256 before loading
+    url: str = ""  # for remote backends: where the engine tier listens
+
+
+class Backend(Protocol):
+    """One loaded bundle on one device."""
+
+    card: ModelCard
+    device: str  # what it runs on: "cuda" or "cpu"
+    provider: str  # the runtime's own name for it (e.g. CUDAExecutionProvider)
+    precision: str  # the graph variant in use: fp32, fp16 or int8
+    kinds: dict[str, OutputKind]  # graph output name -> kind
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a (B, L) float32 batch; float32 outputs keyed by kind (clipwise, ...)."""
+        ...
+
+    def warm_up(self, batch_sizes: list[int], length: int) -> None:
+        """Run each batch shape once so the first real request pays no set-up cost."""
+        ...
+
+
+# name -> "module:factory"; a factory is called as factory(bundle_dir, options).
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "service.core.backends.ort:OrtBackend",
+}
+
+
+def load_backend(name: str, bundle_dir: Path | str, options: BackendOptions) -> Backend:
+    """Import the backend ``name`` lazily (so an absent runtime costs nothing) and load."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    module, _, attr = BACKENDS[name].partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    backend: Backend = factory(bundle_dir, options)
+    return backend

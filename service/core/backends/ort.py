@@ -1,4 +1,4 @@
-"""ONNX Runtime engine for one bundle: picks provider and variant, runs batches.
+"""The ONNX Runtime backend: one session over a bundle's chosen variant, runs batches.
 
 Knows nothing of HTTP or batching. On CUDA it prefers the fp16 variant, binds inputs and
 outputs explicitly (IO binding) and warms up every batch shape it will see; on CPU it runs
@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
+from service.core.backends import BackendOptions, Device, Precision
 from service.core.card import BundleError, ModelCard, load_bundle
 
 log = logging.getLogger("service.core.backends.ort")
 
-Device = Literal["auto", "cuda", "cpu"]
-Precision = Literal["auto", "fp32", "fp16", "int8"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def resolve_device(device: Device) -> str:
+def choose_provider(device: Device) -> str:
     """The execution provider to use; asking for CUDA where it is missing is an error."""
     available = ort.get_available_providers()
     if device == "cpu":
@@ -45,26 +43,20 @@ def resolve_variant(card: ModelCard, provider: str, precision: Precision) -> str
     return precision
 
 
-class Engine:
-    """One ONNX Runtime session over a bundle's chosen variant."""
+class OrtBackend:
+    """One ONNX Runtime session over a bundle's chosen variant (a ``Backend``)."""
 
-    def __init__(
-        self,
-        bundle_dir: Path | str,
-        *,
-        device: Device = "auto",
-        precision: Precision = "auto",
-        threads: int = 0,
-        verify: bool = True,
-    ) -> None:
-        self.card = load_bundle(bundle_dir, verify=verify)
-        self.provider = resolve_device(device)
-        self.precision = resolve_variant(self.card, self.provider, precision)
+    def __init__(self, bundle_dir: Path | str, options: BackendOptions | None = None) -> None:
+        options = options or BackendOptions()
+        self.card: ModelCard = load_bundle(bundle_dir, verify=options.verify)
+        self.provider = choose_provider(options.device)
+        self.precision = resolve_variant(self.card, self.provider, options.precision)
         path = Path(bundle_dir) / self.card.files[self.precision].path  # type: ignore[index]
         self.session = ort.InferenceSession(
-            str(path), self._options(threads), providers=self._providers()
+            str(path), self._options(options.threads), providers=self._providers()
         )
         self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA else "cpu"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

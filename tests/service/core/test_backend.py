@@ -8,13 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.core.backends.ort import CPU, Engine
+from service.core.backends import BackendOptions
+from service.core.backends.ort import CPU, OrtBackend
 from service.core.card import BundleError
 from tests.service.conftest import noise, run_bundle, settings_for
 
 
 def test_engine_runs_batches_like_single_clips(tagger_bundle: Path) -> None:
-    engine = Engine(tagger_bundle, device="cpu", threads=1)
+    engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
     assert (engine.provider, engine.precision) == (CPU, "fp32")
     clips = [noise(2.0, seed=s) for s in range(3)]
     out = engine.run(np.stack(clips))
@@ -25,10 +26,10 @@ def test_engine_runs_batches_like_single_clips(tagger_bundle: Path) -> None:
 
 def test_missing_variant_or_device_is_a_clear_error(tagger_bundle: Path) -> None:
     with pytest.raises(BundleError, match="PANNS_PRECISION=int8 but bundle"):
-        Engine(tagger_bundle, device="cpu", precision="int8")
+        OrtBackend(tagger_bundle, BackendOptions(device="cpu", precision="int8"))
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(BundleError, match="PANNS_DEVICE=cuda"):
-            Engine(tagger_bundle, device="cuda")
+            OrtBackend(tagger_bundle, BackendOptions(device="cuda"))
 
 
 def test_a_corrupted_bundle_is_refused(tagger_bundle: Path, tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_a_corrupted_bundle_is_refused(tagger_bundle: Path, tmp_path: Path) -> N
     graph = next(broken.glob("*.onnx"))
     graph.write_bytes(graph.read_bytes()[:-10])
     with pytest.raises(BundleError, match="truncated"):
-        Engine(broken)
+        OrtBackend(broken)
 
 
 def test_main_refuses_a_missing_bundle_with_a_clear_message(tmp_path: Path) -> None:

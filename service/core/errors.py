@@ -1,0 +1,57 @@
+"""Domain errors of the tagging core: each has a stable ``code`` and a human ``message``.
+
+The core raises these and nothing HTTP-shaped; every door (REST, OIP, WebSocket, CLI) maps
+them to its own vocabulary (``service.errors`` holds the one table for HTTP statuses).
+"""
+
+from __future__ import annotations
+
+
+class TaggingError(Exception):
+    """Base of the core's errors."""
+
+    code = "tagging_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidParameters(TaggingError):
+    """A parameter the caller chose cannot be used (window too short, k out of range...)."""
+
+    code = "invalid_parameters"
+
+
+class UnknownModel(TaggingError):
+    code = "unknown_model"
+
+
+class NotReady(TaggingError):
+    """Models are still loading (or failed to load); retry after ``retry_after_s``."""
+
+    code = "not_ready"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class MissingOutput(TaggingError):
+    """The model has no output of the kind the call needs (no embedding, no framewise)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.code = f"no_{kind}_output"
+
+
+class TooMuchWork(TaggingError):
+    """One request asks for more than a request may cost (windows, frames, audio)."""
+
+    code = "request_too_large"
+
+
+class TimedOut(TaggingError):
+    """The request's deadline passed before its windows were computed."""
+
+    code = "timeout"

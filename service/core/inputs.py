@@ -1,0 +1,99 @@
+"""What the core accepts as audio: encoded bytes, a file path, raw PCM, or a waveform."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from service.core.audio import AudioError, Decoded, decode, decode_pcm
+
+PcmDtype = Literal["int16", "float32"]
+
+
+@dataclass(frozen=True)
+class PcmFormat:
+    """How raw PCM bytes are laid out: interleaved frames of ``channels`` samples."""
+
+    sample_rate: int
+    channels: int = 1
+    dtype: PcmDtype = "int16"
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One piece of audio and the name results carry for it.
+
+    Exactly one of ``data`` (encoded file bytes, or raw PCM when ``pcm`` is set), ``path``
+    or ``waveform`` (float, ``(samples,)`` or ``(samples, channels)`` at ``sample_rate``)."""
+
+    name: str
+    data: bytes | memoryview | None = None
+    path: Path | None = None
+    waveform: np.ndarray | None = None
+    sample_rate: int | None = None
+    pcm: PcmFormat | None = None
+
+    def decode(self, target_rate: int, max_seconds: float) -> Decoded:
+        """Mono float32 at ``target_rate``; an ``AudioError`` naming what is wrong."""
+        if self.waveform is not None:
+            return _from_waveform(self.waveform, self.sample_rate, target_rate, max_seconds)
+        data = self.data if self.path is None else _read(self.path)
+        assert data is not None
+        if self.pcm is not None:
+            return decode_pcm(
+                data,
+                sample_rate=self.pcm.sample_rate,
+                channels=self.pcm.channels,
+                dtype=self.pcm.dtype,
+                target_rate=target_rate,
+                max_seconds=max_seconds,
+            )
+        return decode(bytes(data), target_rate, max_seconds)
+
+
+Source = AudioInput | bytes | str | os.PathLike[str] | tuple[np.ndarray, int]
+
+
+def as_input(source: Source, index: int = 0) -> AudioInput:
+    """Normalise what a caller passed: bytes, a path, ``(waveform, rate)`` or an AudioInput."""
+    if isinstance(source, AudioInput):
+        return source
+    if isinstance(source, bytes | bytearray | memoryview):
+        return AudioInput(f"file{index}", data=bytes(source))
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        return AudioInput(str(path), path=path)
+    if isinstance(source, tuple) and len(source) == 2:
+        wave, rate = source
+        return AudioInput(f"waveform{index}", waveform=np.asarray(wave), sample_rate=int(rate))
+    raise TypeError(f"cannot tag a {type(source).__name__}: pass bytes, a path or (waveform, rate)")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _from_waveform(
+    wave: np.ndarray, rate: int | None, target_rate: int, max_seconds: float
+) -> Decoded:
+    if rate is None:
+        raise AudioError("a waveform needs its sample rate")
+    if wave.ndim not in (1, 2):
+        raise AudioError(f"a waveform is (samples,) or (samples, channels), not {wave.shape}")
+    channels = 1 if wave.ndim == 1 else wave.shape[1]
+    samples = np.ascontiguousarray(wave, dtype=np.float32)
+    return decode_pcm(
+        samples.tobytes(),
+        sample_rate=rate,
+        channels=channels,
+        dtype="float32",
+        target_rate=target_rate,
+        max_seconds=max_seconds,
+    )

@@ -1,0 +1,258 @@
+"""The ``Tagger``: tag, embed and detect with one or more bundles, no HTTP involved.
+
+``Tagger`` is async (for servers: every door of the service runs on one); ``SyncTagger`` runs
+one on a background event loop for scripts and notebooks, and ``SyncTagger.map`` pushes many
+files through the same batcher at once, so their windows share batches.
+
+    from service import SyncTagger
+    with SyncTagger("models/cnn14") as tagger:
+        print(tagger.tag("dog.wav").top[:3])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from service.core.batcher import DeadlineExceeded
+from service.core.errors import MissingOutput, TimedOut
+from service.core.inputs import AudioInput, Source, as_input
+from service.core.models import ModelRuntime, Models, ObserverFactory, check_bundles
+from service.core.pipeline import FileWork, Limits, WindowSpec, infer, prepare
+from service.core.results import DetectResult, EmbedResult, FileResult, TagResult
+from service.core.tasks import DetectOptions, TagOptions, detect_result, embed_result, tag_result
+from service.settings import Settings
+
+R = TypeVar("R", bound=FileResult)
+T = TypeVar("T")
+Build = Callable[[FileWork, float], R]
+Bundles = str | Path | Iterable[str | Path] | None
+
+
+def make_settings(
+    bundles: Bundles, settings: Settings | None, overrides: dict[str, Any]
+) -> Settings:
+    """``settings`` (default: the environment's) with ``bundles`` and ``overrides`` applied."""
+    values = (settings or Settings()).model_dump()
+    if bundles is not None:
+        paths = [bundles] if isinstance(bundles, str | Path) else list(bundles)
+        values["models"] = ",".join(str(p) for p in paths)
+    values.update(overrides)
+    return Settings(**values)
+
+
+class FileEvents(Protocol):
+    """What a tagger reports of each input it prepared (the service counts them)."""
+
+    def file_done(self, model: str, seconds: float) -> None: ...
+    def file_failed(self, code: str) -> None: ...
+
+
+class Tagger:
+    """Models loaded from bundles, each behind a batcher that every caller shares."""
+
+    def __init__(
+        self,
+        bundles: Bundles = None,
+        *,
+        settings: Settings | None = None,
+        observer: ObserverFactory | None = None,
+        events: FileEvents | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = make_settings(bundles, settings, overrides)
+        self.models = Models(self.settings, observer)
+        self.events = events
+
+    async def start(self) -> Tagger:
+        """Read every card, then load and warm up every model; raise if one fails."""
+        check_bundles(self.settings)
+        await self.models.load_all()
+        return self
+
+    async def close(self) -> None:
+        """Finish every queued window, then stop."""
+        await self.models.stop()
+
+    async def __aenter__(self) -> Tagger:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @property
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(s.max_audio_s, s.max_request_audio_s, s.max_windows, s.min_hop_s)
+
+    def model(self, name: str | None = None) -> ModelRuntime:
+        """The served model ``name`` (default: the first bundle's)."""
+        return self.models.get(name)
+
+    async def tag_many(
+        self,
+        sources: Sequence[Source],
+        *,
+        model: str | None = None,
+        window: WindowSpec | None = None,
+        options: TagOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> list[TagResult]:
+        """Tag every source as one request; a bad source fails only its own result."""
+        runtime, opts = self.model(model), options or TagOptions()
+        opts.check(runtime.card)
+        return await self.run(
+            runtime, sources, lambda w, t: tag_result(w, runtime.card, opts, t), window, timeout_s
+        )
+
+    async def embed_many(
+        self,
+        sources: Sequence[Source],
+        *,
+        model: str | None = None,
+        window: WindowSpec | None = None,
+        timeout_s: float | None = None,
+    ) -> list[EmbedResult]:
+        runtime = self.model(model)
+        runtime.require("embedding", "embed")
+        return await self.run(runtime, sources, embed_result, window, timeout_s)
+
+    async def detect_many(
+        self,
+        sources: Sequence[Source],
+        *,
+        model: str | None = None,
+        window: WindowSpec | None = None,
+        options: DetectOptions | None = None,
+        timeout_s: float | None = None,
+    ) -> list[DetectResult]:
+        runtime = self.model(model)
+        opts = options or DetectOptions(max_values=self.settings.max_response_values)
+        runtime.require("framewise", "detect")
+        if runtime.card.frames_per_second is None:
+            raise MissingOutput("framewise", f"model {runtime.name!r} states no frame rate")
+        opts.factor(runtime.card)  # parameter errors before any decoding
+        return await self.run(
+            runtime,
+            sources,
+            lambda w, t: detect_result(w, runtime.card, opts, t),
+            window,
+            timeout_s,
+        )
+
+    async def tag(self, source: Source, **kwargs: Any) -> TagResult:
+        """Tag one source; raise its error instead of returning it."""
+        return _one(await self.tag_many([source], **kwargs))
+
+    async def embed(self, source: Source, **kwargs: Any) -> EmbedResult:
+        return _one(await self.embed_many([source], **kwargs))
+
+    async def detect(self, source: Source, **kwargs: Any) -> DetectResult:
+        return _one(await self.detect_many([source], **kwargs))
+
+    async def run(
+        self,
+        runtime: ModelRuntime,
+        sources: Sequence[Source],
+        build: Build[R],
+        window: WindowSpec | None = None,
+        timeout_s: float | None = None,
+    ) -> list[R]:
+        """Decode and cut (in a thread), batch and infer, then ``build`` each result."""
+        started = time.monotonic()
+        deadline = started + (timeout_s or self.settings.timeout_s)
+        items = [as_input(s, i) for i, s in enumerate(sources)]
+        works = await asyncio.to_thread(
+            prepare, items, runtime.card, window or WindowSpec(), self.limits
+        )
+        self._report(runtime.name, works)
+        await self.infer(works, runtime, deadline)
+        return [build(w, started) for w in works]
+
+    def _report(self, model: str, works: list[FileWork]) -> None:
+        if self.events is None:
+            return
+        for work in works:
+            if work.error is not None:
+                self.events.file_failed(work.error.code)
+            elif work.decoded is not None:
+                self.events.file_done(model, work.decoded.duration_s)
+
+    async def infer(self, works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + 1.0):
+                await infer(works, runtime, deadline)
+        except (TimeoutError, DeadlineExceeded) as exc:
+            raise TimedOut(
+                f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
+            ) from exc
+
+
+def _one(results: list[R]) -> R:
+    result = results[0]
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+class SyncTagger:
+    """A ``Tagger`` on a background event loop, for code that is not async."""
+
+    def __init__(self, bundles: Bundles = None, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.tagger = Tagger(bundles, **kwargs)
+        try:
+            self._call(self.tagger.start())
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def tag(self, source: Source, **kwargs: Any) -> TagResult:
+        return self._call(self.tagger.tag(source, **kwargs))
+
+    def embed(self, source: Source, **kwargs: Any) -> EmbedResult:
+        return self._call(self.tagger.embed(source, **kwargs))
+
+    def detect(self, source: Source, **kwargs: Any) -> DetectResult:
+        return self._call(self.tagger.detect(source, **kwargs))
+
+    def map(
+        self, sources: Iterable[Source], task: str = "tag", concurrency: int = 8, **kwargs: Any
+    ) -> Iterator[FileResult]:
+        """Results for many sources, in order, ``concurrency`` in flight (sharing batches).
+
+        A bad source yields a result with ``error`` set; it never stops the others."""
+        method = getattr(self.tagger, f"{task}_many")
+        pending: list[Any] = []
+        for index, source in enumerate(sources):
+            item = as_input(source, index)
+            pending.append(asyncio.run_coroutine_threadsafe(method([item], **kwargs), self._loop))
+            if len(pending) >= concurrency:
+                yield pending.pop(0).result()[0]
+        for future in pending:
+            yield future.result()[0]
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            if hasattr(self, "tagger"):
+                self._call(self.tagger.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> SyncTagger:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+__all__ = ["AudioInput", "SyncTagger", "Tagger"]

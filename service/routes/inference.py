@@ -1,0 +1,117 @@
+"""Running one upload request: read the body, call the core, watch for the client leaving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import Depends, Query, Request
+
+from service.core.audio import AudioError
+from service.core.inputs import AudioInput, PcmFormat
+from service.core.results import FileResult
+from service.core.tagger import Tagger
+from service.deps import settings_of, tagger_of
+from service.errors import ApiError, status_of
+from service.present import Json, OrjsonResponse, error_info, model_ref
+from service.upload import Body, BodyLimits, read_body
+
+T = TypeVar("T")
+R = TypeVar("R", bound=FileResult)
+
+
+def pcm_params(
+    sample_rate: Annotated[
+        int | None, Query(ge=1000, le=384000, description="raw PCM body: its sample rate")
+    ] = None,
+    channels: Annotated[int, Query(ge=1, le=64, description="raw PCM body: channels")] = 1,
+    dtype: Annotated[
+        Literal["int16", "float32"], Query(description="raw PCM body: sample type")
+    ] = "int16",
+) -> PcmFormat | None:
+    return None if sample_rate is None else PcmFormat(sample_rate, channels, dtype)
+
+
+PcmDep = Annotated[PcmFormat | None, Depends(pcm_params)]
+
+
+def _inputs(request: Request, body: Body, pcm: PcmFormat | None) -> list[AudioInput]:
+    raw_pcm = body.raw and request.headers.get("content-type", "").lower().startswith(
+        "application/octet-stream"
+    )
+    if raw_pcm and pcm is None:
+        raise ApiError(
+            422,
+            "invalid_parameters",
+            "a raw PCM body needs ?sample_rate= (and channels=, dtype=int16|float32)",
+        )
+    fmt = pcm if raw_pcm else None
+    inputs = []
+    for part in body.files:
+        data = part.data
+        part.chunks.clear()  # the request keeps no second copy of the upload
+        inputs.append(AudioInput(part.filename, data=data, pcm=fmt))
+    return inputs
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def watch(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it (dropping its queued windows) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ApiError(499, "client_disconnected", "the client went away")
+    return task.result()
+
+
+def raise_if_all_failed(results: list[R]) -> None:
+    """When no file could be used, answer with an error status (each file's reason listed)."""
+    if not results or any(r.error is None for r in results):
+        return
+    first = results[0].error
+    assert first is not None
+    files = [{"filename": r.filename, **error_info(r.error)} for r in results if r.error]
+    message = first.message if isinstance(first, AudioError) else str(first)
+    if len(files) > 1:
+        message = "no file could be used: " + "; ".join(
+            f"{f['filename']}: {f['message']}" for f in files
+        )
+    code = error_info(first)["code"]
+    raise ApiError(status_of(first), code, message, extra={"files": files})
+
+
+async def run_upload(
+    request: Request,
+    model: str | None,
+    pcm: PcmFormat | None,
+    call: Callable[[Tagger, str, list[AudioInput]], Coroutine[Any, Any, list[R]]],
+    present: Callable[[R], Json],
+) -> OrjsonResponse:
+    """Read the body, resolve the model (query or form field), run ``call``, present results."""
+    tagger, settings = tagger_of(request), settings_of(request)
+    tagger.models.get(model) if model else tagger.model()  # 503/404 before reading the body
+    limits = BodyLimits(
+        settings.max_upload_bytes,
+        settings.max_files,
+        settings.idle_timeout_s,
+        settings.upload_timeout_s,
+    )
+    body = await read_body(request, limits)
+    runtime = tagger.model(model or body.fields.get("model") or None)
+    request.state.model = runtime.name
+    inputs = _inputs(request, body, pcm)
+    results = await watch(request, call(tagger, runtime.name, inputs))
+    raise_if_all_failed(results)
+    content = {"model": model_ref(runtime), "results": [present(r) for r in results]}
+    return OrjsonResponse(content)

@@ -1,0 +1,82 @@
+"""The tagging core without HTTP: the Tagger on real bundles, and what the core imports."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import SyncTagger, Tagger, TagOptions, WindowSpec
+from service.core.audio import UnsupportedFormat
+from service.core.errors import InvalidParameters, MissingOutput, UnknownModel
+from tests.conftest import REPO_ROOT, shared_path
+from tests.service.conftest import RATE, LiveServer, encode, files, noise, run_bundle, settings_for
+
+
+def test_the_core_imports_no_http_layer_and_no_torch() -> None:
+    code = (
+        "import sys, service, service.core.tagger, service.core.backends.ort; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('fastapi', 'starlette', 'uvicorn', 'torch', 'training') "
+        "or m in ('service.app', 'service.errors', 'service.schemas', 'service.upload', "
+        "'service.deps') or m.startswith('service.routes')]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
+
+
+def test_async_tagger_matches_the_graph(tagger_bundle: Path) -> None:
+    x = noise(10.0, seed=21)
+
+    async def go() -> tuple[np.ndarray, list[str]]:
+        async with Tagger(settings=settings_for(tagger_bundle)) as tagger:
+            result = await tagger.tag((x, RATE))
+            bad = await tagger.tag_many([b"not audio", encode(x, RATE)])
+            return result.scores, [type(r.error).__name__ for r in bad]  # type: ignore[return-value]
+
+    scores, errors = asyncio.run(go())
+    np.testing.assert_allclose(scores, run_bundle(tagger_bundle, x)["clipwise"], atol=1e-5)
+    assert errors == ["UnsupportedFormat", "NoneType"]
+
+
+def test_sync_tagger_equals_rest_on_real_recordings(tagger_bundle: Path) -> None:
+    paths = sorted(p for p in shared_path("audio").iterdir() if p.suffix in (".wav", ".ogg"))[:4]
+    settings = settings_for(tagger_bundle)
+    server = LiveServer(settings).start()
+    try:
+        with server.client() as c:
+            rest = c.post("/v1/tag", files=files(*((p.name, p.read_bytes()) for p in paths)))
+        assert rest.status_code == 200, rest.text
+        with SyncTagger(settings=settings) as tagger:
+            local = list(tagger.map(paths, concurrency=3))
+            one = tagger.tag(paths[0], options=TagOptions(top_k=3))
+    finally:
+        server.stop()
+    for entry, result in zip(rest.json()["results"], local, strict=True):
+        assert result.error is None and result.scores is not None
+        np.testing.assert_allclose(result.scores, entry["scores"], atol=1e-6)
+        assert [t.index for t in result.top or []] == [t["index"] for t in entry["top"]]
+    assert len(one.top or []) == 3
+
+
+def test_domain_errors(tagger_bundle: Path) -> None:
+    with SyncTagger(settings=settings_for(tagger_bundle)) as tagger:
+        with pytest.raises(UnsupportedFormat):
+            tagger.tag(b"\x00" * 64)
+        with pytest.raises(UnknownModel):
+            tagger.tag(encode(noise(1.0, 1), RATE), model="nope")
+        with pytest.raises(InvalidParameters, match="hop_s"):
+            tagger.tag(encode(noise(1.0, 1), RATE), window=WindowSpec(hop_s=0.001))
+        with pytest.raises(MissingOutput):
+            tagger.detect(encode(noise(1.0, 1), RATE))
+
+
+def test_window_fan_out_is_bounded(tagger_bundle: Path) -> None:
+    with SyncTagger(settings=settings_for(tagger_bundle, max_windows=20)) as tagger:
+        result = next(iter(tagger.map([encode(noise(30.0, 2), RATE)],
+                                      window=WindowSpec(window_s=1.0, hop_s=1.0))))
+    assert result.error is not None and result.error.code == "request_too_large"
+    assert "limit is 20" in result.error.message
