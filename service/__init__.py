@@ -10,5 +10,12 @@ from service.core.pipeline import WindowSpec
 from service.core.tagger import SyncTagger, Tagger
 from service.core.tasks import DetectOptions, TagOptions
 
-__all__ = ["AudioInput", "DetectOptions", "PcmFormat", "SyncTagger", "TagOptions", "Tagger",
-           "WindowSpec"]
+__all__ = [
+    "AudioInput",
+    "DetectOptions",
+    "PcmFormat",
+    "SyncTagger",
+    "TagOptions",
+    "Tagger",
+    "WindowSpec",
+]

@@ -66,7 +66,14 @@ def main() -> None:
             "listening on %s without API keys: anyone who can reach it can use it", settings.host
         )
     log.info("serving %s on %s:%d", settings.models, settings.host, settings.port)
+    if settings.worker_count > 1 and not settings.engine_socket:
+        from service.supervisor import supervise
+
+        sys.exit(supervise(settings))
     app = create_app(settings, on_load_failure=_stop_on_failure)
+    from service.supervisor import keep_signals
+
+    keep_signals()
     uvicorn.run(app, **uvicorn_config(settings))  # type: ignore[arg-type]
     sys.exit(1 if _state["failed"] else 0)
 

@@ -23,7 +23,7 @@ log = logging.getLogger("service.app")
 
 async def _load(tagger: Tagger, on_failure: Callable[[], None] | None) -> None:
     try:
-        await tagger.models.load_all()
+        await tagger.load()
     except Exception:  # kept in models.error: /healthz and /readyz report it
         log.exception("loading models failed")
         if on_failure is not None:
@@ -58,9 +58,7 @@ def create_app(
     passes one that stops the process with a non-zero status)."""
     settings = settings or get_settings()
     app_metrics = Metrics()
-    tagger = Tagger(
-        settings=settings, observer=observer_factory(app_metrics), events=app_metrics
-    )
+    tagger = Tagger(settings=settings, observer=observer_factory(app_metrics), events=app_metrics)
     app = FastAPI(
         title="PANNs audio tagging",
         version="0.1.0",

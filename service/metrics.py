@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.core.backends import Backend
 from service.core.card import ModelCard
@@ -39,7 +42,9 @@ class Metrics:
         self.queue_depth = self._gauge(
             "panns_queue_depth", "Windows waiting in the batcher queue", _MODEL
         )
-        self.inflight = self._gauge("panns_inflight_requests", "Requests being served", ())
+        self.inflight = self._gauge(
+            "panns_inflight_requests", "Requests being served", (), mode="livesum"
+        )
         self.audio_seconds = self._counter(
             "panns_audio_seconds", "Seconds of decoded audio processed", _MODEL
         )
@@ -50,6 +55,7 @@ class Metrics:
             "panns_model_info",
             "Loaded model (value 1)",
             ("model", "arch", "checksum", "provider", "precision"),
+            mode="max",
         )
         self.dropped_windows = self._counter(
             "panns_dropped_windows",
@@ -60,8 +66,9 @@ class Metrics:
     def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
 
-    def _gauge(self, name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-        return Gauge(name, doc, labels, registry=self.registry)
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...], mode: str = "livesum") -> Gauge:
+        # mode: how prometheus-client combines the processes' values (PANNS_WORKERS > 1)
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)  # type: ignore[arg-type]
 
     def _histogram(
         self,
@@ -79,6 +86,11 @@ class Metrics:
         self.decode_failures.labels(code).inc()
 
     def render(self) -> bytes:
+        """This process's metrics, or every process's when several serve (multiprocess)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     backend: str = Field(default="onnxruntime", description="the engine: onnxruntime | oip")
     engine_url: str = Field(default="", description="oip backend: URL of the engine tier")
+    engine_socket: str = Field(
+        default="", description="internal: the engine process's socket (set by the supervisor)"
+    )
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     threads: int = Field(

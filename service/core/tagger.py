@@ -67,16 +67,32 @@ class Tagger:
         self.settings = make_settings(bundles, settings, overrides)
         self.models = Models(self.settings, observer)
         self.events = events
+        self._engine: Any = None  # the engine connection of a front process
 
     async def start(self) -> Tagger:
         """Read every card, then load and warm up every model; raise if one fails."""
         check_bundles(self.settings)
-        await self.models.load_all()
+        await self.load()
         return self
+
+    async def load(self) -> None:
+        """Load the models here, or, with ``engine_socket`` set, reach the engine process's."""
+        if not self.settings.engine_socket:
+            await self.models.load_all()
+            return
+        from service.core.remote import connect_models
+
+        try:
+            self._engine = await connect_models(self.models, self.settings.engine_socket)
+        except Exception as exc:
+            self.models.error = f"{type(exc).__name__}: {exc}"
+            raise
 
     async def close(self) -> None:
         """Finish every queued window, then stop."""
         await self.models.stop()
+        if self._engine is not None:
+            await self._engine.close()
 
     async def __aenter__(self) -> Tagger:
         return await self.start()

@@ -1,0 +1,322 @@
+"""One engine process, many front processes: windows travel over a Unix socket.
+
+With ``PANNS_WORKERS`` > 1 the supervisor runs the models (backends and batchers) in one
+engine process per device, and N front processes do the HTTP, decoding and windowing. A front
+sends each request's windows to the engine (raw float32, no pickles) and gets each window's
+outputs back, so windows of every front share the engine's batches and there is one copy of
+the weights. ``RemoteQueue`` has the batcher's ``submit`` interface, so the rest of the core
+does not know where the batcher runs.
+
+Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import struct
+import time
+from typing import Any
+
+import numpy as np
+
+from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
+from service.core.card import ModelCard, OutputKind, read_card
+from service.core.errors import NotReady, TaggingError
+from service.core.models import ModelRuntime, Models
+
+log = logging.getLogger("service.core.remote")
+_LEN = struct.Struct("<I")
+MAX_HEADER = 1 << 20
+
+
+async def send(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
+    head = json.dumps({**header, "bytes": len(payload)}).encode()
+    writer.write(_LEN.pack(len(head)) + head)
+    if payload:
+        writer.write(payload)
+    await writer.drain()
+
+
+async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if size > MAX_HEADER:
+        raise ConnectionError(f"frame header of {size} bytes")
+    header = json.loads(await reader.readexactly(size))
+    payload = await reader.readexactly(int(header.get("bytes", 0)))
+    return header, payload
+
+
+def _error_header(rid: int, exc: BaseException) -> dict[str, Any]:
+    header: dict[str, Any] = {
+        "id": rid,
+        "ok": False,
+        "error": type(exc).__name__,
+        "message": str(exc),
+    }
+    if isinstance(exc, QueueFull):
+        header["retry_after"] = exc.retry_after_s
+    return header
+
+
+def _raise_remote(header: dict[str, Any]) -> None:
+    kind, message = header.get("error"), str(header.get("message", "engine error"))
+    if kind == "QueueFull":
+        raise QueueFull(int(header.get("retry_after", 1)))
+    if kind == "DeadlineExceeded":
+        raise DeadlineExceeded(message)
+    if kind == "BatcherStopped":
+        raise BatcherStopped(message)
+    if kind == "NotReady":
+        raise NotReady(message)
+    raise TaggingError(message)
+
+
+def _encode_results(rid: int, results: list[WindowResult]) -> tuple[dict[str, Any], bytes]:
+    kinds = sorted(results[0].outputs) if results else []
+    shapes = [[list(r.outputs[k].shape) for k in kinds] for r in results]
+    meta = [[r.queue_s, r.compute_s, r.batch_size, r.batch_id] for r in results]
+    payload = b"".join(
+        np.ascontiguousarray(r.outputs[k], np.float32).tobytes() for r in results for k in kinds
+    )
+    return {"id": rid, "ok": True, "kinds": kinds, "shapes": shapes, "meta": meta}, payload
+
+
+def _decode_results(header: dict[str, Any], payload: bytes) -> list[WindowResult]:
+    flat, at, out = np.frombuffer(payload, np.float32), 0, []
+    kinds = header["kinds"]
+    for shapes, meta in zip(header["shapes"], header["meta"], strict=True):
+        outputs = {}
+        for kind, shape in zip(kinds, shapes, strict=True):
+            size = int(np.prod(shape))
+            outputs[kind] = flat[at : at + size].reshape(shape)
+            at += size
+        out.append(
+            WindowResult(outputs, float(meta[0]), float(meta[1]), int(meta[2]), int(meta[3]))
+        )
+    return out
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], rid: int) -> Any:
+    def done(_: asyncio.Task[None]) -> None:
+        tasks.pop(rid, None)
+
+    return done
+
+
+class EngineServer:
+    """Serves the batchers of ``models`` to front processes on a Unix socket."""
+
+    def __init__(self, models: Models, path: str) -> None:
+        self.models, self.path = models, path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    def _hello(self) -> dict[str, Any]:
+        if not self.models.ready:
+            return {"ok": False, "ready": False, "error": self.models.error}
+        info = {
+            name: {
+                "provider": r.backend.provider,
+                "precision": r.backend.precision,
+                "device": r.backend.device,
+                "kinds": r.backend.kinds,
+            }
+            for name, r in self.models.models.items()
+        }
+        return {"ok": True, "ready": True, "models": info}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lock = asyncio.Lock()
+        tasks: dict[int, asyncio.Task[None]] = {}
+        try:
+            while True:
+                header, payload = await receive(reader)
+                rid = int(header.get("id", 0))
+                if header.get("op") == "hello":
+                    async with lock:
+                        await send(writer, {"id": rid, **self._hello()})
+                elif header.get("op") == "cancel":
+                    task = tasks.pop(rid, None)
+                    if task is not None:
+                        task.cancel()
+                else:
+                    task = asyncio.create_task(self._submit(rid, header, payload, writer, lock))
+                    tasks[rid] = task
+                    task.add_done_callback(_forget(tasks, rid))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the front went away (or the engine stops): its queued windows are dropped
+        finally:
+            for task in list(tasks.values()):
+                task.cancel()
+            writer.close()
+
+    async def _submit(
+        self,
+        rid: int,
+        header: dict[str, Any],
+        payload: bytes,
+        writer: asyncio.StreamWriter,
+        lock: asyncio.Lock,
+    ) -> None:
+        flat = np.frombuffer(payload, np.float32)
+        offsets = np.cumsum([0, *header["lengths"]])
+        windows = [flat[a:b] for a, b in itertools.pairwise(offsets)]
+        deadline = time.monotonic() + float(header["deadline_in"])
+        try:
+            runtime = self.models.get(header["model"])
+            results = await runtime.batcher.submit(windows, deadline)
+            reply, data = _encode_results(rid, results)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reply, data = _error_header(rid, exc), b""
+        async with lock:
+            with contextlib.suppress(ConnectionError):
+                await send(writer, reply, data)
+
+
+class EngineClient:
+    """A front process's one connection to the engine, shared by all its requests."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Connect and wait until the engine's models are ready; their descriptions."""
+        ends = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(FileNotFoundError, ConnectionError):
+                reader, self._writer = await asyncio.open_unix_connection(self.path)
+                self._reader_task = asyncio.create_task(self._read(reader))
+                while time.monotonic() < ends:
+                    hello, _ = await self._call({"op": "hello"}, b"")
+                    if hello.get("ready"):
+                        return dict(hello["models"])
+                    if hello.get("error"):
+                        raise NotReady(f"the engine failed to load: {hello['error']}")
+                    await asyncio.sleep(0.2)
+            if time.monotonic() >= ends:
+                raise NotReady("the engine process did not become ready")
+            await asyncio.sleep(0.1)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header, payload = await receive(reader)
+                future = self._pending.pop(int(header.get("id", 0)), None)
+                if future is not None and not future.done():
+                    future.set_result((header, payload))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(BatcherStopped("the engine process went away"))
+            self._pending.clear()
+
+    async def _call(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        if self._writer is None or self._reader_task is None or self._reader_task.done():
+            raise BatcherStopped("no connection to the engine process")
+        rid = next(self._ids)
+        future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[rid] = future
+        async with self._lock:
+            await send(self._writer, {**header, "id": rid}, payload)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._pending.pop(rid, None)
+            with contextlib.suppress(Exception):
+                async with self._lock:
+                    await send(self._writer, {"op": "cancel", "id": rid})
+            raise
+
+    async def submit(
+        self, model: str, windows: list[np.ndarray], deadline: float
+    ) -> list[WindowResult]:
+        lengths = [int(w.shape[0]) for w in windows]
+        payload = b"".join(np.ascontiguousarray(w, np.float32).tobytes() for w in windows)
+        header = {
+            "op": "submit",
+            "model": model,
+            "lengths": lengths,
+            "deadline_in": max(0.0, deadline - time.monotonic()),
+        }
+        reply, data = await self._call(header, payload)
+        if not reply.get("ok"):
+            _raise_remote(reply)
+        return _decode_results(reply, data)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+class RemoteBackend:
+    """What a front process knows of a model the engine runs (never runs a batch itself)."""
+
+    def __init__(self, card: ModelCard, info: dict[str, Any]) -> None:
+        self.card = card
+        self.device, self.provider = str(info["device"]), str(info["provider"])
+        self.precision = str(info["precision"])
+        self.kinds: dict[str, OutputKind] = dict(info["kinds"])
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise RuntimeError("a front process runs no batches: the engine does")
+
+    def warm_up(self, batch_sizes: list[int], length: int) -> None:
+        return None
+
+
+class RemoteQueue:
+    """The batcher interface of one model, served by the engine process."""
+
+    def __init__(self, client: EngineClient, model: str) -> None:
+        self.client, self.model = client, model
+        self.depth = 0
+
+    async def submit(self, windows: list[np.ndarray], deadline: float) -> list[WindowResult]:
+        return await self.client.submit(self.model, windows, deadline)
+
+    async def stop(self) -> None:
+        return None
+
+
+async def connect_models(models: Models, path: str) -> EngineClient:
+    """Fill ``models`` (a front's) with the engine's models, reached through ``path``."""
+    client = EngineClient(path)
+    info = await client.connect()
+    for bundle in models.settings.model_dirs:
+        card = read_card(bundle)
+        if card.name not in info:
+            raise NotReady(f"the engine does not serve {card.name!r}")
+        runtime = ModelRuntime(
+            card,
+            RemoteBackend(card, info[card.name]),
+            RemoteQueue(client, card.name),  # type: ignore[arg-type]
+            default=not models.models,
+        )
+        models.models[card.name] = runtime
+    models.ready = True
+    return client

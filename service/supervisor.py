@@ -1,0 +1,209 @@
+"""``PANNS_WORKERS`` > 1: one engine process per device, N front processes, one supervisor.
+
+    supervisor (python -m service)        holds the listening socket, starts and replaces
+      |- engine  (python -m service.supervisor engine)   models: backend + batcher, one copy
+      |- front 1 (python -m service.supervisor front FD)  HTTP, decoding, windowing
+      |- front N ...                                     (all accept on the same socket)
+
+Fronts send windows to the engine over a Unix socket (``service.core.remote``), so the
+windows of every front share the engine's batches. Metrics go through prometheus-client's
+multiprocess mode, so any front's ``/metrics`` shows all processes. SIGTERM: the fronts
+drain first (their requests need the engine), then the engine finishes its queue; exit 0.
+A front that dies is replaced (only its own connections fail); an engine that dies ends
+the service with a non-zero status, for the orchestrator to restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("service.supervisor")
+ENV_SOCKET = "PANNS_ENGINE_SOCKET"
+
+
+def listen(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tmp = Path(tempfile.mkdtemp(prefix="panns-"))
+        self.engine_path = str(self.tmp / "engine.sock")
+        metrics_dir = self.tmp / "metrics"
+        metrics_dir.mkdir()
+        self.env = {
+            **os.environ,
+            ENV_SOCKET: self.engine_path,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
+        self.sock = listen(settings)
+        self.engine: subprocess.Popen[bytes] | None = None
+        self.fronts: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        fds = (self.sock.fileno(),) if args[0] == "front" else ()
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.supervisor", *args], env=self.env, pass_fds=fds
+        )
+
+    def start(self) -> None:
+        self.engine = self._spawn("engine")
+        self.fronts = [
+            self._spawn("front", str(self.sock.fileno())) for _ in range(self.settings.worker_count)
+        ]
+        log.info("engine pid %d, %d front processes", self.engine.pid, len(self.fronts))
+
+    def _replace_dead_fronts(self) -> None:
+        from prometheus_client import multiprocess
+
+        for index, front in enumerate(self.fronts):
+            if front.poll() is not None:
+                log.warning(
+                    "front pid %d exited with %s: replacing it", front.pid, front.returncode
+                )
+                multiprocess.mark_process_dead(front.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
+                self.fronts[index] = self._spawn("front", str(self.sock.fileno()))
+
+    def watch(self) -> int:
+        """Keep every process running until SIGTERM/SIGINT or the engine's end."""
+        assert self.engine is not None
+        while not self.stopping:
+            if self.engine.poll() is not None:
+                log.error("the engine exited with %s", self.engine.returncode)
+                self.stop()
+                return self.engine.returncode or 1
+            self._replace_dead_fronts()
+            time.sleep(0.2)
+        return self.stop()
+
+    def stop(self) -> int:
+        """Drain the fronts, then the engine; 0 when everything ended cleanly."""
+        self.stopping = True
+        grace = self.settings.graceful_timeout_s + 5
+        codes = _terminate(self.fronts, grace)
+        if self.engine is not None:
+            codes += _terminate([self.engine], grace)
+        self.sock.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        log.info("stopped: exit statuses %s (fronts, then the engine)", codes)
+        return 0 if all(c == 0 for c in codes) else 1
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> list[int]:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    ends, codes = time.monotonic() + grace, []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(max(0.1, ends - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def supervise(settings: Settings) -> int:
+    supervisor = Supervisor(settings)
+
+    def on_signal(*_: object) -> None:
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    supervisor.start()
+    return supervisor.watch()
+
+
+async def _engine_main(settings: Settings) -> int:
+    from service.core.remote import EngineServer
+    from service.core.tagger import Tagger
+    from service.metrics import Metrics, observer_factory
+
+    metrics = Metrics()
+    tagger = Tagger(
+        settings=settings.model_copy(update={"engine_socket": ""}),
+        observer=observer_factory(metrics),
+    )
+    server = EngineServer(tagger.models, os.environ[ENV_SOCKET])
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await tagger.models.load_all()
+    except Exception:
+        log.exception("loading models failed")
+        await asyncio.sleep(1.0)  # let the fronts read the error
+        return 1
+    await stop.wait()
+    await tagger.close()  # every queued window is finished first
+    await server.close()
+    return 0
+
+
+def engine_main() -> int:
+    from service.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return asyncio.run(_engine_main(settings))
+
+
+def front_main(fd: int) -> int:
+    import uvicorn
+
+    from service.__main__ import uvicorn_config
+    from service.app import create_app
+    from service.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    sock = socket.socket(fileno=fd)
+    config = uvicorn_config(settings)
+    for key in ("host", "port"):
+        config.pop(key)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), **config))  # type: ignore[arg-type]
+    keep_signals()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0
+
+
+def keep_signals() -> None:
+    """uvicorn drains on SIGTERM, then raises the signal again once it is done, which would
+    end the process by signal (status 143) after a clean drain; a no-op handler underneath
+    keeps the clean exit status 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
+if __name__ == "__main__":
+    role = sys.argv[1] if len(sys.argv) > 1 else ""
+    if role == "engine":
+        sys.exit(engine_main())
+    if role == "front":
+        sys.exit(front_main(int(sys.argv[2])))
+    sys.exit("usage: python -m service.supervisor engine | front FD")

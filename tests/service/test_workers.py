@@ -1,0 +1,78 @@
+"""PANNS_WORKERS=2: one engine process, two front processes, one consistent service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import (
+    RATE,
+    encode,
+    files,
+    free_socket,
+    metric_total,
+    noise,
+    parse_metrics,
+    start_subprocess,
+    wait_ready_url,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _fronts(pid: int) -> list[int]:
+    fronts = []
+    for child in _children(pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"front" in cmdline:
+            fronts.append(child)
+    return fronts
+
+
+def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_WORKERS": "2",
+                             "PANNS_WARMUP": "none", "PANNS_MAX_DELAY_MS": "20"}, port)
+    url = f"http://127.0.0.1:{port}"
+    clip = encode(noise(3.0, seed=41), RATE)
+    try:
+        wait_ready_url(url, time.monotonic() + 120)
+        assert len(_fronts(proc.pid)) == 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(
+                lambda _: httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60),
+                range(16)))
+        assert all(r.status_code == 200 for r in answers), answers[0].text
+        scores = {tuple(r.json()["results"][0]["scores"]) for r in answers}
+        assert len(scores) == 1  # the same numbers whichever front answered
+        metrics = parse_metrics(httpx.get(f"{url}/metrics").text)
+        assert metric_total(metrics, "panns_requests_total", endpoint="/v1/tag") == 16
+        sizes = metrics["panns_batch_size_count"]
+        assert sum(sizes.values()) < 16  # windows of both fronts shared batches
+        victim = _fronts(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while victim in _fronts(proc.pid) or len(_fronts(proc.pid)) < 2:
+            assert time.monotonic() < deadline, "the dead front was not replaced"
+            time.sleep(0.2)
+        for _ in range(6):  # the service keeps serving whichever front answers
+            r = httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60)
+            assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, (proc.stdout.read() if proc.stdout else b"")[-2000:]
