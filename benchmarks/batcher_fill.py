@@ -1,7 +1,7 @@
 """Batcher policies side by side: batch fill, latency and throughput under one synthetic load.
 
-    python benchmarks/batcher_fill.py [--seconds 2] [--rates 300,600,900] [--clients 64]
-                                      [--json PATH]
+    python benchmarks/batcher_fill.py [--seconds 2] [--rounds 3] [--rates 300,600,900]
+                                      [--clients 64] [--json PATH]
 
 The engine emulates a GPU: ``infer`` sleeps ``--fixed-ms + --per-window-ms x batch`` in the
 engine thread (releasing the GIL, as a device call does) after reading every window it was
@@ -12,7 +12,8 @@ the service. Policies (the same ``Batcher``, flags only):
 - ``idle_cut``: also cut at once when the engine is idle.
 - ``new``: idle cut, and the next batch is stacked while the engine runs (the default).
 
-Loads, each run with every policy in turn (identical arrival schedules):
+Loads, each run ``--rounds`` times with every policy in turn (identical arrival schedules; a
+change in machine load hits every policy alike); each figure is the median over the rounds:
 
 - ``lone``: one 1-window request at a time (an idle service): latency p50 / p95.
 - ``open_<rate>``: Poisson arrivals of 1-window requests at each of ``--rates`` per second:
@@ -51,6 +52,7 @@ POLICIES = {
     "new": {"cut_when_idle": True, "pipeline": True},
 }
 SAMPLES = 320_000  # 10 s at 32 kHz
+Load = Callable[[Batcher], Coroutine[Any, Any, dict[str, float]]]
 
 
 class Stats:
@@ -148,7 +150,7 @@ async def saturated(
 async def measure(
     policy: dict[str, bool],
     args: argparse.Namespace,
-    load: Callable[[Batcher], Coroutine[Any, Any, dict[str, float]]],
+    load: Load,
 ) -> dict[str, float]:
     stats = Stats()
     b = Batcher(
@@ -169,6 +171,31 @@ async def measure(
     result["engine_busy"] = stats.compute_s / wall
     result["stack_ms_per_batch"] = 1000 * stats.stack_s / max(1, len(stats.sizes))
     return {k: round(v, 3) for k, v in result.items()}
+
+
+def run_load(load: Load, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every policy on one load, in alternating rounds; the median of each figure."""
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in POLICIES}
+    for _ in range(args.rounds):
+        for name, policy in POLICIES.items():
+            rounds[name].append(asyncio.run(measure(policy, args, load)))
+    return {
+        name: {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
+        for name, runs in rounds.items()
+    }
+
+
+def summary(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, object]:
+    """The figures issue 11 asks for, old policy vs new."""
+    old, new = "old", "new"
+    out: dict[str, object] = {
+        "lone_p50_ms": {old: results["lone"][old]["p50_ms"], new: results["lone"][new]["p50_ms"]}
+    }
+    for load, by_policy in results.items():
+        if load != "lone":
+            out[f"{load}_mean_batch"] = {p: by_policy[p]["mean_batch"] for p in (old, new)}
+            out[f"{load}_windows_per_s"] = {p: by_policy[p]["windows_per_s"] for p in (old, new)}
+    return out
 
 
 def machine() -> dict[str, object]:
@@ -193,7 +220,8 @@ def machine() -> dict[str, object]:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=2.0, help="per load and policy")
+    p.add_argument("--seconds", type=float, default=2.0, help="per load, policy and round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rates", default="300,600,900", help="open loads: requests per second")
     p.add_argument("--clients", type=int, default=64, help="saturated load: clients")
     p.add_argument("--max-batch", type=int, default=16)
@@ -209,18 +237,12 @@ def main() -> int:
     host = machine()
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(SAMPLES, dtype=np.float32) * 0.1 for _ in range(32)]
-    loads: dict[str, Callable[[Batcher], Coroutine[Any, Any, dict[str, float]]]] = {
-        "lone": lambda b: lone(b, clips, args.seconds / 2)
-    }
+    loads: dict[str, Load] = {"lone": lambda b: lone(b, clips, args.seconds / 2)}
     for rate in map(float, args.rates.split(",")):
         gaps = rng.exponential(1 / rate, size=int(rate * args.seconds))
         loads[f"open_{rate:g}"] = functools.partial(open_loop, clips=clips, gaps=gaps)
     loads["saturated"] = lambda b: saturated(b, clips, args.clients, args.seconds)
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for load_name, load in loads.items():
-        results[load_name] = {
-            name: asyncio.run(measure(policy, args, load)) for name, policy in POLICIES.items()
-        }
+    results = {name: run_load(load, args) for name, load in loads.items()}
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "engine": {
@@ -230,6 +252,7 @@ def main() -> int:
         },
         "batcher": {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms},
         "machine": host | {"loadavg_end": os.getloadavg()},
+        "summary": summary(results),
         "results": results,
     }
     text = json.dumps(report, indent=2)
