@@ -1,10 +1,25 @@
 """Dynamic batcher: windows from all requests share batches run by one inference thread.
 
-Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``. A batch is
-cut when a same-length group holds ``max_batch`` windows or its oldest window has waited
-``max_delay_s``; only windows of the same length share a batch. Inference runs in a worker
-thread, results come back through asyncio futures. Windows of a cancelled request that have
-not started are dropped; windows past their deadline fail with ``DeadlineExceeded``.
+Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``.
+
+- Batches: only windows of the same length share one; within a length, a batch takes windows
+  round-robin across the requests that queued them (``fairqueue``), so a huge request cannot
+  starve a small one behind it.
+- When to cut: at once when the engine is idle (a lone request does not wait for company);
+  while a batch runs, the next one forms until it holds ``max_batch`` windows, its oldest window
+  has waited ``max_delay_s`` or the engine goes idle. ``cut_when_idle=False`` restores the
+  older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
+- Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
+  the engine thread runs the previous batch; at most one stacked batch waits for the engine.
+  ``pipeline=False`` stacks and runs one batch at a time.
+- Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
+  than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
+- Deadlines: ``submit`` enforces its deadline itself and raises ``DeadlineExceeded``; a caller
+  that is cancelled (client gone) drops its queued windows as "cancelled".
+- Observer ``dropped`` reasons: "deadline", "cancelled", "failed" (the engine failed another
+  window of the request), "stopped" (``stop(timeout)`` gave up on them).
+- Shutdown: ``stop()`` refuses new work and drains, requests with the fewest windows left
+  first; ``stop(timeout)`` fails whatever is left after ``timeout`` with ``BatcherStopped``.
 """
 
 from __future__ import annotations
@@ -14,13 +29,14 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 import numpy as np
+
+from service.core.fairqueue import FairQueue, Ticket
 
 log = logging.getLogger("service.core.batcher")
 
@@ -35,15 +51,28 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+class TooManyWindows(Exception):
+    """The request has more windows than the queue holds in all: it can never be admitted."""
+
+    def __init__(self, windows: int, limit: int) -> None:
+        super().__init__(
+            f"the request makes {windows} windows; at most {limit} fit in the queue at once"
+        )
+        self.windows, self.limit = windows, limit
+
+
 class DeadlineExceeded(Exception):
-    """A window's deadline passed before its batch started."""
+    """The request's deadline passed before all its windows ran."""
 
 
 class BatcherStopped(Exception):
-    """The batcher is shutting down and takes no new work."""
+    """The batcher is shutting down and takes no new work (or gave up on queued work)."""
 
 
 class BatchObserver(Protocol):
+    """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
+    called when a batch has been stacked and waits for (or goes to) the engine."""
+
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
     def depth_changed(self, depth: int) -> None: ...
     def dropped(self, reason: str, count: int) -> None: ...
@@ -52,19 +81,27 @@ class BatchObserver(Protocol):
 @dataclass(frozen=True)
 class WindowResult:
     outputs: dict[str, np.ndarray]  # kind -> this window's row of the batch output
-    queue_s: float
-    compute_s: float
+    queue_s: float  # from submit until the engine started its batch
+    compute_s: float  # the engine's time for the whole batch (stacking not included)
     batch_size: int
     batch_id: int
 
 
 @dataclass(eq=False)
-class _Item:
-    samples: np.ndarray
-    future: asyncio.Future[WindowResult]
-    enqueued: float
+class _Request(Ticket):
+    """One ``submit``: its windows, its result future and how many windows are still to come."""
+
+    future: asyncio.Future[list[WindowResult]]
     deadline: float
-    queued: bool = True
+    results: list[WindowResult | None] = field(init=False)
+    pending: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.windows)
+        self.pending = len(self.windows)
+
+
+Batch = list[tuple[_Request, int]]  # (request, index of the window in the request)
 
 
 class Batcher:
@@ -77,143 +114,246 @@ class Batcher:
         max_queue: int,
         observer: BatchObserver | None = None,
         name: str = "model",
+        cut_when_idle: bool = True,
+        pipeline: bool = True,
     ) -> None:
         self.infer, self.max_batch, self.max_delay_s = infer, max_batch, max_delay_s
         self.max_queue, self.observer, self.name = max_queue, observer, name
-        self._groups: dict[int, deque[_Item]] = {}
-        self._depth = 0
-        self._closing = False
+        self.cut_when_idle, self.pipeline = cut_when_idle, pipeline
+        self._queue: FairQueue[_Request] = FairQueue()
+        self._live: dict[_Request, None] = {}  # submitted, not yet returned
+        self._closing = self._running = self._formed = False
+        self._slot: tuple[Batch, np.ndarray] | None = None  # stacked, waiting for the engine
         self._batches = 0
         self._avg_compute_s = 0.0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
+        self._slot_ready: asyncio.Event | None = None  # for the engine task
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stacker = ThreadPoolExecutor(1, thread_name_prefix=f"stack-{name}")
+        self._engine = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
 
     @property
     def depth(self) -> int:
-        return self._depth
+        """Windows queued, not yet cut into a batch."""
+        return self._queue.depth
 
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+        self._wakeup, self._slot_ready = asyncio.Event(), asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}"),
+            asyncio.create_task(self._engine_loop(), name=f"engine-{self.name}"),
+        ]
 
-    async def stop(self) -> None:
-        """Refuse new work, finish every queued window, then stop the worker thread."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work and run every queued window, shortest requests first.
+
+        With ``timeout`` (seconds), give up then: every request still waiting (queued, stacked
+        or in the running batch) fails with ``BatcherStopped`` and this returns without waiting
+        for the batch the engine thread is running (its results are discarded).
+        """
         self._closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        self._wake()
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        if pending:
+            self._abandon()
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+        self._stacker.shutdown(wait=not pending, cancel_futures=True)
+        self._engine.shutdown(wait=not pending, cancel_futures=True)
 
     def retry_after(self) -> int:
-        batches = math.ceil(self._depth / self.max_batch)
+        batches = math.ceil(self.depth / self.max_batch)
         return max(1, math.ceil(batches * max(self._avg_compute_s, 0.01)))
 
-    async def submit(self, windows: list[np.ndarray], deadline: float) -> list[WindowResult]:
-        """Queue windows (all or none) and wait for their results, in order."""
+    async def submit(self, windows: Sequence[np.ndarray], deadline: float) -> list[WindowResult]:
+        """Queue windows (all or none) and wait for their results, in order, until ``deadline``
+        (``time.monotonic()`` seconds); then raise ``DeadlineExceeded``."""
+        self._admit(len(windows))
+        if not windows:
+            return []
+        now = time.monotonic()
+        if deadline <= now:
+            self._dropped("deadline", len(windows))
+            raise DeadlineExceeded("the deadline passed before the windows were queued")
+        request = _Request(windows, now, asyncio.get_running_loop().create_future(), deadline)
+        self._queue.put(request)
+        self._live[request] = None
+        self._depth_changed()
+        self._wake()
+        try:
+            return await self._wait(request)
+        finally:
+            del self._live[request]
+
+    def _admit(self, count: int) -> None:
         if self._closing or self._wakeup is None:
             raise BatcherStopped("the service is shutting down")
-        if self._depth and self._depth + len(windows) > self.max_queue:
+        if count > self.max_queue:
+            raise TooManyWindows(count, self.max_queue)
+        if self.depth + count > self.max_queue:
             raise QueueFull(self.retry_after())
-        loop, now = asyncio.get_running_loop(), time.monotonic()
-        items = [_Item(w, loop.create_future(), now, deadline) for w in windows]
-        for item in items:
-            self._groups.setdefault(item.samples.shape[0], deque()).append(item)
-        self._set_depth(self._depth + len(items))
-        self._wakeup.set()
+
+    async def _wait(self, request: _Request) -> list[WindowResult]:
+        scope = asyncio.timeout(request.deadline - time.monotonic())
         try:
-            return list(await asyncio.gather(*(i.future for i in items)))
+            async with scope:
+                return await request.future
+        except TimeoutError:
+            if not scope.expired():  # raised by the engine, not by the deadline
+                self._discard(request, "failed")
+                raise
+            self._discard(request, "deadline")
+            raise DeadlineExceeded("the deadline passed before every window ran") from None
         except asyncio.CancelledError:
-            self._discard(items, "cancelled")
+            self._discard(request, "cancelled")
             raise
         except Exception:
-            self._discard(items, "failed")
+            self._discard(request, "failed")
             raise
 
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _depth_changed(self) -> None:
         if self.observer:
-            self.observer.depth_changed(depth)
+            self.observer.depth_changed(self.depth)
 
-    def _discard(self, items: list[_Item], reason: str) -> None:
-        removed = 0
-        for item in items:
-            if item.queued:
-                self._groups[item.samples.shape[0]].remove(item)
-                item.queued = False
-                removed += 1
-            if not item.future.done():
-                item.future.cancel()
+    def _dropped(self, reason: str, count: int) -> None:
+        if self.observer and count:
+            self.observer.dropped(reason, count)
+
+    def _discard(self, request: _Request, reason: str) -> None:
+        """Take the request's windows that have not been cut out of the queue."""
+        removed = self._queue.remove(request)
         if removed:
-            self._set_depth(self._depth - removed)
-            if self.observer:
-                self.observer.dropped(reason, removed)
+            self._depth_changed()
+            self._dropped(reason, removed)
+        if not request.future.done():
+            request.future.cancel()
 
-    def _expire(self, now: float) -> None:
-        expired = [i for g in self._groups.values() for i in g if i.deadline <= now]
-        for item in expired:
-            if not item.future.done():
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-        if expired:
-            self._discard(expired, "deadline")
+    def _abandon(self) -> None:
+        """Fail every live request with BatcherStopped (``stop`` ran out of time)."""
+        for request in list(self._live):
+            self._dropped("stopped", self._queue.remove(request))
+            if not request.future.done():
+                request.future.set_exception(BatcherStopped("the service stopped first"))
+        self._depth_changed()
 
-    def _pick(self, now: float) -> tuple[deque[_Item] | None, float]:
-        """The group to cut now (full, or oldest head past the delay), or how long to wait."""
-        heads = [(g[0].enqueued, g) for g in self._groups.values() if g]
-        if not heads:
-            return None, math.inf
-        full = [h for h in heads if len(h[1]) >= self.max_batch]
-        oldest, group = min(full or heads, key=lambda h: h[0])
-        wait = oldest + self.max_delay_s - now
-        if full or wait <= 0 or self._closing:
-            return group, 0.0
-        return None, wait
+    @staticmethod
+    def _fail(batch: Batch, exc: BaseException) -> None:
+        for request, _ in batch:
+            if not request.future.done():
+                request.future.set_exception(exc)
 
-    async def _next_batch(self) -> list[_Item] | None:
+    # The forming task: cut batches, stack them (in the stacking thread), hand them over.
+
+    async def _form_loop(self) -> None:
+        assert self._slot_ready is not None
+        try:
+            while (batch := await self._next_batch()) is not None:
+                stacked = await self._stack(batch)
+                if stacked is None:
+                    continue
+                self._slot = (batch, stacked)
+                self._slot_ready.set()
+                # The engine takes the slot at once when free: at most one batch waits for it.
+                await self._until(
+                    lambda: self._slot is None and (self.pipeline or not self._running)
+                )
+        finally:  # drained (or stopped): the engine task ends after the batch it runs
+            self._formed = True
+            self._slot_ready.set()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        assert self._wakeup is not None
+        while not ready():
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _next_batch(self) -> Batch | None:
         assert self._wakeup is not None
         while True:
-            now = time.monotonic()
-            self._expire(now)
-            group, wait = self._pick(now)
-            if group is not None:
-                batch = [group.popleft() for _ in range(min(self.max_batch, len(group)))]
-                for item in batch:
-                    item.queued = False
-                self._set_depth(self._depth - len(batch))
-                return batch
             if self._closing:
-                return None
+                batch = self._queue.take_shortest(self.max_batch)
+                self._depth_changed()
+                return batch or None
+            length, wait = self._queue.pick(
+                time.monotonic(),
+                max_batch=self.max_batch,
+                max_delay_s=self.max_delay_s,
+                cut_now=self.cut_when_idle and not self._running,
+            )
+            if length is not None:
+                batch = self._queue.take_round_robin(length, self.max_batch)
+                self._depth_changed()
+                return batch
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), None if wait == math.inf else wait)
 
-    async def _loop(self) -> None:
-        while (batch := await self._next_batch()) is not None:
-            await self._run(batch)
-
-    def _stack_and_infer(self, batch: list[_Item]) -> dict[str, np.ndarray]:
-        return self.infer(np.stack([item.samples for item in batch]))
-
-    async def _run(self, batch: list[_Item]) -> None:
-        loop, start = asyncio.get_running_loop(), time.monotonic()
-        waits = [start - item.enqueued for item in batch]
+    async def _stack(self, batch: Batch) -> np.ndarray | None:
+        windows = [request.windows[index] for request, index in batch]
+        start = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._stack_and_infer, batch)
+            stacked = await asyncio.get_running_loop().run_in_executor(
+                self._stacker, np.stack, windows
+            )
+        except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
+            log.exception("stacking a batch of %d failed", len(batch))
+            self._fail(batch, exc)
+            return None
+        stacked_hook = getattr(self.observer, "batch_stacked", None)
+        if stacked_hook is not None:
+            stacked_hook(len(batch), time.monotonic() - start)
+        return stacked
+
+    # The engine task: run each stacked batch in the engine thread, hand out the results.
+
+    async def _engine_loop(self) -> None:
+        assert self._slot_ready is not None and self._wakeup is not None
+        while True:
+            await self._slot_ready.wait()
+            self._slot_ready.clear()
+            if self._slot is None:
+                if self._formed:
+                    return
+                continue
+            (batch, stacked), self._slot = self._slot, None
+            self._running = True
+            self._wakeup.set()  # the slot is free: the next batch may be stacked
+            try:
+                await self._run(batch, stacked)
+            finally:
+                self._running = False
+                self._wakeup.set()
+
+    async def _run(self, batch: Batch, stacked: np.ndarray) -> None:
+        start = time.monotonic()
+        waits = [start - request.enqueued for request, _ in batch]
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._engine, self.infer, stacked
+            )
         except Exception as exc:  # the engine failed: every window of the batch fails with it
             log.exception("inference failed for a batch of %d", len(batch))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         compute = time.monotonic() - start
         self._batches += 1
         self._avg_compute_s = 0.8 * self._avg_compute_s + 0.2 * compute
-        for row, item in enumerate(batch):
-            if not item.future.done():
-                rows = {kind: out[row] for kind, out in outputs.items()}
-                item.future.set_result(
-                    WindowResult(rows, waits[row], compute, len(batch), self._batches)
-                )
+        for row, (request, index) in enumerate(batch):
+            if request.future.done():  # cancelled, timed out or failed meanwhile
+                continue
+            rows = {kind: out[row] for kind, out in outputs.items()}
+            request.results[index] = WindowResult(
+                rows, waits[row], compute, len(batch), self._batches
+            )
+            request.pending -= 1
+            if not request.pending:
+                request.future.set_result(cast(list[WindowResult], request.results))
         if self.observer:
             self.observer.batch_done(len(batch), compute, waits)

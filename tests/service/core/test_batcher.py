@@ -1,175 +1,451 @@
-"""The dynamic batcher on its own: a real (numpy) inference function, no HTTP."""
+"""The dynamic batcher on its own: a real (numpy) inference function, no HTTP.
+
+Most tests step the engine by hand: a gated engine blocks each batch until the test allows it,
+so which windows share a batch does not depend on timing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 import pytest
 
-from service.core.batcher import Batcher, BatcherStopped, DeadlineExceeded, QueueFull
+from service.core.batcher import (
+    Batcher,
+    BatcherStopped,
+    DeadlineExceeded,
+    QueueFull,
+    TooManyWindows,
+    WindowResult,
+)
 
 
-class Recorder:
-    """infer(): doubles the input's first column; records each batch and its thread."""
+class Engine:
+    """infer(): each window's first sample x 2; records each batch's first samples (as it
+    starts) and its thread. Gated: every batch waits for a permit from ``allow``."""
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.batches: list[int] = []
+    def __init__(self, gated: bool = False, fail_length: int | None = None) -> None:
+        self.batches: list[list[int]] = []
         self.lengths: list[int] = []
         self.threads: set[int] = set()
-        self.delay = delay
+        self.fail_length = fail_length
+        self._permits = threading.Semaphore(0) if gated else None
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self.batches.append(batch.shape[0])
+        self.batches.append([int(v) for v in batch[:, 0]])
         self.lengths.append(batch.shape[1])
         self.threads.add(threading.get_ident())
-        time.sleep(self.delay)
+        if self._permits is not None:
+            assert self._permits.acquire(timeout=10), "the test never let this batch run"
+        if batch.shape[1] == self.fail_length:
+            raise RuntimeError("engine failure")
         return {"clipwise": batch[:, :1] * 2}
+
+    def allow(self, batches: int = 1) -> None:
+        assert self._permits is not None
+        for _ in range(batches):
+            self._permits.release()
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, int]] = []
+        self.stacked: list[int] = []
+        self.done: list[int] = []
+
+    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
+        self.done.append(size)
+
+    def depth_changed(self, depth: int) -> None: ...
+
+    def dropped(self, reason: str, count: int) -> None:
+        self.drops.append((reason, count))
+
+    def batch_stacked(self, size: int, stack_s: float) -> None:
+        self.stacked.append(size)
+
+
+def windows(first: int, count: int, length: int = 8) -> list[np.ndarray]:
+    """Windows whose first samples are first, first + 1, ... (they name the window)."""
+    return [np.full(length, first + i, np.float32) for i in range(count)]
+
+
+def values(results: list[WindowResult]) -> list[int]:
+    return [int(r.outputs["clipwise"][0]) // 2 for r in results]
 
 
 def far() -> float:
     return time.monotonic() + 60
 
 
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+async def until(ready: Callable[[], bool], what: str) -> None:
+    for _ in range(5000):
+        if ready():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never happened: {what}")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(main())
 
 
 def test_batches_fill_up_and_results_come_back_in_order() -> None:
-    rec = Recorder()
+    engine = Engine()
 
     async def main() -> None:
-        b = Batcher(rec, max_batch=4, max_delay_s=0.05, max_queue=100)
+        b = Batcher(engine, max_batch=4, max_delay_s=0.05, max_queue=100)
         b.start()
-        jobs = [b.submit([np.full(8, i, np.float32), np.full(8, -i, np.float32)], far())
-                for i in range(5)]
-        results = await asyncio.gather(*jobs)
-        for i, res in enumerate(results):
-            assert [r.outputs["clipwise"][0] for r in res] == [2 * i, -2 * i]
-            assert all(r.batch_size in rec.batches for r in res)
+        jobs = [b.submit(windows(100 * i, 2), far()) for i in range(5)]
+        for i, res in enumerate(await asyncio.gather(*jobs)):
+            assert values(res) == [100 * i, 100 * i + 1]
+            assert all(r.batch_size <= 4 for r in res)
         await b.stop()
 
-    run(main())
-    assert sum(rec.batches) == 10 and max(rec.batches) == 4
-    assert threading.get_ident() not in rec.threads  # never on the event loop's thread
+    run(main)
+    assert sum(map(len, engine.batches)) == 10 and max(map(len, engine.batches)) == 4
+    assert threading.get_ident() not in engine.threads  # never on the event loop's thread
 
 
 def test_only_windows_of_the_same_length_share_a_batch() -> None:
-    rec = Recorder()
+    engine = Engine()
 
     async def main() -> None:
-        b = Batcher(rec, max_batch=8, max_delay_s=0.02, max_queue=100)
+        b = Batcher(engine, max_batch=8, max_delay_s=0.02, max_queue=100)
         b.start()
-        await asyncio.gather(b.submit([np.zeros(8, np.float32)] * 3, far()),
-                             b.submit([np.zeros(5, np.float32)] * 2, far()))
+        await asyncio.gather(
+            b.submit(windows(0, 3, 8), far()),
+            b.submit(windows(10, 2, 5), far()),
+            b.submit(windows(20, 1, 8) + windows(30, 1, 5), far()),
+        )
         await b.stop()
 
-    run(main())
-    assert sorted(zip(rec.lengths, rec.batches, strict=True)) == [(5, 2), (8, 3)]
+    run(main)
+    assert sorted(zip(engine.lengths, map(len, engine.batches), strict=True)) == [(5, 3), (8, 4)]
 
 
-def test_a_lone_window_waits_at_most_about_max_delay() -> None:
-    async def main() -> float:
-        b = Batcher(Recorder(), max_batch=64, max_delay_s=0.05, max_queue=100)
+def test_a_huge_request_does_not_starve_a_small_one_behind_it() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=4, max_delay_s=60, max_queue=100, observer=obs)
         b.start()
-        res = await b.submit([np.zeros(4, np.float32)], far())
+        huge = asyncio.create_task(b.submit(windows(0, 40), far()))
+        await until(lambda: len(obs.stacked) == 2, "batch 1 running, batch 2 stacked")
+        small = asyncio.create_task(b.submit(windows(1000, 2), far()))
+        await until(lambda: b.depth == 34, "the small request queued")
+        engine.allow(3)
+        assert values(await small) == [1000, 1001]
+        assert not huge.done()
+        engine.allow(100)
+        assert values(await huge) == list(range(40))
         await b.stop()
-        return res[0].queue_s
 
-    assert 0.04 <= run(main()) < 0.5
+    run(main)
+    # batch 3, the first cut after the small request came, takes turns between the two
+    assert engine.batches[:3] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 1000, 9, 1001]]
+
+
+def test_round_robin_rotation_spans_batches() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=2, max_delay_s=60, max_queue=100, observer=obs)
+        b.start()
+        first = asyncio.create_task(b.submit(windows(0, 1), far()))
+        await until(lambda: len(engine.batches) == 1, "the engine busy")
+        jobs = [asyncio.create_task(b.submit(windows(100 * i, 2), far())) for i in (1, 2, 3)]
+        await until(lambda: len(obs.stacked) == 2, "the second batch stacked")
+        engine.allow(10)
+        await asyncio.gather(first, *jobs)
+        await b.stop()
+
+    run(main)
+    assert engine.batches == [[0], [100, 200], [300, 101], [201, 301]]
+
+
+def test_a_request_larger_than_the_queue_is_refused_even_when_idle() -> None:
+    async def main() -> None:
+        b = Batcher(Engine(), max_batch=4, max_delay_s=0, max_queue=10)
+        b.start()
+        with pytest.raises(TooManyWindows, match="at most 10") as info:
+            await b.submit(windows(0, 11), far())
+        assert info.value.limit == 10 and info.value.windows == 11 and b.depth == 0
+        assert len(await b.submit(windows(0, 10), far())) == 10  # exactly the limit fits
+        await b.stop()
+
+    run(main)
 
 
 def test_queue_full_raises_with_retry_after() -> None:
+    engine = Engine(gated=True)
+
     async def main() -> None:
-        b = Batcher(Recorder(delay=0.3), max_batch=1, max_delay_s=0, max_queue=3)
+        b = Batcher(engine, max_batch=1, max_delay_s=0, max_queue=4)
         b.start()
-        first = asyncio.create_task(b.submit([np.zeros(4, np.float32)] * 3, far()))
-        await asyncio.sleep(0.05)
+        first = asyncio.create_task(b.submit(windows(0, 4), far()))
+        await until(lambda: b.depth == 2, "one window running, one stacked, two queued")
         with pytest.raises(QueueFull) as info:
-            await b.submit([np.zeros(4, np.float32)] * 2, far())
-        assert info.value.retry_after_s >= 1
-        await first
+            await b.submit(windows(10, 3), far())
+        assert info.value.retry_after_s >= 1 and b.depth == 2
+        second = asyncio.create_task(b.submit(windows(20, 2), far()))  # exactly fills it
+        await until(lambda: b.depth == 4, "the second request queued")
+        engine.allow(10)
+        assert values(await second) == [20, 21] and values(await first) == [0, 1, 2, 3]
         await b.stop()
 
-    run(main())
+    run(main)
 
 
-def test_deadline_passed_in_the_queue_fails_without_running() -> None:
-    rec = Recorder(delay=0.3)
+def test_submit_enforces_its_deadline_and_counts_it_as_deadline() -> None:
+    engine, obs = Engine(gated=True), Observer()
 
     async def main() -> None:
-        b = Batcher(rec, max_batch=1, max_delay_s=0, max_queue=10)
+        b = Batcher(engine, max_batch=1, max_delay_s=0, max_queue=10, observer=obs)
         b.start()
-        busy = asyncio.create_task(b.submit([np.zeros(4, np.float32)], far()))
-        await asyncio.sleep(0.05)
+        busy = asyncio.create_task(b.submit(windows(0, 1), far()))
+        await until(lambda: len(engine.batches) == 1, "the engine busy")
+        with pytest.raises(DeadlineExceeded):  # no asyncio.timeout around it
+            await b.submit(windows(10, 3), time.monotonic() + 0.05)
+        assert b.depth == 0
         with pytest.raises(DeadlineExceeded):
-            await b.submit([np.zeros(4, np.float32)] * 2, time.monotonic() + 0.1)
+            await b.submit(windows(20, 2), time.monotonic() - 1)
+        engine.allow(10)
         await busy
         await b.stop()
-        assert b.depth == 0
 
-    run(main())
-    assert sum(rec.batches) == 1
+    run(main)
+    # 2 of the 3 were still queued (one was stacked and waiting for the engine: it runs)
+    assert obs.drops == [("deadline", 2), ("deadline", 2)]
+    assert engine.batches == [[0], [10]]
 
 
 def test_cancelled_request_drops_its_queued_windows() -> None:
-    rec = Recorder(delay=0.2)
-    dropped: list[tuple[str, int]] = []
-
-    class Obs:
-        def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
-        def depth_changed(self, depth: int) -> None: ...
-        def dropped(self, reason: str, count: int) -> None:
-            dropped.append((reason, count))
+    engine, obs = Engine(gated=True), Observer()
 
     async def main() -> None:
-        b = Batcher(rec, max_batch=1, max_delay_s=0, max_queue=100, observer=Obs())
+        b = Batcher(engine, max_batch=1, max_delay_s=0, max_queue=100, observer=obs)
         b.start()
-        busy = asyncio.create_task(b.submit([np.zeros(4, np.float32)], far()))
-        await asyncio.sleep(0.05)
-        doomed = asyncio.create_task(b.submit([np.zeros(4, np.float32)] * 5, far()))
-        await asyncio.sleep(0.05)
+        busy = asyncio.create_task(b.submit(windows(0, 2), far()))
+        await until(lambda: len(obs.stacked) == 2, "one window running, one stacked")
+        doomed = asyncio.create_task(b.submit(windows(10, 5), far()))
+        await until(lambda: b.depth == 5, "the doomed request queued")
         doomed.cancel()
+        await until(lambda: b.depth == 0, "its windows dropped")
+        engine.allow(10)
         await busy
         await b.stop()
 
-    run(main())
-    assert sum(rec.batches) == 1 and dropped == [("cancelled", 5)]
+    run(main)
+    assert obs.drops == [("cancelled", 5)] and engine.batches == [[0], [1]]
 
 
-def test_stop_drains_every_accepted_window_then_refuses_new_work() -> None:
-    rec = Recorder(delay=0.05)
+def test_idle_engine_cuts_a_lone_request_at_once() -> None:
+    async def main() -> None:  # a batch that waited max_delay_s would never finish in time
+        b = Batcher(Engine(), max_batch=64, max_delay_s=3600, max_queue=100)
+        b.start()
+        res = await asyncio.wait_for(b.submit(windows(0, 1), far()), 10)
+        assert res[0].batch_size == 1
+        await b.stop()
+
+    run(main)
+
+
+def test_while_busy_a_batch_forms_until_the_engine_is_idle() -> None:
+    engine, obs = Engine(gated=True), Observer()
 
     async def main() -> None:
-        b = Batcher(rec, max_batch=2, max_delay_s=1.0, max_queue=100)
+        b = Batcher(engine, max_batch=8, max_delay_s=3600, max_queue=100, observer=obs)
         b.start()
-        jobs = [asyncio.create_task(b.submit([np.zeros(4, np.float32)] * 3, far()))
-                for _ in range(3)]
-        await asyncio.sleep(0.01)
-        await b.stop()  # returns once every accepted window has run
-        results = await asyncio.wait_for(asyncio.gather(*jobs), 1)
-        assert [len(r) for r in results] == [3, 3, 3]
-        with pytest.raises(BatcherStopped):
-            await b.submit([np.zeros(4, np.float32)], far())
+        first = asyncio.create_task(b.submit(windows(0, 1), far()))
+        await until(lambda: len(engine.batches) == 1, "the engine busy")
+        later = [asyncio.create_task(b.submit(windows(10 * i, 1), far())) for i in (1, 2, 3)]
+        await until(lambda: b.depth == 3, "three lone requests queued")
+        await asyncio.sleep(0.05)
+        assert obs.stacked == [1]  # not cut: the engine is busy and the batch not full
+        engine.allow(2)
+        await asyncio.gather(first, *later)
+        await b.stop()
 
-    run(main())
-    assert sum(rec.batches) == 9
+    run(main)
+    assert engine.batches == [[0], [10, 20, 30]]
+
+
+def test_max_delay_bounds_the_wait_while_the_engine_is_busy() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=8, max_delay_s=0.02, max_queue=100, observer=obs)
+        b.start()
+        first = asyncio.create_task(b.submit(windows(0, 1), far()))
+        await until(lambda: len(engine.batches) == 1, "the engine busy")
+        second = asyncio.create_task(b.submit(windows(10, 1), far()))
+        await until(lambda: obs.stacked == [1, 1], "cut after max_delay_s, engine still busy")
+        engine.allow(2)
+        await asyncio.gather(first, second)
+        await b.stop()
+
+    run(main)
+
+
+def test_without_cut_when_idle_a_lone_window_waits_about_max_delay() -> None:
+    async def main() -> None:
+        b = Batcher(Engine(), max_batch=64, max_delay_s=0.05, max_queue=100, cut_when_idle=False)
+        b.start()
+        res = await b.submit(windows(0, 1), far())
+        assert 0.04 <= res[0].queue_s < 5
+        await b.stop()
+
+    run(main)
+
+
+def test_the_next_batch_is_stacked_while_the_engine_runs() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs)
+        b.start()
+        job = asyncio.create_task(b.submit(windows(0, 8), far()))
+        await until(lambda: len(obs.stacked) == 2, "batch 2 stacked during batch 1")
+        await asyncio.sleep(0.05)
+        assert len(engine.batches) == 1 and len(obs.stacked) == 2  # one batch waits, no more
+        assert b.depth == 4
+        engine.allow(4)
+        assert values(await job) == list(range(8))
+        await b.stop()
+
+    run(main)
+
+
+def test_without_pipeline_nothing_is_stacked_while_the_engine_runs() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs, pipeline=False)
+        b.start()
+        job = asyncio.create_task(b.submit(windows(0, 4), far()))
+        await until(lambda: len(engine.batches) == 1, "the engine busy")
+        await asyncio.sleep(0.05)
+        assert obs.stacked == [2] and b.depth == 2
+        engine.allow(2)
+        assert values(await job) == list(range(4))
+        await b.stop()
+
+    run(main)
+
+
+def test_pipelined_results_match_every_window() -> None:
+    rng = np.random.default_rng(0)
+    engine = Engine()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=3, max_delay_s=0.001, max_queue=1000)
+        b.start()
+        sizes = rng.integers(1, 9, size=40)
+        lengths = rng.choice([6, 8], size=40)
+        jobs = [
+            b.submit(windows(1000 * i, int(n), int(n_len)), far())
+            for i, (n, n_len) in enumerate(zip(sizes, lengths, strict=True))
+        ]
+        results = await asyncio.gather(*jobs)
+        for i, (n, res) in enumerate(zip(sizes, results, strict=True)):
+            assert values(res) == [1000 * i + k for k in range(n)]
+        await b.stop()
+
+    run(main)
+
+
+def test_stop_drains_short_requests_first_then_refuses_new_work() -> None:
+    engine, obs = Engine(gated=True), Observer()
+    finished: list[str] = []
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs)
+        b.start()
+
+        async def job(name: str, first: int, count: int) -> None:
+            assert values(await b.submit(windows(first, count), far())) == list(
+                range(first, first + count)
+            )
+            finished.append(name)
+
+        long = asyncio.create_task(job("long", 0, 10))
+        await until(lambda: len(obs.stacked) == 2, "long: one batch running, one stacked")
+        others = [asyncio.create_task(job(n, f, c)) for n, f, c in (("b", 200, 3), ("a", 100, 1))]
+        await until(lambda: b.depth == 10, "a and b queued")
+        stopping = asyncio.create_task(b.stop())
+        await asyncio.sleep(0)  # stop() has begun: no new work
+        with pytest.raises(BatcherStopped):
+            await b.submit(windows(300, 1), far())
+        engine.allow(100)
+        await stopping  # returns once every accepted window has run
+        await asyncio.gather(long, *others)
+
+    run(main)
+    assert finished == ["a", "b", "long"]
+    # queued at stop: a 1 window, b 3, long 6 (2 of its 10 running or stacked)
+    assert engine.batches[2:5] == [[100, 200], [201, 202], [4, 5]]
+    assert sum(map(len, engine.batches)) == 14 and obs.drops == []
+
+
+def test_stop_with_timeout_fails_what_is_left() -> None:
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs)
+        b.start()
+        jobs = [asyncio.create_task(b.submit(windows(10 * i, 3), far())) for i in range(3)]
+        await until(lambda: len(obs.stacked) == 2, "one batch running, one stacked")
+        await asyncio.wait_for(b.stop(timeout=0.05), 5)  # the engine never finished a batch
+        for job in jobs:
+            with pytest.raises(BatcherStopped):
+                await job
+        assert b.depth == 0
+
+    try:
+        run(main)
+    finally:
+        engine.allow(10)  # let the engine thread finish
+    # 4 of the 9 windows were cut (running or stacked), 5 still queued
+    assert {r for r, _ in obs.drops} == {"stopped"} and sum(n for _, n in obs.drops) == 5
 
 
 def test_an_inference_error_fails_only_that_batch() -> None:
-    def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
-        if batch.shape[1] == 3:
-            raise RuntimeError("engine failure")
-        return {"clipwise": batch[:, :1]}
+    engine, obs = Engine(fail_length=3), Observer()
 
     async def main() -> None:
-        b = Batcher(infer, max_batch=4, max_delay_s=0.01, max_queue=100)
+        b = Batcher(engine, max_batch=4, max_delay_s=0.01, max_queue=100, observer=obs)
         b.start()
-        with pytest.raises(RuntimeError, match="engine failure"):
-            await b.submit([np.zeros(3, np.float32)], far())
-        assert len(await b.submit([np.zeros(4, np.float32)], far())) == 1
+        failing, fine = await asyncio.gather(
+            b.submit(windows(0, 1, 3), far()),
+            b.submit(windows(10, 1, 4), far()),
+            return_exceptions=True,
+        )
+        assert isinstance(failing, RuntimeError) and "engine failure" in str(failing)
+        assert isinstance(fine, list) and values(fine) == [10]
+        assert values(await b.submit(windows(20, 1, 4), far())) == [20]
         await b.stop()
 
-    run(main())
+    run(main)
+
+
+def test_an_inference_error_drops_the_rest_of_the_request() -> None:
+    engine, obs = Engine(gated=True, fail_length=3), Observer()
+
+    async def main() -> None:
+        b = Batcher(engine, max_batch=1, max_delay_s=0, max_queue=100, observer=obs)
+        b.start()
+        job = asyncio.create_task(b.submit(windows(0, 5, 3), far()))
+        await until(lambda: len(obs.stacked) == 2, "one running, one stacked")
+        engine.allow(10)
+        with pytest.raises(RuntimeError, match="engine failure"):
+            await job
+        await b.stop()
+
+    run(main)
+    assert obs.drops == [("failed", 3)]
