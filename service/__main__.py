@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.core.card import BundleError
@@ -71,11 +74,36 @@ def main() -> None:
 
         sys.exit(supervise(settings))
     app = create_app(settings, on_load_failure=_stop_on_failure)
-    from service.supervisor import keep_signals
-
-    keep_signals()
-    uvicorn.run(app, **uvicorn_config(settings))  # type: ignore[arg-type]
+    run_server(app, settings)
     sys.exit(1 if _state["failed"] else 0)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, telling the app when SIGTERM starts the drain (``app.state.begin_drain``), so
+    work still queued near the end of the grace time is answered 503 ``shutting_down`` in
+    JSON rather than cut off by uvicorn with a bare 500."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.begin_drain = getattr(app.state, "begin_drain", None)
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        if self.begin_drain is not None and self.started:
+            asyncio.get_event_loop().call_soon_threadsafe(self.begin_drain)
+
+
+def run_server(app: FastAPI, settings: Settings, sock: socket.socket | None = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain; returns (never dies by the signal)."""
+    config = uvicorn_config(settings)
+    if sock is not None:
+        config.pop("host"), config.pop("port")
+    server = DrainingServer(uvicorn.Config(app, **config), app)  # type: ignore[arg-type]
+    # uvicorn raises the signal again after its drain, which would end the process by signal
+    # (status 143) after a clean drain: a no-op handler underneath keeps status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=None if sock is None else [sock])
 
 
 if __name__ == "__main__":

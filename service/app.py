@@ -49,6 +49,19 @@ def _lifespan(tagger: Tagger, on_failure: Callable[[], None] | None):  # type: i
     return lifespan
 
 
+def _drainer(tagger: Tagger, grace_s: float) -> Callable[[], None]:
+    """Start draining once: run queued windows (shortest requests first) and fail what is
+    left shortly before the server's grace time ends, with 503 ``shutting_down``."""
+    started: list[asyncio.Task[None]] = []
+
+    def begin() -> None:
+        if not started:
+            budget = max(0.5, grace_s - max(1.0, 0.1 * grace_s))
+            started.append(asyncio.ensure_future(tagger.close(timeout_s=budget)))
+
+    return begin
+
+
 def create_app(
     settings: Settings | None = None, on_load_failure: Callable[[], None] | None = None
 ) -> FastAPI:
@@ -68,6 +81,7 @@ def create_app(
     app.state.settings = settings
     app.state.tagger = tagger
     app.state.metrics = app_metrics
+    app.state.begin_drain = _drainer(tagger, settings.graceful_timeout_s)
     install_error_handlers(app)
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):

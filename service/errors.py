@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.audio import AudioError
-from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.errors import (
     InvalidParameters,
     MissingOutput,
@@ -36,6 +36,7 @@ STATUS: dict[type[Exception], int] = {
     UnknownModel: 404,
     NotReady: 503,
     TooMuchWork: 413,
+    TooManyWindows: 413,
     TimedOut: 504,
     DeadlineExceeded: 504,
     QueueFull: 503,
@@ -92,6 +93,8 @@ def code_of(exc: Exception) -> str:
         return "timeout"
     if isinstance(exc, BatcherStopped):
         return "shutting_down"
+    if isinstance(exc, TooManyWindows):
+        return "request_too_large"
     return str(getattr(exc, "code", "internal_error"))
 
 
@@ -121,6 +124,7 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     QueueFull,
     DeadlineExceeded,
     BatcherStopped,
+    TooManyWindows,
 )
 
 

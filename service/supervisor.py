@@ -16,7 +16,6 @@ the service with a non-zero status, for the orchestrator to restart it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -173,31 +172,14 @@ def engine_main() -> int:
 
 
 def front_main(fd: int) -> int:
-    import uvicorn
-
-    from service.__main__ import uvicorn_config
+    from service.__main__ import run_server
     from service.app import create_app
     from service.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    sock = socket.socket(fileno=fd)
-    config = uvicorn_config(settings)
-    for key in ("host", "port"):
-        config.pop(key)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **config))  # type: ignore[arg-type]
-    keep_signals()
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+    run_server(create_app(settings), settings, socket.socket(fileno=fd))
     return 0
-
-
-def keep_signals() -> None:
-    """uvicorn drains on SIGTERM, then raises the signal again once it is done, which would
-    end the process by signal (status 143) after a clean drain; a no-op handler underneath
-    keeps the clean exit status 0."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
 
 
 if __name__ == "__main__":

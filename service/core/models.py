@@ -124,7 +124,7 @@ class Models:
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop every batcher: queued windows are finished (or failed after ``timeout_s``)."""
         for runtime in self.models.values():
-            await runtime.batcher.stop()
+            await runtime.batcher.stop(timeout_s)
 
 
 def check_bundles(settings: Settings) -> list[ModelCard]:

@@ -266,6 +266,12 @@ class EngineClient:
             _raise_remote(reply)
         return _decode_results(reply, data)
 
+    def fail_pending(self, message: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BatcherStopped(message))
+        self._pending.clear()
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -299,8 +305,11 @@ class RemoteQueue:
     async def submit(self, windows: list[np.ndarray], deadline: float) -> list[WindowResult]:
         return await self.client.submit(self.model, windows, deadline)
 
-    async def stop(self) -> None:
-        return None
+    async def stop(self, timeout: float | None = None) -> None:
+        """After ``timeout``, fail this front's requests still waiting for the engine."""
+        if timeout is not None:
+            await asyncio.sleep(timeout)
+            self.client.fail_pending("the service is shutting down")
 
 
 async def connect_models(models: Models, path: str) -> EngineClient:

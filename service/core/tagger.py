@@ -88,9 +88,9 @@ class Tagger:
             self.models.error = f"{type(exc).__name__}: {exc}"
             raise
 
-    async def close(self) -> None:
-        """Finish every queued window, then stop."""
-        await self.models.stop()
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Finish every queued window (or fail what is left after ``timeout_s``), then stop."""
+        await self.models.stop(timeout_s)
         if self._engine is not None:
             await self._engine.close()
 
@@ -200,9 +200,8 @@ class Tagger:
 
     async def infer(self, works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + 1.0):
-                await infer(works, runtime, deadline)
-        except (TimeoutError, DeadlineExceeded) as exc:
+            await infer(works, runtime, deadline)  # the batcher enforces the deadline
+        except DeadlineExceeded as exc:
             raise TimedOut(
                 f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
             ) from exc

@@ -83,19 +83,23 @@ def long_clip() -> bytes:
 
 def test_overload_answers_503_with_retry_after(tagger_bundle: Path, long_clip: bytes) -> None:
     server = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0,
-                                     max_queue=4)).start()
+                                     max_queue=12)).start()
     name = read_card(tagger_bundle).name
     first: list[httpx.Response] = []
     worker = threading.Thread(target=_post_in_thread, args=(server.url, long_clip, first))
     try:
         worker.start()
-        _wait_for_queue(server.url, name, at_least=6)
-        with server.client() as c:
-            r = c.post("/v1/tag", files=files(("y.wav", encode(noise(10.0, 8), RATE))))
+        _wait_for_queue(server.url, name, at_least=9)
+        with server.client() as c:  # 6 more windows do not fit beside the 9+ queued
+            r = c.post("/v1/tag", files=files(("y.wav", encode(noise(60.0, 8), RATE))))
+            huge = c.post("/v1/tag", params={"window_s": 1, "hop_s": 1},
+                          files=files(("z.wav", encode(noise(20.0, 9), RATE))))
         worker.join()
         assert r.status_code == 503, r.text[:300]
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "overloaded"
+        # 20 windows can never fit a queue of 12: refused at once, whatever the load
+        assert huge.status_code == 413 and "at most 12" in huge.json()["error"]["message"]
         assert first[0].status_code == 200  # the accepted request was not disturbed
         with server.client() as c:
             again = c.post("/v1/tag", files=files(("y.wav", encode(noise(1.0, 8), RATE))))
