@@ -49,6 +49,9 @@ def uvicorn_config(settings: Settings) -> dict[str, object]:
         "log_config": None,
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "timeout_keep_alive": 5,
+        # h11 (not httptools) because it bounds the request line + headers: a 300 MB header
+        # must be refused, not parsed.
+        "http": "h11",
         "h11_max_incomplete_event_size": settings.max_header_kb * 1024,
     }
 

@@ -12,6 +12,8 @@ files through the same batcher at once, so their windows share batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
@@ -186,8 +188,13 @@ class Tagger:
             prepare, items, runtime.card, window or WindowSpec(), self.limits
         )
         self._report(runtime.name, works)
-        await self.infer(works, runtime, deadline)
-        return [build(w, started) for w in works]
+        try:
+            await self.infer(works, runtime, deadline)
+            return [build(w, started) for w in works]
+        finally:
+            if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > 32 << 20:
+                works.clear()
+                release_memory()
 
     def _report(self, model: str, works: list[FileWork]) -> None:
         if self.events is None:
@@ -205,6 +212,12 @@ class Tagger:
             raise TimedOut(
                 f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
             ) from exc
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a large request (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _one(results: list[R]) -> R:

@@ -1,0 +1,236 @@
+"""A bounded attack on a real service: the cases an attacker found, replayed, with a normal
+client measured during each one.
+
+    python benchmarks/attack.py --bundle models/cnn14 [--seconds 6]
+
+Starts ``python -m service`` on 127.0.0.1 (a free port), then for each case runs the attack
+in threads for a few seconds while a normal client posts a 1 s clip in a loop. Prints JSON:
+per case the statuses seen, the 5xx count, the normal client's success rate, and the
+server's RSS before and after; and totals. Everything stays on loopback and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+RATE = 32000
+
+
+def wav(x: np.ndarray, rate: int = RATE, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def noise(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    shape = (round(seconds * rate), channels) if channels > 1 else (round(seconds * rate),)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def rss_kb(pid: int) -> int:
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def post(
+    url: str, path: str, data: bytes, params: dict[str, object] | None = None, **kw: object
+) -> int:
+    try:
+        r = httpx.post(
+            f"{url}{path}", params=params, files=[("file", ("a", data))], timeout=30, **kw
+        )  # type: ignore[arg-type]
+        return r.status_code
+    except httpx.HTTPError:
+        return 0  # connection closed by the server (a limit), or timed out
+
+
+def raw_socket(url: str, payload: bytes, hold_s: float) -> int:
+    """Send ``payload`` then stall ``hold_s``; 0 if the server closed on us, else a status."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=hold_s + 20) as s:
+        try:
+            s.sendall(payload)
+            s.settimeout(hold_s + 20)
+            reply = s.recv(64)
+        except OSError:
+            return 0
+    return int(reply.split()[1]) if reply.startswith(b"HTTP/") else 0
+
+
+def cases(url: str) -> dict[str, Callable[[], int]]:
+    ogg = wav(noise(30.0), fmt="OGG", subtype="VORBIS")
+    flac_long = wav(np.zeros(RATE * 599, np.float32), fmt="FLAC")
+    huge_float = wav(np.full(RATE, 1e30, np.float32), subtype="FLOAT")
+    clip = wav(noise(20.0))
+    sed = {"model": None}
+    head = (
+        b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        b"boundary=b\r\nContent-Length: 50000000\r\n\r\n--b\r\n"
+    )
+    return {
+        "window_fan_out": lambda: post(url, "/v1/tag", ogg, {"window_s": 0.31, "hop_s": 0.0003125}),
+        "tiny_hop": lambda: post(url, "/v1/tag", ogg, {"window_s": 1, "hop_s": 0.05}),
+        "cheap_flac_long": lambda: post(url, "/v1/tag", flac_long),
+        "detect_fps_tiny": lambda: post(
+            url, "/v1/detect", clip, {"frames_per_second": 1e-7, **sed}
+        ),
+        "detect_fps_denormal": lambda: post(url, "/v1/detect", clip, {"frames_per_second": 5e-324}),
+        "detect_everything": lambda: post(
+            url, "/v1/detect", clip, {"top_k": 1000, "threshold": 0, "min_duration_s": 0}
+        ),
+        "float_1e30": lambda: post(url, "/v1/tag", huge_float),
+        "long_boundary": lambda: _long_boundary(url, clip),
+        "huge_header": lambda: _huge_header(url),
+        "stalled_upload": lambda: raw_socket(url, head + b"x" * 1_000_000, hold_s=3),
+    }
+
+
+def _long_boundary(url: str, data: bytes) -> int:
+    boundary = "b" * 300
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    try:
+        return httpx.post(
+            f"{url}/v1/tag",
+            content=body,
+            timeout=30,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        ).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _huge_header(url: str) -> int:
+    try:
+        return httpx.get(
+            f"{url}/healthz", headers={"X-Big": "a" * 5_000_000}, timeout=30
+        ).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def attack(
+    url: str, name: str, fn: Callable[[], int], seconds: float, clients: int
+) -> dict[str, object]:
+    statuses: Counter[int] = Counter()
+    normal: list[bool] = []
+    stop = time.monotonic() + seconds
+    good = wav(noise(1.0))
+
+    def attacker() -> None:
+        while time.monotonic() < stop:
+            statuses[fn()] += 1
+
+    def victim() -> None:
+        while time.monotonic() < stop:
+            normal.append(post(url, "/v1/tag", good) == 200)
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=attacker) for _ in range(clients)]
+    threads.append(threading.Thread(target=victim))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    return {
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "5xx": sum(v for k, v in statuses.items() if k >= 500),
+        "normal_success_rate": round(sum(normal) / max(1, len(normal)), 3),
+        "normal_requests": len(normal),
+    }
+
+
+def start(bundle: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PANNS_MODELS": str(bundle),
+        "PANNS_HOST": "127.0.0.1",
+        "PANNS_PORT": str(port),
+        "PANNS_WORKERS": "1",
+        "PANNS_LOG_LEVEL": "warning",
+        "PANNS_IDLE_TIMEOUT_S": "2",
+        "PANNS_UPLOAD_TIMEOUT_S": "10",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the service did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
+    parser.add_argument("--clients", type=int, default=3, help="attacking threads")
+    args = parser.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start(args.bundle, port)
+    url, report = f"http://127.0.0.1:{port}", {}
+    try:
+        for name, fn in cases(url).items():
+            before = rss_kb(proc.pid)
+            result = attack(url, name, fn, args.seconds, args.clients)
+            time.sleep(1.0)
+            result.update(rss_before_mb=before // 1024, rss_after_mb=rss_kb(proc.pid) // 1024)
+            report[name] = result
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+    total = {
+        "cases": len(report),
+        "requests": sum(sum(r["statuses"].values()) for r in report.values()),  # type: ignore[attr-defined]
+        "5xx": sum(int(r["5xx"]) for r in report.values()),  # type: ignore[call-overload]
+        "min_normal_success_rate": min(float(r["normal_success_rate"]) for r in report.values()),  # type: ignore[arg-type]
+        "exit_status": code,
+    }
+    print(json.dumps({"total": total, "cases": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
