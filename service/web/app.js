@@ -274,6 +274,7 @@ function stopMic(sendEnd = true) {
   state.mic = null; state.ready = false;
   $("mic").textContent = "Start microphone";
   $("mic").setAttribute("aria-pressed", "false");
+  status("Microphone stopped");
 }
 
 function onLive(message) {
