@@ -53,6 +53,7 @@ def uvicorn_config(settings: Settings) -> dict[str, object]:
         # must be refused, not parsed.
         "http": "h11",
         "h11_max_incomplete_event_size": settings.max_header_kb * 1024,
+        "ws_max_size": settings.max_frame_kb * 1024 + 1024,
     }
 
 

@@ -15,7 +15,7 @@ from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.logs import AccessLogMiddleware
 from service.metrics import Metrics, observer_factory
-from service.routes import detect, embed, health, metrics, models, tag
+from service.routes import detect, embed, health, metrics, models, page, stream, tag
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
@@ -82,11 +82,15 @@ def create_app(
     app.state.tagger = tagger
     app.state.metrics = app_metrics
     app.state.begin_drain = _drainer(tagger, settings.graceful_timeout_s)
+    app.state.open_streams = 0
     install_error_handlers(app)
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):
         app.include_router(module.router, dependencies=auth)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(stream.router)  # checks API keys itself (header or first message)
+    if settings.web_ui:
+        app.include_router(page.router)
     app.add_middleware(AccessLogMiddleware, metrics=app_metrics)
     return app

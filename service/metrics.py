@@ -62,6 +62,17 @@ class Metrics:
             "Queued windows dropped before inference, by reason",
             ("model", "reason"),
         )
+        self.open_streams = self._gauge(
+            "panns_open_streams", "WebSocket streams open", (), mode="livesum"
+        )
+        self.stream_seconds = self._counter(
+            "panns_stream_audio_seconds", "Seconds of audio received on streams", _MODEL
+        )
+        self.stream_skipped = self._counter(
+            "panns_stream_skipped_windows",
+            "Stream windows dropped because the engine fell behind",
+            _MODEL,
+        )
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
