@@ -15,7 +15,8 @@ from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.logs import AccessLogMiddleware
 from service.metrics import Metrics, observer_factory
-from service.routes import detect, embed, health, metrics, models, page, stream, tag
+from service.routes import apidocs, detect, embed, health, metrics, models, page, stream, tag
+from service.routes.docs import PROTECTED
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
@@ -77,6 +78,9 @@ def create_app(
         version="0.1.0",
         description="Tag, embed and detect sound events with PANNs bundles on ONNX Runtime.",
         lifespan=_lifespan(tagger, on_load_failure),
+        docs_url=None,  # served by routes.apidocs: offline assets, behind the key
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.tagger = tagger
@@ -86,11 +90,14 @@ def create_app(
     install_error_handlers(app)
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):
-        app.include_router(module.router, dependencies=auth)
+        app.include_router(module.router, dependencies=auth, responses=PROTECTED)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(stream.router)  # checks API keys itself (header or first message)
     if settings.web_ui:
         app.include_router(page.router)
+    app.include_router(apidocs.pages_router(public=settings.public_docs))
+    app.include_router(apidocs.assets_router)
+    apidocs.install_openapi(app, keys_required=bool(settings.api_key_list))
     app.add_middleware(AccessLogMiddleware, metrics=app_metrics)
     return app

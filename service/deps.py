@@ -6,7 +6,9 @@ import hmac
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from service.core.pipeline import WindowSpec
 from service.core.tagger import Tagger
@@ -14,7 +16,7 @@ from service.errors import ApiError
 from service.settings import Settings
 
 
-def settings_of(request: Request) -> Settings:
+def settings_of(request: HTTPConnection) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -33,27 +35,48 @@ def key_matches(sent: str, keys: list[str]) -> bool:
 
 
 def sent_key(headers: Mapping[str, str]) -> str:
-    """The key a client sent as ``Authorization: Bearer KEY`` or ``X-API-Key``."""
+    """The key sent as ``Authorization: Bearer KEY`` or ``X-API-Key`` (WebSocket handshakes)."""
     auth = headers.get("authorization", "") or ""
     sent = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
     return sent or headers.get("x-api-key", "") or ""
 
 
-def require_api_key(request: Request) -> None:
-    """401 unless a configured key is sent as ``Authorization: Bearer`` or ``X-API-Key``."""
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="`Authorization: Bearer KEY`, KEY one of the server's PANNS_API_KEYS",
+)
+API_KEY = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="apiKeyHeader",
+    description="`X-API-Key: KEY`, KEY one of the server's PANNS_API_KEYS",
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+ApiKeyDep = Annotated[str | None, Security(API_KEY)]
+
+
+def _sent(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str:
+    return (bearer.credentials if bearer else "") or api_key or ""
+
+
+def require_api_key(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> None:
+    """401 unless a configured key is sent as ``Authorization: Bearer`` or ``X-API-Key``.
+
+    The two security schemes parse the headers and declare them in the OpenAPI document."""
     keys = settings_of(request).api_key_list
     if not keys:
         return
-    sent = sent_key(request.headers)
+    sent = _sent(bearer, api_key)
     if not key_matches(sent, keys):
         message = "wrong API key" if sent else "missing API key: send 'Authorization: Bearer KEY'"
         raise ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
 
-def is_authenticated(request: Request) -> bool:
+async def is_authenticated(conn: HTTPConnection) -> bool:
     """True when no keys are configured or the request carries a good one."""
-    keys = settings_of(request).api_key_list
-    return not keys or key_matches(sent_key(request.headers), keys)
+    keys = settings_of(conn).api_key_list
+    return not keys or key_matches(_sent(await BEARER(conn), await API_KEY(conn)), keys)
 
 
 def window_params(

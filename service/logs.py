@@ -7,20 +7,26 @@ import logging
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import Metrics
+from service.metrics import INFERENCE_ENDPOINTS, UNCOUNTED_PATHS, Metrics
 
 access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def iso_time(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds and the offset: ``2026-12-01T23:06:13.123+00:00``."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -48,8 +54,18 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class AccessLogMiddleware:
-    """Request id in and out, one JSON access line per request, request count and latency."""
+    """Request id in and out, one JSON access line per request, request count and latency.
+
+    Probes and scrapes (``UNCOUNTED_PATHS``) are logged at debug level and not counted; only
+    inference requests count as in flight, so a scrape never sees itself.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -69,22 +85,28 @@ class AccessLogMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        self.metrics.inflight.inc()
+        path = _path(scope)
+        inflight = self.metrics.inflight if path in INFERENCE_ENDPOINTS else None
+        if inflight is not None:
+            inflight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.inflight.dec()
-            self._record(scope, rid, status, time.perf_counter() - started)
+            if inflight is not None:
+                inflight.dec()
+            self._record(scope, path, rid, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, path: str, rid: str, status: int, seconds: float) -> None:
         state = scope.get("state", {})
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
         model = state.get("model", "")
-        self.metrics.requests.labels(endpoint, model, str(status)).inc()
-        self.metrics.request_duration.labels(endpoint, model).observe(seconds)
+        probe = path in UNCOUNTED_PATHS
+        if not probe:
+            self.metrics.request_done(endpoint, model, status, seconds)
         client = scope.get("client") or ("", 0)
-        access_log.info(
+        access_log.log(
+            logging.DEBUG if probe else logging.INFO,
             "request",
             extra={
                 "fields": {

@@ -1,10 +1,25 @@
-"""Prometheus metrics on a per-app registry (names agreed in the project's interfaces)."""
+"""Prometheus metrics on a per-app registry (names agreed in the project's interfaces).
+
+Requests are counted by endpoint, model and status; the probes (``/metrics``, ``/healthz``,
+``/readyz``) are not API traffic and are left out. Each model's 5xx series of the inference
+endpoints start at 0 when the model registers, so ``rate()`` and ``increase()`` see the
+first error of a series (a counter born at 1 has no earlier sample to differ from).
+"""
 
 from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.core.backends import Backend
@@ -14,12 +29,24 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MODEL = ("model",)
 
+# The endpoints that run inference: the only requests counted in flight.
+INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect")
+# Probes and scrapes: not counted in panns_requests_total nor the latency histogram.
+UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# Server errors an inference request can get; their series exist from the start at 0.
+SERVER_ERRORS = ("500", "503", "504")
+
 
 class Metrics:
     """All the service's metrics; one instance per app so tests never share counters."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Process CPU, memory and open files, the Python version and GC (as the default
+        # registry has them), on this app's own registry.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.requests = self._counter(
             "panns_requests",
             "Requests by endpoint, model and status",
@@ -27,8 +54,8 @@ class Metrics:
         )
         self.request_duration = self._histogram(
             "panns_request_duration_seconds",
-            "Request latency",
-            ("endpoint", "model"),
+            "Request latency by endpoint, model and status",
+            ("endpoint", "model", "status"),
         )
         self.queue_wait = self._histogram(
             "panns_queue_wait_seconds",
@@ -43,7 +70,10 @@ class Metrics:
             "panns_queue_depth", "Windows waiting in the batcher queue", _MODEL
         )
         self.inflight = self._gauge(
-            "panns_inflight_requests", "Requests being served", (), mode="livesum"
+            "panns_inflight_requests",
+            "Inference requests being served (tag, embed, detect)",
+            (),
+            mode="livesum",
         )
         self.audio_seconds = self._counter(
             "panns_audio_seconds", "Seconds of decoded audio processed", _MODEL
@@ -90,6 +120,17 @@ class Metrics:
     ) -> Histogram:
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
+    def request_done(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        code = str(status)
+        self.requests.labels(endpoint, model, code).inc()
+        self.request_duration.labels(endpoint, model, code).observe(seconds)
+
+    def model_registered(self, model: str) -> None:
+        """Start the model's server-error series of the inference endpoints at 0."""
+        for endpoint in INFERENCE_ENDPOINTS:
+            for status in SERVER_ERRORS:
+                self.requests.labels(endpoint, model, status)
+
     def file_done(self, model: str, seconds: float) -> None:
         self.audio_seconds.labels(model).inc(seconds)
 
@@ -133,6 +174,7 @@ def observer_factory(metrics: Metrics):  # type: ignore[no-untyped-def]
         metrics.model_info.labels(
             card.name, card.arch, card.checksum, backend.provider, backend.precision
         ).set(1)
+        metrics.model_registered(card.name)
         return BatchMetrics(metrics, card.name)
 
     return observe

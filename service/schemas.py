@@ -7,28 +7,39 @@ from pydantic import BaseModel, Field
 from service.core.card import FileEntry, Label, Parity, Source, TensorSpec
 
 
+class FileError(BaseModel):
+    filename: str = Field(examples=["a.wav"])
+    code: str = Field(examples=["empty_audio"])
+    message: str = Field(examples=["the file holds no samples"])
+
+
 class ErrorInfo(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="machine-readable reason", examples=["invalid_parameters"])
+    message: str = Field(description="what is wrong, for a person", examples=["top_k: ..."])
+    files: list[FileError] | None = Field(
+        default=None, description="when no uploaded file could be used: each file's reason"
+    )
 
 
 class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
     error: ErrorInfo
 
 
 class ModelRef(BaseModel):
-    name: str
-    arch: str
-    checksum: str = Field(description="SHA-256 of the fp32 graph")
-    provider: str
-    precision: str
+    name: str = Field(examples=["cnn14"])
+    arch: str = Field(examples=["Cnn14"])
+    checksum: str = Field(description="SHA-256 of the fp32 graph", examples=["9f2c…"])
+    provider: str = Field(examples=["CPUExecutionProvider"])
+    precision: str = Field(examples=["fp32"])
 
 
 class Top(BaseModel):
-    index: int
-    mid: str
-    label: str
-    score: float
+    index: int = Field(description="class index in the label list", examples=[0])
+    mid: str = Field(description="AudioSet id", examples=["/m/09x0r"])
+    label: str = Field(examples=["Speech"])
+    score: float = Field(examples=[0.91])
 
 
 class WindowTop(BaseModel):
@@ -140,10 +151,12 @@ class LabelsResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok | failed (the models cannot load)", examples=["ok"])
 
 
 class Readiness(BaseModel):
-    status: str
-    models: list[str]
-    error: str | None = None
+    status: str = Field(description="ready | loading | failed", examples=["ready"])
+    models: list[str] = Field(examples=[["cnn14"]])
+    error: str | None = Field(
+        default=None, description="why loading failed (details for authenticated callers)"
+    )

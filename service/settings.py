@@ -64,7 +64,8 @@ class Settings(BaseSettings):
         default=SecretStr(""), description="comma-separated; empty = no authentication"
     )
     public_docs: bool = Field(
-        default=False, description="serve /docs and /openapi.json without a key when keys are set"
+        default=False,
+        description="serve /docs, /redoc and /openapi.json without a key when keys are set",
     )
     web_ui: bool = Field(default=True, description="serve the page at GET /")
     graceful_timeout_s: int = Field(default=30, ge=1, description="SIGTERM drain limit")

@@ -30,7 +30,7 @@ async def readyz(request: Request) -> JSONResponse:
         status, code = "ready", 200
     else:
         status, code = ("failed" if models.error else "loading"), 503
-    error = models.error if models.error and is_authenticated(request) else None
+    error = models.error if models.error and await is_authenticated(request) else None
     if models.error and error is None:
         error = "loading the models failed (details in the log)"
     body = Readiness(status=status, models=list(models.models), error=error)

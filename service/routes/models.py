@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.core.models import ModelRuntime
 from service.deps import ModelParam, TaggerDep
+from service.routes.docs import error_responses
 from service.schemas import LabelsResponse, ModelsResponse, ServedModel
 
 router = APIRouter(tags=["models"])
@@ -41,7 +42,7 @@ async def list_models(tagger: TaggerDep) -> ModelsResponse:
     return ModelsResponse(models=[served_model(r) for r in tagger.models.models.values()])
 
 
-@router.get("/v1/labels", response_model=LabelsResponse)
+@router.get("/v1/labels", response_model=LabelsResponse, responses=error_responses(404, 422, 503))
 async def labels(tagger: TaggerDep, model: ModelParam = None) -> LabelsResponse:
     runtime = tagger.model(model)
     return LabelsResponse(model=runtime.name, labels=runtime.card.labels)

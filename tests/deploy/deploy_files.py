@@ -222,6 +222,16 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if "expr" in t]
 
 
+def grafana_to_promql(expr: str, rate_interval: str = "1m") -> str:
+    """Substitute the dashboard's Grafana variables with values Prometheus parses
+    (every model, every API endpoint)."""
+    for var, value in (("$__rate_interval", rate_interval), ("$__range", "1h"),
+                       ("$model", ".*"), ("$endpoint", "/v1/.*")):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, expr
+    return expr
+
+
 def dashboard_variable_queries() -> list[str]:
     dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     out = []

@@ -20,6 +20,7 @@ from tests.deploy.deploy_files import (
     dashboard_variable_queries,
     environment,
     exposed_sample_names,
+    grafana_to_promql,
     load_compose,
     promql_metric_names,
 )
@@ -144,15 +145,6 @@ def test_dashboard_variables_use_service_metrics() -> None:
         match = re.fullmatch(r"label_values\((\w+)(?:\{[^{}]*\})?,\s*(\w+)\)", query)
         assert match, query
         assert match.group(1) in registered_metric_samples(), query
-
-
-def grafana_to_promql(expr: str) -> str:
-    """Substitute the dashboard's Grafana variables with values Prometheus parses."""
-    for var, value in (("$__rate_interval", "1m"), ("$__range", "1h"), ("$model", ".*"),
-                       ("$endpoint", "/v1/.*")):
-        expr = expr.replace(var, value)
-    assert "$" not in expr, expr
-    return expr
 
 
 def test_promtool_accepts_the_config_and_the_dashboard_queries(tmp_path: Any) -> None:

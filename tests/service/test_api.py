@@ -192,6 +192,9 @@ def test_metrics_parse_and_count(tagger_server: LiveServer, tagger_bundle: Path)
     with tagger_server.client() as c:
         c.post("/v1/tag", files=files(("a.wav", encode(noise(3.0, 7), RATE))))
         c.post("/v1/tag", files=files(("x.bin", b"garbage!" * 10)))
+        c.get("/healthz")
+        c.get("/readyz")
+        c.get("/metrics")
         text = c.get("/metrics").text
     m = parse_metrics(text)
     assert metric_total(m, "panns_requests_total", endpoint="/v1/tag", model=name,
@@ -204,7 +207,20 @@ def test_metrics_parse_and_count(tagger_server: LiveServer, tagger_bundle: Path)
                  "panns_compute_seconds"):
         assert metric_total(m, f"{hist}_count") >= 1, hist
     assert metric_total(m, "panns_queue_depth", model=name) == 0
-    assert "panns_inflight_requests" in m
+    # The scrape is neither in flight nor counted, nor are the probes; latency has a status.
+    assert m["panns_inflight_requests"] == {(): 0.0}
+    for probe in ("/metrics", "/healthz", "/readyz"):
+        assert metric_total(m, "panns_requests_total", endpoint=probe) == 0, probe
+        assert metric_total(m, "panns_request_duration_seconds_count", endpoint=probe) == 0
+    assert metric_total(m, "panns_request_duration_seconds_count", endpoint="/v1/tag",
+                        status="415") >= 1
+    # Each inference endpoint's 5xx series exist from the start (at 0 until an error).
+    for endpoint in ("/v1/tag", "/v1/embed", "/v1/detect"):
+        for status in ("500", "503", "504"):
+            key = (("endpoint", endpoint), ("model", name), ("status", status))
+            assert m["panns_requests_total"][key] == 0, key
+    assert m["process_resident_memory_bytes"][()] > 0 and "process_open_fds" in m
+    assert "python_info" in m
     info = [dict(k) for k in m["panns_model_info"]]
     assert info[0]["provider"] == "CPUExecutionProvider" and info[0]["model"] == name
 
