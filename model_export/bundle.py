@@ -17,11 +17,19 @@ from model_export.atomic import replace_dir
 from model_export.audio import generated_batch, recordings
 from model_export.card import build_card, default_labels
 from model_export.graph import INPUT_NAME, ExportError, GraphSpec, export_onnx
-from service.core.card import Label, ModelCard, Parity, Source, load_bundle, write_card
+from service.core.card import (
+    VARIANT_FILES,
+    Label,
+    ModelCard,
+    Parity,
+    Source,
+    load_bundle,
+    write_card,
+)
 
 log = logging.getLogger(__name__)
 
-FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+FILE_NAMES = VARIANT_FILES  # the bundle's file names are the card's contract
 CLIP_SECONDS = 10
 GENERATED_CALIBRATION_CLIPS = 8
 
@@ -155,7 +163,7 @@ def export_bundle(
         parity, shapes = _build(
             model, work, fp16=fp16, int8=int8, steps=steps,
             calibration_dir=Path(calibration_dir) if calibration_dir is not None else None)
-        files = {variant: FILE_NAMES[variant] for variant in parity}
+        files = {variant: FILE_NAMES[variant] for variant in parity}  # type: ignore[index]
         card = build_card(
             model, work, arch=arch, name=name or out.name, labels=labels,
             source=source or Source(), files=files, parity=parity, shapes=shapes)

@@ -11,15 +11,23 @@ import torch
 from torch import nn
 
 from model_export.graph import INPUT_NAME, OPSET, GraphSpec
-from service.core.card import FileEntry, Label, ModelCard, Parity, Source, TensorSpec, sha256_file
+from service.core.card import (
+    OUTPUT_NAMES,
+    FileEntry,
+    Label,
+    ModelCard,
+    Parity,
+    Source,
+    TensorSpec,
+    sha256_file,
+)
 
 # The export recipe, recorded in each card; raise it when a change to model_export makes
 # graphs worth re-exporting (``ensure`` then rebuilds older bundles it can rebuild).
 # 1: first release. 2: STFT cut to the mel band; int8 folds ReLUs, pools as depthwise convs.
 EXPORT_RECIPE = 2
 
-OUTPUT_KINDS = {"clipwise_output": "clipwise", "embedding": "embedding",
-                "framewise_output": "framewise"}
+OUTPUT_KINDS = {name: kind for kind, name in OUTPUT_NAMES.items()}
 
 
 def default_labels(classes_num: int) -> list[Label]:
@@ -68,7 +76,7 @@ def _output_spec(name: str, shape: list[int]) -> TensorSpec:
     dynamic = [-1, *shape[1:]]
     if name == "framewise_output":
         dynamic[1] = -1  # frames follow the input length
-    return TensorSpec(name=name, shape=dynamic, kind=OUTPUT_KINDS[name])  # type: ignore[arg-type]
+    return TensorSpec(name=name, shape=dynamic, kind=OUTPUT_KINDS[name])
 
 
 def build_card(

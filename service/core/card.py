@@ -10,16 +10,30 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT_VERSION = 1
 CARD_FILE = "model.json"
-VARIANTS = ("fp32", "fp16", "int8")
 
-OutputKind = Literal["clipwise", "embedding", "framewise"]
+# The contract's names, each defined once.
 Variant = Literal["fp32", "fp16", "int8"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+EXTRA_VARIANTS: tuple[Variant, ...] = ("fp16", "int8")  # made from fp32 on request
+VARIANT_FILES: dict[Variant, str] = {
+    "fp32": "model.onnx",
+    "fp16": "model.fp16.onnx",
+    "int8": "model.int8.onnx",
+}
+OutputKind = Literal["clipwise", "embedding", "framewise"]
+TensorKind = Literal["waveform", "clipwise", "embedding", "framewise"]
+# The graph's output name for each kind of output.
+OUTPUT_NAMES: dict[OutputKind, str] = {
+    "clipwise": "clipwise_output",
+    "embedding": "embedding",
+    "framewise": "framewise_output",
+}
 
 
 class BundleError(Exception):
@@ -40,7 +54,7 @@ class TensorSpec(_Strict):
     name: str
     shape: list[int]  # -1 marks a dynamic axis
     dtype: str = "float32"
-    kind: Literal["waveform", "clipwise", "embedding", "framewise"]
+    kind: TensorKind
 
 
 class FileEntry(_Strict):
@@ -81,10 +95,6 @@ class ModelCard(_Strict):
     # How model_export built the graphs (model_export.card.EXPORT_RECIPE); cards from before it
     # was recorded read as 1. `model_export.ensure` re-exports bundles of an older recipe.
     export_recipe: int = Field(default=1, ge=1)
-
-    def output(self, kind: OutputKind) -> TensorSpec | None:
-        """The output of the given kind, or None when the model has none."""
-        return next((o for o in self.outputs if o.kind == kind), None)
 
     @property
     def checksum(self) -> str:
