@@ -19,7 +19,8 @@ from service.core.audio import (
     decode,
     decode_pcm,
 )
-from service.core.backends.ort import Engine
+from service.core.backends import BackendOptions, Precision
+from service.core.backends.ort import OrtBackend
 from service.core.mixdown import mix_into
 from tests.conftest import shared_path
 from tests.service.audio_files import (
@@ -224,13 +225,10 @@ def test_the_sample_bound_keeps_every_variant_finite(variants_bundle: Path) -> N
             np.ones(t.size),
         ]
     )
-    for precision in ("fp32", "fp16", "int8"):
-        engine = Engine(
-            variants_bundle,
-            device="cpu",
-            precision=precision,
-            threads=1,
-        )
+    precisions: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+    for precision in precisions:
+        options = BackendOptions(device="cpu", precision=precision, threads=1)
+        engine = OrtBackend(variants_bundle, options)
         outputs = engine.run((MAX_ABS_SAMPLE * loudest).astype(np.float32))
         assert all(np.isfinite(v).all() for v in outputs.values()), precision
 
