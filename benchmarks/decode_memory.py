@@ -5,7 +5,7 @@
 For each upload size (44.1 kHz stereo 16-bit WAV, and 32 kHz mono 16-bit WAV) a fresh
 subprocess feeds the file through python-multipart into the service's ``upload`` collector
 in 64 KiB network-sized chunks, then decodes it the way the pipeline does (``part.data``,
-drop the part's reference, ``decode`` to 32 kHz mono). It reports the peak RSS
+drop the part's reference, ``AudioInput.decode`` to 32 kHz mono). It reports the peak RSS
 (``getrusage`` maxrss) above the RSS before the upload, as MB and as a multiple of the
 upload's size, and the RSS still held once the result is dropped.
 
@@ -80,21 +80,30 @@ def receive(path: Path) -> object:
     return collector.parts[0]
 
 
+def decode_upload(data: bytes) -> object:
+    """The route's way: ``AudioInput(...).decode`` where the tree has it, else ``decode``."""
+    try:
+        from service.core.inputs import AudioInput
+    except ImportError:  # trees from before service.core.inputs
+        from service.core.audio import decode
+
+        return decode(data, TARGET_RATE, 1e9)
+    return AudioInput("upload", data=data).decode(TARGET_RATE, 1e9)
+
+
 def child_memory(path: Path) -> dict[str, float]:
     """Run in a fresh process: receive + decode ``path``; memory as seen by the kernel."""
-    from service.core.audio import decode
-
     base = max_rss_mb()
     start = time.perf_counter()
     part = receive(path)
     received = max_rss_mb()
     data = part.data  # type: ignore[attr-defined]
-    part.chunks.clear()  # type: ignore[attr-defined]
-    decoded = decode(data, TARGET_RATE, 1e9)
+    part.chunks.clear()  # type: ignore[attr-defined]  # as routes/inference.py does
+    decoded = decode_upload(data)
     seconds = time.perf_counter() - start
     del data, part
     peak = max_rss_mb()
-    duration = decoded.duration_s
+    duration = decoded.duration_s  # type: ignore[attr-defined]
     del decoded
     return {
         "base_mb": base,
@@ -146,6 +155,35 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
+def median_ms(fn: object, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def resample_ms(rounds: int) -> dict[str, float]:
+    """10 s of 44.1 kHz mono to 32 kHz: streamed in decode's blocks vs one call."""
+    import soxr
+
+    from service.core.audio import BLOCK_FRAMES
+
+    mono = np.random.default_rng(0).standard_normal(441000).astype(np.float32)
+
+    def streamed() -> None:
+        stream = soxr.ResampleStream(44100, TARGET_RATE, 1, dtype="float32", quality="HQ")
+        for start in range(0, mono.size, BLOCK_FRAMES):
+            stream.resample_chunk(mono[start : start + BLOCK_FRAMES])
+        stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+    return {
+        "streamed_ms": median_ms(streamed, rounds),
+        "one_call_ms": median_ms(lambda: soxr.resample(mono, 44100, TARGET_RATE, "HQ"), rounds),
+    }
+
+
 def mixdown_ms(rounds: int) -> dict[str, float]:
     """A 10 s 44.1 kHz stereo float32 block mixed to mono: the old and the new way."""
     from service.core.mixdown import mix_into
@@ -153,17 +191,9 @@ def mixdown_ms(rounds: int) -> dict[str, float]:
     block = np.random.default_rng(0).standard_normal((441000, 2)).astype(np.float32)
     dest = np.empty(441000, np.float32)
 
-    def best(fn: object) -> float:
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            fn()  # type: ignore[operator]
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
-
     return {
-        "mean_axis1_ms": best(lambda: block.mean(axis=1)),
-        "column_add_ms": best(lambda: mix_into(block, dest)),
+        "mean_axis1_ms": median_ms(lambda: block.mean(axis=1), rounds),
+        "column_add_ms": median_ms(lambda: mix_into(block, dest), rounds),
     }
 
 
@@ -199,7 +229,10 @@ def measure(trees: dict[str, Path], files: dict[str, Path]) -> dict[str, object]
 
 
 def clips(tmp: Path, trees: dict[str, Path], rounds: int) -> dict[str, object]:
-    per_clip: dict[str, object] = {"stereo_mixdown_10s": mixdown_ms(rounds * 4)}
+    per_clip: dict[str, object] = {
+        "stereo_mixdown_10s": mixdown_ms(rounds * 4),
+        "resample_10s_44k1_to_32k": resample_ms(rounds),
+    }
     for fmt, (rate, channels) in FORMATS.items():
         path = tmp / f"clip_{fmt}.wav"
         write_wav(path, rate, channels, 10 / 60)

@@ -25,11 +25,12 @@ from service.core.mixdown import MonoSink
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
-# Float audio's full scale is +-1. Larger float samples are refused: 40 dB of headroom,
-# 5x below the smallest amplitude where a model variant was measured to give non-finite
-# scores (seeded weights; first failing amplitude: Wavegram_Logmel_Cnn14 fp16 700, LeeNet24
-# and DaiNet19 fp16 > 6e4 (their input is cast to float16), Cnn14 and MobileNetV1 fp32/fp16
-# 1e17-1e18 (the float32 power spectrum overflows: the null scores of issue 15), int8 none).
+# Float audio's full scale is +-1. Larger float samples are refused: 40 dB of headroom, and
+# 7x below the smallest amplitude where a model variant was measured to give non-finite
+# scores (seeded weights, loud square/sine/noise/DC; first failing amplitude: Wavegram_Logmel
+# _Cnn14 fp16 700; LeeNet24, DaiNet19 fp16 above 6e4 (the input is cast to float16); Cnn14,
+# MobileNetV1 fp32/fp16 1e17-1e18 (the float32 power spectrum overflows: the null scores of
+# issue 15); int8 none up to 1e18).
 MAX_ABS_SAMPLE = 100.0
 PCM_DTYPES = {"int16": ("<i2", 1 / 32768), "float32": ("<f4", 1.0)}
 # libsndfile subtypes whose samples decode into [-1, 1]: no value check needed.
