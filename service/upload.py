@@ -21,23 +21,41 @@ from starlette.requests import ClientDisconnect
 from service.errors import ApiError
 
 FIELD = "file"
+# python-multipart refuses longer boundaries (RFC 2046 allows 70 characters).
+MAX_BOUNDARY = 256
 MAX_FIELD_BYTES = 1024  # a text field (model=...) longer than this is refused
 RAW_TYPES = ("audio/", "application/octet-stream")
 
 
 @dataclass
 class Part:
+    """One uploaded file or form field. Its bytes grow in place in one buffer as they arrive
+    (``chunks`` holds that buffer): a list of network chunks joined at the end held the body
+    twice."""
+
     name: str = ""
     filename: str = ""
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: list[bytearray] = field(default_factory=list)
+
+    def append(self, data: bytes | memoryview) -> None:
+        if not self.chunks:
+            self.chunks.append(bytearray())
+        self.chunks[0] += data
 
     @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
+    def data(self) -> bytearray:
+        """The body itself, not a copy (clear ``chunks`` or use ``take`` to let it go)."""
+        return self.chunks[0] if self.chunks else bytearray()
 
     @property
     def size(self) -> int:
-        return sum(len(c) for c in self.chunks)
+        return len(self.data)
+
+    def take(self) -> bytearray:
+        """The body; the part forgets it, so the caller holds the only reference."""
+        data = self.data
+        self.chunks.clear()
+        return data
 
 
 @dataclass
@@ -68,7 +86,7 @@ class _Collector:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.parts[-1]
-        part.chunks.append(data[start:end])
+        part.append(memoryview(data)[start:end])
         if not part.filename and part.name != FIELD and part.size > MAX_FIELD_BYTES:
             raise ApiError(400, "bad_multipart", f"form field {part.name!r} is too long")
 
@@ -129,7 +147,15 @@ def _boundary(request: Request) -> bytes:
             "send multipart/form-data (with a boundary) with one or more parts named 'file', "
             "a single file as audio/*, or raw PCM as application/octet-stream",
         )
-    return options[b"boundary"]
+    boundary: bytes = options[b"boundary"]
+    if len(boundary) > MAX_BOUNDARY:
+        raise ApiError(
+            400,
+            "bad_multipart",
+            f"the multipart boundary is {len(boundary)} characters long: "
+            f"at most {MAX_BOUNDARY} are accepted",
+        )
+    return boundary
 
 
 async def _chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
@@ -164,9 +190,11 @@ async def _chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
 async def read_body(request: Request, limits: BodyLimits) -> Body:
     """The uploaded files (and form fields) of a request, whatever its shape."""
     if is_raw(request):
-        chunks = [chunk async for chunk in _chunks(request, limits)]
         name = request.query_params.get("filename") or "body"
-        return Body([Part(FIELD, name[:255], chunks)], raw=True)
+        part = Part(FIELD, name[:255])
+        async for chunk in _chunks(request, limits):
+            part.append(chunk)
+        return Body([part], raw=True)
     return await _read_multipart(request, limits)
 
 

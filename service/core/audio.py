@@ -1,35 +1,51 @@
 """Decode uploads to a mono float32 waveform at the model's rate, refusing bad input early.
 
 Limits are checked from the header BEFORE any sample is read (a header claiming hours is
-refused without decoding), and again while reading (a header that understates its length
-cannot smuggle more than the limit through). Decoding and resampling are streamed in blocks,
-so memory stays bounded by the decoded mono output.
+refused without decoding), and again while reading (a header that understates its length, or
+a stream that declares none, cannot smuggle more than the limit through).
+
+Memory: libsndfile reads the upload where it lies (no copy of the body) and every block is
+mixed down (and resampled) straight into one output array sized from the header
+(``mixdown.MonoSink``), so a decode holds the upload plus one float32 mono copy.
 """
 
 from __future__ import annotations
 
-import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from service.core.errors import TaggingError
+from service.core.mixdown import MonoSink
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
+# Float audio's full scale is +-1. Larger float samples are refused: 40 dB of headroom, and
+# 7x below the smallest amplitude where a model variant was measured to give non-finite
+# scores (seeded weights, loud square/sine/noise/DC; first failing amplitude: Wavegram_Logmel
+# _Cnn14 fp16 700; LeeNet24, DaiNet19 fp16 above 6e4 (the input is cast to float16); Cnn14,
+# MobileNetV1 fp32/fp16 1e17-1e18 (the float32 power spectrum overflows: the null scores of
+# issue 15); int8 none up to 1e18).
+MAX_ABS_SAMPLE = 100.0
+PCM_DTYPES = {"int16": ("<i2", 1 / 32768), "float32": ("<f4", 1.0)}
+# libsndfile subtypes whose samples decode into [-1, 1]: no value check needed.
+_BOUNDED = {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM",
+            "MS_ADPCM", "GSM610"}  # fmt: skip
 # soundfile's major formats that the API promises; others are refused with 415.
-SUPPORTED = {
-    "WAV": "WAV",
-    "WAVEX": "WAV",
-    "RF64": "WAV",
-    "FLAC": "FLAC",
-    "OGG": "Ogg",
-    "MP3": "MP3",
-}
+SUPPORTED = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "FLAC": "FLAC", "OGG": "Ogg",
+             "MP3": "MP3"}  # fmt: skip
+_SEND = "send WAV, FLAC, Ogg Vorbis/Opus or MP3"
+# Containers libsndfile cannot open, named so that the 415 says what was sent.
+_FOREIGN = ((4, b"ftyp", "MP4/M4A"), (0, b"\x1aE\xdf\xa3", "Matroska/WebM"),
+            (0, b"0&\xb2u\x8ef\xcf\x11", "WMA/ASF"), (0, b"#!AMR", "AMR"))  # fmt: skip
+UNKNOWN_LENGTH = (1 << 63) - 1  # libsndfile's frame count for a stream that declares none
+
+Buffer = bytes | bytearray | memoryview
 
 
 class AudioError(TaggingError):
@@ -64,25 +80,36 @@ class Decoded:
     duration_s: float
 
 
-def _sniff(data: bytes) -> str | None:
-    """The container the first bytes announce, or None."""
-    if data[:4] in (b"RIFF", b"RIFX", b"RF64"):
+def _is_adts(head: bytes) -> bool:
+    """An AAC ADTS frame: 12 sync bits like MPEG audio, but layer bits 00 (MP3's 'reserved')."""
+    return len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0
+
+
+def _sniff(data: Buffer, depth: int = 0) -> str | None:
+    """The container the first bytes announce (looking past an ID3 tag), or None."""
+    head = bytes(data[:12])
+    if head[:3] == b"ID3" and len(head) >= 10 and depth == 0:
+        size = sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+        return _sniff(data[10 + size :], depth + 1) or "MP3"
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64"):
         return "WAV"
-    if data[:4] == b"fLaC":
+    if head[:4] == b"fLaC":
         return "FLAC"
-    if data[:4] == b"OggS":
+    if head[:4] == b"OggS":
         return "Ogg"
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+    if _is_adts(head):
+        return "AAC (ADTS)"
+    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         return "MP3"
-    return None
+    return next((n for at, magic, n in _FOREIGN if head[at : at + len(magic)] == magic), None)
 
 
-def _riff_chunks(data: bytes) -> dict[bytes, tuple[int, int]]:
+def _riff_chunks(data: Buffer) -> dict[bytes, tuple[int, int]]:
     """RIFF chunk id -> (payload offset, declared size), first occurrence of each."""
     chunks: dict[bytes, tuple[int, int]] = {}
     pos = 12
     while pos + 8 <= len(data):
-        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        chunk, size = bytes(data[pos : pos + 4]), struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         chunks.setdefault(chunk, (pos + 8, size))
         if chunk == b"data":
             break
@@ -90,157 +117,251 @@ def _riff_chunks(data: bytes) -> dict[bytes, tuple[int, int]]:
     return chunks
 
 
-def check_wav_header(data: bytes, max_seconds: float) -> None:
+def _check_wav_header(data: Buffer, max_seconds: float) -> tuple[int, bytes] | None:
     """Clear answers for WAV headers that lie: 0 channels, absurd rates, hours of audio
-    claimed, more data declared than the file holds. Checked before any sample is read."""
+    claimed, more data declared than the file holds. Checked before any sample is read.
+
+    A data size of 0 (a recorder that streamed the file and never went back) is replaced
+    by what the file holds: the (offset, bytes) patch to lay over the header."""
     chunks = _riff_chunks(data)
     if b"fmt " not in chunks:
-        return  # libsndfile reports the missing chunk
+        return None  # libsndfile reports the missing chunk
     at, _ = chunks[b"fmt "]
     if at + 16 > len(data):
         raise UndecodableAudio("the WAV 'fmt ' chunk is truncated")
     channels, rate, _, align = struct.unpack("<HIIH", data[at + 2 : at + 14])
     if channels == 0:
         raise AudioError("the WAV header declares 0 channels")
-    _check_rate(rate)
+    check_rate(rate)
     if b"data" not in chunks or align == 0:
-        return
+        return None
     at, size = chunks[b"data"]
-    if size in (0, 0xFFFFFFFF):  # unknown length (streamed recording): trust the file size
-        return
+    held = len(data) - at
+    patch = None
+    if size == 0 and held >= align:
+        size = min(held, 0xFFFFFFFF) // align * align
+        patch = (at - 4, struct.pack("<I", size))
+    if size == 0xFFFFFFFF:  # unknown length: libsndfile reads to the end of the file
+        return None
     claimed = size / align / rate
     if claimed > max_seconds:
         raise AudioTooLong(
             f"the WAV header claims {claimed:.1f} s of audio: the limit is {max_seconds:g} s"
         )
-    held = len(data) - at
     if size > held:
         raise UndecodableAudio(
             f"the WAV header declares {claimed:.2f} s of audio but the file holds only "
             f"{held / align / rate:.2f} s (truncated file or lying header)"
         )
+    return patch
 
 
-def _check_rate(rate: int) -> None:
+class _Source:
+    """A read-only file over the upload for libsndfile's virtual I/O: reads copy straight
+    from the body into libsndfile's buffer (no BytesIO copy of the whole upload).
+    ``patch`` = (offset, bytes) is laid over the body (a repaired header field)."""
+
+    def __init__(self, data: Buffer, patch: tuple[int, bytes] | None = None) -> None:
+        self._view = memoryview(data).cast("B")
+        self._patch = patch
+        self._pos = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}.get(whence, 0)
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:
+        out = memoryview(buffer).cast("B")
+        start = min(self._pos, len(self._view))
+        n = min(len(out), len(self._view) - start)
+        out[:n] = self._view[start : start + n]
+        if self._patch is not None:
+            at, data = self._patch
+            lo, hi = max(at, start), min(at + len(data), start + n)
+            if lo < hi:
+                out[lo - start : hi - start] = data[lo - at : hi - at]
+        self._pos = start + n
+        return n
+
+
+# libsndfile's words that describe its own internals, not the file: said plainly instead.
+_PLAIN = (
+    ("lost sync", "the audio data is corrupt (the decoder lost sync)"),
+    ("malformed", "the file is malformed"),
+    ("format not recognised", "the data is corrupt or not in this format"),
+    ("does not exist", "the data is corrupt or not in this format"),
+    ("not a regular file", "the data is corrupt or not in this format"),
+    ("no 'data' chunk", "the file has no 'data' chunk"),
+)
+
+
+def _reason(exc: Exception) -> str:
+    """libsndfile's reason in plain words: no file names, no internal function names."""
+    text = str(getattr(exc, "error_string", None) or exc).strip().rstrip(".")
+    lowered = text.lower()
+    for needle, plain in _PLAIN:
+        if needle in lowered:
+            return plain
+    if any(w in lowered for w in ("internal", "psf_", "sf_", "unknown error", "unspecified")):
+        return "the data is corrupt or truncated"
+    for prefix in ("Error : ", "Error in WAV/W64/RF64 file. ", "Error in WAV file. "):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _undecodable(name: str, exc: Exception) -> AudioError:
+    unimplemented = "unimplemented format" in str(getattr(exc, "error_string", None) or exc)
+    if unimplemented and name in ("WAV", "Ogg"):  # containers that carry many codecs
+        return UnsupportedFormat(f"this {name} file holds an audio encoding that is not supported")
+    return UndecodableAudio(f"cannot decode this {name} file: {_reason(exc)}")
+
+
+def _open(data: Buffer, max_seconds: float) -> tuple[sf.SoundFile, str]:
+    sniffed = _sniff(data)
+    if sniffed is not None and sniffed not in SUPPORTED.values():
+        raise UnsupportedFormat(f"{sniffed} audio is not supported: {_SEND}")
+    patch = _check_wav_header(data, max_seconds) if bytes(data[:4]) == b"RIFF" else None
+    try:
+        handle = sf.SoundFile(_Source(data, patch))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        if sniffed is None:
+            raise UnsupportedFormat(f"unrecognised audio format: {_SEND}") from exc
+        raise _undecodable(sniffed, exc) from exc
+    name = SUPPORTED.get(handle.format)
+    if name is None:
+        handle.close()
+        raise UnsupportedFormat(f"{handle.format} audio is not supported: {_SEND}")
+    return handle, name
+
+
+def _read_into(handle: sf.SoundFile, block: np.ndarray, name: str) -> int:
+    """Up to ``len(block)`` frames, decoded by libsndfile straight into ``block``.
+
+    soundfile's own ``read`` seeks back to its position after every read, which fails on a
+    stream of unknown length (a FLAC written to a pipe: "psf_fseek() failed"), so this calls
+    libsndfile's ``sf_readf_float`` through soundfile's (private, long-stable) binding.
+    """
+    ptr = sf._ffi.cast("float *", block.ctypes.data)
+    frames = int(sf._snd.sf_readf_float(handle._file, ptr, block.shape[0]))
+    error = sf._snd.sf_error(handle._file)
+    if error:
+        raise _undecodable(name, sf.LibsndfileError(error))
+    return frames
+
+
+def check_rate(rate: int) -> None:
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioError(f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
 
 
-def _reason(exc: Exception) -> str:
-    """libsndfile's reason, without its file-name noise (uploads are in memory)."""
-    text = getattr(exc, "error_string", None) or str(exc)
-    if "does not exist" in text or "not a regular file" in text:
-        return "the data is corrupt or not in this format"
-    return str(text).rstrip(".")
+def check_channels(channels: int) -> None:
+    if channels < 1:
+        raise AudioError(f"the audio declares {channels} channels")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{channels} channels: at most {MAX_CHANNELS} are accepted")
 
 
-def _open(data: bytes, max_seconds: float) -> tuple[sf.SoundFile, str]:
-    sniffed = _sniff(data)
-    if data[:4] == b"RIFF":
-        check_wav_header(data, max_seconds)
-    try:
-        handle = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        if sniffed is None:
-            raise UnsupportedFormat(
-                "unrecognised audio format: send WAV, FLAC, Ogg Vorbis/Opus or MP3"
-            ) from exc
-        raise UndecodableAudio(f"cannot decode this {sniffed} file: {_reason(exc)}") from exc
-    name = SUPPORTED.get(handle.format)
-    if name is None:
-        handle.close()
-        raise UnsupportedFormat(
-            f"{handle.format} audio is not supported: send WAV, FLAC, Ogg Vorbis/Opus or MP3"
-        )
-    return handle, name
+def check_samples(block: np.ndarray) -> None:
+    """Refuse float samples that are NaN, infinite or beyond ``MAX_ABS_SAMPLE``."""
+    if block.min(initial=0.0) >= -MAX_ABS_SAMPLE and block.max(initial=0.0) <= MAX_ABS_SAMPLE:
+        return  # False for NaN too: min/max propagate it
+    if not np.isfinite(block).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    peak = float(np.abs(block).max())
+    raise AudioError(
+        f"audio samples reach {peak:.3g}: float samples must lie within "
+        f"+-{MAX_ABS_SAMPLE:g} (full scale is +-1.0)"
+    )
+
+
+def _known_length(handle: sf.SoundFile) -> bool:
+    return 0 < handle.frames < UNKNOWN_LENGTH
 
 
 def _check_header(handle: sf.SoundFile, max_seconds: float) -> None:
-    if handle.channels < 1:
-        raise AudioError("the file declares 0 channels")
-    if handle.channels > MAX_CHANNELS:
-        raise AudioError(f"{handle.channels} channels: at most {MAX_CHANNELS} are accepted")
-    _check_rate(handle.samplerate)
+    check_channels(handle.channels)
+    check_rate(handle.samplerate)
     claimed = handle.frames / handle.samplerate
-    if handle.frames > 0 and claimed > max_seconds:
+    if _known_length(handle) and claimed > max_seconds:
         raise AudioTooLong(f"audio is {claimed:.1f} s long: the limit is {max_seconds:g} s")
 
 
-def _read_mono(handle: sf.SoundFile, max_seconds: float, target_rate: int) -> np.ndarray:
-    """Stream blocks: check finiteness, mix to mono, resample; stop past the limit."""
-    rate = handle.samplerate
-    limit = int(max_seconds * rate)
-    stream = (
-        None
-        if rate == target_rate
-        else soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
-    )
-    pieces: list[np.ndarray] = []
+def _blocks(handle: sf.SoundFile, name: str, max_seconds: float) -> Iterator[np.ndarray]:
+    """Checked (frames, channels) float32 blocks; ``AudioTooLong`` once past the limit."""
+    check = handle.subtype not in _BOUNDED
+    limit = int(max_seconds * handle.samplerate)
+    block = np.empty((BLOCK_FRAMES, handle.channels), np.float32)
     read = 0
-    while True:
-        block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-        if block.shape[0] == 0:
-            break
-        read += block.shape[0]
+    while frames := _read_into(handle, block, name):
+        read += frames
         if read > limit:
             raise AudioTooLong(f"audio is longer than the limit of {max_seconds:g} s")
-        if not np.isfinite(block).all():
-            raise AudioError("audio contains NaN or infinite samples")
-        mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-        pieces.append(mono if stream is None else stream.resample_chunk(mono))
-    if read == 0:
-        raise EmptyAudio("the file contains no audio samples")
-    if stream is not None:
-        pieces.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-    return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
+        if check:
+            check_samples(block[:frames])
+        yield block[:frames]
 
 
-def decode(data: bytes, target_rate: int, max_seconds: float) -> Decoded:
+def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
     """Decode an upload; raise an ``AudioError`` subclass naming what is wrong."""
-    if not data:
+    if not len(data):
         raise EmptyAudio("the file is empty (0 bytes)")
     handle, name = _open(data, max_seconds)
     with handle:
         _check_header(handle, max_seconds)
-        try:
-            wave = _read_mono(handle, max_seconds, target_rate)
-        except sf.LibsndfileError as exc:
-            raise UndecodableAudio(f"cannot decode this {name} file: {_reason(exc)}") from exc
-        read_s = wave.shape[0] / target_rate
-        return Decoded(wave, handle.samplerate, handle.channels, name, read_s)
+        rate, channels = handle.samplerate, handle.channels
+        limit = int(max_seconds * rate)
+        expected = min(handle.frames, limit) if _known_length(handle) else limit
+        sink = MonoSink(rate, target_rate, expected)
+        for block in _blocks(handle, name, max_seconds):
+            sink.push(block)
+    wave = sink.finish()
+    if wave.shape[0] == 0:
+        raise EmptyAudio("the file contains no audio samples")
+    return Decoded(wave, rate, channels, name, wave.shape[0] / target_rate)
 
 
 def decode_pcm(
-    data: bytes | memoryview,
+    data: Buffer,
     *,
     sample_rate: int,
     channels: int,
-    dtype: str,
+    dtype: Literal["int16", "float32"],
     target_rate: int,
     max_seconds: float,
 ) -> Decoded:
-    """Raw interleaved PCM (int16 or float32) to mono float32 at ``target_rate``."""
-    _check_rate(sample_rate)
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioError(f"channels must be in 1..{MAX_CHANNELS}")
-    width = 2 if dtype == "int16" else 4
-    if len(data) == 0:
+    """Raw interleaved little-endian PCM (no container) to the model's mono waveform.
+
+    Validated like a decoded upload (rate, channels, length limit; NaN/inf and the sample
+    bound for float32); int16 is scaled by 1/32768; resampled only when the rate differs.
+    """
+    check_rate(sample_rate)
+    check_channels(channels)
+    if dtype not in PCM_DTYPES:
+        raise AudioError(f"dtype {dtype!r} is not supported: send int16 or float32")
+    code, scale = PCM_DTYPES[dtype]
+    view = memoryview(data).cast("B")
+    frame_bytes = channels * np.dtype(code).itemsize
+    if view.nbytes == 0:
         raise EmptyAudio("the body is empty (0 bytes)")
-    if len(data) % (width * channels):
+    if view.nbytes % frame_bytes:
         raise AudioError(
-            f"{len(data)} bytes is not a whole number of {channels}-channel {dtype} frames"
+            f"the body holds {view.nbytes} bytes, not a whole number of frames: a frame of "
+            f"{channels} {dtype} channel(s) is {frame_bytes} bytes"
         )
-    frames = len(data) // (width * channels)
-    if frames / sample_rate > max_seconds:
-        raise AudioTooLong(
-            f"audio is {frames / sample_rate:.1f} s long: the limit is {max_seconds:g} s"
-        )
-    raw = np.frombuffer(data, "<i2" if dtype == "int16" else "<f4").reshape(frames, channels)
-    block = raw.astype(np.float32) * np.float32(1 / 32768) if dtype == "int16" else raw
-    if not np.isfinite(block).all():
-        raise AudioError("audio contains NaN or infinite samples")
-    mono = block[:, 0] if channels == 1 else block.sum(axis=1, dtype=np.float32) / channels
-    if sample_rate != target_rate:
-        mono = soxr.resample(mono, sample_rate, target_rate, quality="HQ")
-    wave = np.ascontiguousarray(mono, dtype=np.float32)
+    frames = view.nbytes // frame_bytes
+    if frames > int(max_seconds * sample_rate):
+        seconds = frames / sample_rate
+        raise AudioTooLong(f"audio is {seconds:.1f} s long: the limit is {max_seconds:g} s")
+    samples = np.frombuffer(view, dtype=code).reshape(frames, channels)
+    sink = MonoSink(sample_rate, target_rate, frames)
+    for start in range(0, frames, BLOCK_FRAMES):
+        block = samples[start : start + BLOCK_FRAMES]
+        if dtype == "float32":
+            check_samples(block)
+        sink.push(block, scale)
+    wave = sink.finish()
     return Decoded(wave, sample_rate, channels, "PCM", wave.shape[0] / target_rate)

@@ -31,7 +31,7 @@ class AudioInput:
     or ``waveform`` (float, ``(samples,)`` or ``(samples, channels)`` at ``sample_rate``)."""
 
     name: str
-    data: bytes | memoryview | None = None
+    data: bytes | bytearray | memoryview | None = None
     path: Path | None = None
     waveform: np.ndarray | None = None
     sample_rate: int | None = None
@@ -52,7 +52,7 @@ class AudioInput:
                 target_rate=target_rate,
                 max_seconds=max_seconds,
             )
-        return decode(bytes(data), target_rate, max_seconds)
+        return decode(data, target_rate, max_seconds)  # any buffer: read in place, no copy
 
 
 Source = AudioInput | bytes | str | os.PathLike[str] | tuple[np.ndarray, int]

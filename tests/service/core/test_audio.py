@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from service.core.audio import (
+    MAX_ABS_SAMPLE,
     AudioError,
     AudioTooLong,
     EmptyAudio,
     UndecodableAudio,
     UnsupportedFormat,
     decode,
+    decode_pcm,
 )
+from service.core.backends import BackendOptions, Precision
+from service.core.backends.ort import OrtBackend
+from service.core.mixdown import mix_into
 from tests.conftest import shared_path
-from tests.service.conftest import RATE, encode, sine
+from tests.service.audio_files import (
+    adts_aac,
+    id3_tag,
+    streamed_wav,
+    unknown_length_flac,
+    with_byte,
+)
+from tests.service.conftest import RATE, encode, noise, sine
 
 LOSSLESS = [
-    ("WAV", "PCM_U8", 2 / 256), ("WAV", "PCM_16", 1e-4), ("WAV", "PCM_24", 1e-6),
-    ("WAV", "PCM_32", 1e-6), ("WAV", "FLOAT", 0.0), ("WAV", "DOUBLE", 1e-7),
-    ("FLAC", "PCM_16", 1e-4), ("FLAC", "PCM_24", 1e-6),
+    ("WAV", "PCM_U8", 2 / 256),
+    ("WAV", "PCM_16", 1e-4),
+    ("WAV", "PCM_24", 1e-6),
+    ("WAV", "PCM_32", 1e-6),
+    ("WAV", "FLOAT", 0.0),
+    ("WAV", "DOUBLE", 1e-7),
+    ("FLAC", "PCM_16", 1e-4),
+    ("FLAC", "PCM_24", 1e-6),
 ]
 LOSSY = [("OGG", "VORBIS", 44100), ("OGG", "OPUS", 48000), ("MP3", "MPEG_LAYER_III", 44100)]
 
@@ -68,8 +86,14 @@ def test_stereo_and_multichannel_are_mixed_to_mono() -> None:
     assert np.allclose(decode(encode(six, RATE), RATE, 60).waveform, left, atol=1e-6)
 
 
-AUDIO = ["R9_ZSCveAHg_7s.wav", "R9_ZSCveAHg_7s.mp3", "metro_station_paris.wav",
-         "speech_female_librispeech.ogg", "trumpet_solo.ogg", "whale_humpback.ogg"]
+AUDIO = [
+    "R9_ZSCveAHg_7s.wav",
+    "R9_ZSCveAHg_7s.mp3",
+    "metro_station_paris.wav",
+    "speech_female_librispeech.ogg",
+    "trumpet_solo.ogg",
+    "whale_humpback.ogg",
+]
 
 
 @pytest.mark.parametrize("name", AUDIO)
@@ -85,8 +109,16 @@ def test_real_recordings_decode(name: str) -> None:
 def _wav_header(channels: int, rate: int, data_bytes: int, bits: int = 16) -> bytes:
     align = channels * bits // 8
     fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * align) & 0xFFFFFFFF, align, bits)
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt "
-            + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 BAD = [
@@ -105,7 +137,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("data", "error", "words"), BAD)
-def test_bad_input_is_refused_with_a_reason(data: bytes, error: type, words: str) -> None:
+def test_bad_input_is_refused_with_a_reason(
+    data: bytes, error: type[AudioError], words: str
+) -> None:
     with pytest.raises(error) as info:
         decode(data, RATE, 600)
     assert words in info.value.message
@@ -138,3 +172,211 @@ def test_truncated_compressed_files_never_crash() -> None:
                 assert exc.status in (400, 413, 415) and exc.message
             else:
                 assert out.duration_s <= 2.1 and np.isfinite(out.waveform).all()
+
+
+def test_flac_of_unknown_length_is_read_and_limited_while_decoding() -> None:
+    """total_samples = 0 (a FLAC written to a pipe) was refused as 288230376151711.8 s."""
+    x = sine(440, 3.0, RATE)
+    data = unknown_length_flac(x, RATE)
+    out = decode(data, RATE, 60)
+    assert out.duration_s == pytest.approx(3.0)
+    assert np.max(np.abs(out.waveform - x)) < 1e-4
+    with pytest.raises(AudioTooLong, match="longer than the limit of 2 s"):
+        decode(data, RATE, 2)
+
+
+@pytest.mark.parametrize(("size", "riff"), [(0, None), (0, 0), (0xFFFFFFFF, None)])
+def test_streamed_wav_without_a_data_size_is_read_to_the_end(size: int, riff: int | None) -> None:
+    """A data size of 0 (streamed WAV) gave empty_audio although the file holds 1 s."""
+    x = sine(440, 1.0, RATE)
+    out = decode(streamed_wav(x, RATE, size, riff), RATE, 60)
+    assert out.duration_s == pytest.approx(1.0)
+    assert np.max(np.abs(out.waveform - x)) < 1e-4
+    too_long = streamed_wav(np.zeros(RATE * 5, np.float32), RATE, size, riff)
+    with pytest.raises(AudioTooLong, match="limit"):
+        decode(too_long, RATE, 4)
+
+
+@pytest.mark.parametrize("peak", [1e30, 3e38, -4.7e18, MAX_ABS_SAMPLE * 1.01])
+def test_float_samples_beyond_the_bound_are_refused(peak: float) -> None:
+    """Finite floats near 1e18 overflow the model's power spectrum: null scores before."""
+    x = sine(440, 1.0, RATE)
+    x[RATE // 2] = peak
+    with pytest.raises(AudioError, match=rf"must lie within \+-{MAX_ABS_SAMPLE:g} ") as info:
+        decode(encode(x, RATE, "WAV", "FLOAT"), RATE, 60)
+    assert f"{abs(peak):.3g}" in info.value.message and info.value.status == 400
+
+
+def test_float_samples_at_the_bound_are_accepted() -> None:
+    x = np.sign(sine(1000, 1.0, RATE)) * np.float32(MAX_ABS_SAMPLE)
+    out = decode(encode(x, RATE, "WAV", "FLOAT"), RATE, 60)
+    assert np.abs(out.waveform).max() == MAX_ABS_SAMPLE
+
+
+@pytest.mark.slow
+def test_the_sample_bound_keeps_every_variant_finite(variants_bundle: Path) -> None:
+    """The loudest signals the bound admits give finite scores in fp32, fp16 and int8."""
+    t = np.arange(2 * RATE) / RATE
+    loudest = np.stack(
+        [
+            np.sign(np.sin(2 * np.pi * 1000 * t)),
+            np.sin(2 * np.pi * 60 * t),
+            np.random.default_rng(0).uniform(-1, 1, t.size),
+            np.ones(t.size),
+        ]
+    )
+    precisions: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+    for precision in precisions:
+        options = BackendOptions(device="cpu", precision=precision, threads=1)
+        engine = OrtBackend(variants_bundle, options)
+        outputs = engine.run((MAX_ABS_SAMPLE * loudest).astype(np.float32))
+        assert all(np.isfinite(v).all() for v in outputs.values()), precision
+
+
+FOREIGN = [
+    (adts_aac(), "AAC (ADTS)"),
+    (adts_aac()[:7] + bytes([0xFF, 0xF9]) + bytes(300), "AAC (ADTS)"),  # MPEG-2 AAC
+    (id3_tag() + adts_aac(), "AAC (ADTS)"),
+    (bytes(4) + b"ftypM4A " + bytes(200), "MP4/M4A"),
+    (b"\x1aE\xdf\xa3" + bytes(200), "Matroska/WebM"),
+]
+
+
+@pytest.mark.parametrize(("data", "name"), FOREIGN)
+def test_foreign_containers_are_named_as_unsupported(data: bytes, name: str) -> None:
+    """AAC was answered 'cannot decode this MP3 file' (400): it is a format we do not take."""
+    with pytest.raises(UnsupportedFormat) as info:
+        decode(data, RATE, 60)
+    assert info.value.status == 415 and info.value.message.startswith(f"{name} audio is not")
+
+
+LEAKS = ("internal", "psf_", "sf_", "error :", "unspecified", "unknown error", "bytesio")
+
+
+def _mutations() -> list[bytes]:
+    """Seeded damage (bytes changed in the header and the stream, cuts) to four formats."""
+    rng = np.random.default_rng(7)
+    sources = [
+        encode(noise(0.5, 3, 44100), 44100, fmt, sub)
+        for fmt, sub in (("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("WAV", "PCM_24"))
+    ]
+    cases = [with_byte(sources[0], 34, 0), with_byte(sources[1], 6, 1)]  # both leaked before
+    for i in range(120):
+        data = bytearray(sources[i % len(sources)])
+        for _ in range(1 + i % 4):
+            data[int(rng.integers(0, 120 if i % 2 else len(data)))] = int(rng.integers(256))
+        cases.append(bytes(data[: len(data) - int(rng.integers(0, 2)) * len(data) // 3]))
+    return cases
+
+
+def test_libsndfile_internals_never_reach_the_message() -> None:
+    """'Internal psf_fseek() failed', 'Unspecified internal error': say what is wrong."""
+    for data in _mutations():
+        try:
+            out = decode(data, RATE, 60)
+        except AudioError as exc:
+            assert exc.status in (400, 413, 415) and exc.message
+            assert not any(word in exc.message.lower() for word in LEAKS), exc.message
+        else:
+            assert np.isfinite(out.waveform).all()
+
+
+def test_decode_takes_any_bytes_like_body_and_returns_one_array() -> None:
+    data = encode(noise(2.0, 4, 44100, channels=2), 44100, "WAV", "PCM_16")
+    want = decode(data, RATE, 60).waveform
+    for body in (bytearray(data), memoryview(data)):
+        got = decode(body, RATE, 60).waveform
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.owndata and got.flags.c_contiguous  # trimmed in place, not a view
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_mixdown_is_the_channel_mean(channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    block = rng.uniform(-1, 1, (1000, channels)).astype(np.float32)
+    out = np.empty(1000, np.float32)
+    mix_into(block, out)
+    np.testing.assert_allclose(out, block.astype(np.float64).mean(axis=1), atol=1e-6)
+    ints = (block * 32767).astype(np.int16)  # int16 adds in float32: no wrap-around
+    mix_into(ints, out, 1 / 32768)
+    np.testing.assert_allclose(out, ints.mean(axis=1) / 32768, atol=1e-6)
+
+
+# Raw PCM (the application/octet-stream door): validated like a decoded upload.
+
+
+def test_pcm_int16_and_float32_are_scaled_and_mixed() -> None:
+    stereo = noise(1.0, 5, RATE, channels=2)
+    ints = np.round(stereo * 32767).astype("<i2")
+    out = decode_pcm(
+        ints.tobytes(),
+        sample_rate=RATE,
+        channels=2,
+        dtype="int16",
+        target_rate=RATE,
+        max_seconds=60,
+    )
+    assert (out.format, out.channels, out.source_rate) == ("PCM", 2, RATE)
+    np.testing.assert_allclose(out.waveform, ints.mean(axis=1) / 32768, atol=1e-6)
+    mono = decode_pcm(
+        bytearray(stereo[:, 0].astype("<f4").tobytes()),
+        sample_rate=RATE,
+        channels=1,
+        dtype="float32",
+        target_rate=RATE,
+        max_seconds=60,
+    )
+    np.testing.assert_array_equal(mono.waveform, stereo[:, 0])
+    assert mono.duration_s == pytest.approx(1.0)
+
+
+def test_pcm_is_resampled_only_when_the_rate_differs() -> None:
+    x = sine(1234.0, 2.0, 48000)
+    out = decode_pcm(
+        memoryview(x.tobytes()),
+        sample_rate=48000,
+        channels=1,
+        dtype="float32",
+        target_rate=RATE,
+        max_seconds=60,
+    )
+    assert out.source_rate == 48000 and out.waveform.shape[0] == pytest.approx(2 * RATE, abs=2)
+    assert peak_hz(out.waveform, RATE) == pytest.approx(1234.0, abs=1.0)
+
+
+def _pcm(data: bytes, **kw: object) -> None:
+    args: dict[str, object] = {
+        "sample_rate": RATE,
+        "channels": 1,
+        "dtype": "float32",
+        "target_rate": RATE,
+        "max_seconds": 2,
+        **kw,
+    }
+    decode_pcm(data, **args)  # type: ignore[arg-type]
+
+
+ONE_S = sine(440, 1.0, RATE)
+NAN_PCM = ONE_S.copy()
+NAN_PCM[7] = np.nan
+BAD_PCM = [
+    (ONE_S.tobytes(), {"sample_rate": 500}, AudioError, "sample rate 500 Hz"),
+    (ONE_S.tobytes(), {"channels": 0}, AudioError, "0 channels"),
+    (ONE_S.tobytes(), {"channels": 65}, AudioError, "at most 64"),
+    (ONE_S.tobytes(), {"dtype": "int8"}, AudioError, "int16 or float32"),
+    (ONE_S.tobytes()[:-2], {}, AudioError, "not a whole number of frames"),
+    (ONE_S.tobytes(), {"channels": 3}, AudioError, "3 float32 channel(s) is 12 bytes"),
+    (b"", {}, EmptyAudio, "empty"),
+    (np.zeros(3 * RATE, np.float32).tobytes(), {}, AudioTooLong, "3.0 s long"),
+    (NAN_PCM.tobytes(), {}, AudioError, "NaN or infinite"),
+    ((ONE_S * 1e6).tobytes(), {}, AudioError, "must lie within"),
+]
+
+
+@pytest.mark.parametrize(("data", "kw", "error", "words"), BAD_PCM)
+def test_bad_pcm_is_refused_with_a_reason(
+    data: bytes, kw: dict[str, object], error: type[AudioError], words: str
+) -> None:
+    with pytest.raises(error) as info:
+        _pcm(data, **kw)
+    assert words in info.value.message

@@ -1,0 +1,89 @@
+"""Mix decoded blocks down to mono and resample them into one preallocated float32 array.
+
+Decoders and the raw PCM door hand over (frames, channels) blocks; ``MonoSink`` writes each
+straight into the output (or through a streaming resampler), so a whole file never exists as
+a list of blocks plus their concatenation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import soxr
+
+# The resampler may emit a few samples more than the rate ratio (its final flush).
+_RESAMPLER_SLACK = 64
+
+
+def mix_into(block: np.ndarray, dest: np.ndarray, scale: float = 1.0) -> None:
+    """``dest = scale * mean(block, axis=1)`` in float32, without a float64 detour.
+
+    Column adds, not ``block.mean(axis=1)``: that reduction over a short strided axis costs
+    ~30x more (7 ms vs 0.2 ms per 10 s stereo clip). ``dtype`` makes int16 add in float32.
+    """
+    channels = block.shape[1]
+    factor = np.float32(scale / channels)
+    if channels == 1:
+        np.multiply(block[:, 0], factor, out=dest, dtype=np.float32)
+        return
+    np.add(block[:, 0], block[:, 1], out=dest, dtype=np.float32)
+    for c in range(2, channels):
+        np.add(dest, block[:, c], out=dest, dtype=np.float32)
+    dest *= factor
+
+
+class MonoSink:
+    """The mono output at ``target_rate``: allocated once for ``expected_frames`` input
+    frames, filled block by block, grown (one copy) only when a header understated its
+    length, and trimmed in place at the end."""
+
+    def __init__(self, rate: int, target_rate: int, expected_frames: int) -> None:
+        self._stream = (
+            None
+            if rate == target_rate
+            else soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+        )
+        size = math.ceil(expected_frames * target_rate / rate)
+        if self._stream is not None:
+            size += _RESAMPLER_SLACK
+        self._out = np.empty(size, np.float32)
+        self._scratch = np.empty(0, np.float32)
+        self._pos = 0
+
+    def push(self, block: np.ndarray, scale: float = 1.0) -> None:
+        """Mix ``block`` (frames, channels; float32 or int16) to mono, times ``scale``."""
+        frames = block.shape[0]
+        if self._stream is None:
+            self._reserve(frames)
+            mix_into(block, self._out[self._pos : self._pos + frames], scale)
+            self._pos += frames
+            return
+        if self._scratch.shape[0] < frames:
+            self._scratch = np.empty(frames, np.float32)
+        mono = self._scratch[:frames]
+        mix_into(block, mono, scale)
+        self._append(self._stream.resample_chunk(mono))
+
+    def finish(self) -> np.ndarray:
+        """The waveform; the sink is empty afterwards."""
+        if self._stream is not None:
+            self._append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        out, self._out = self._out, np.empty(0, np.float32)
+        if out.shape[0] > self._pos:
+            try:
+                out.resize(self._pos)  # realloc in place: returns the unused tail, no copy
+            except ValueError:  # pragma: no cover - only if a view were still alive
+                out = out[: self._pos].copy()
+        return out
+
+    def _append(self, chunk: np.ndarray) -> None:
+        self._reserve(chunk.shape[0])
+        self._out[self._pos : self._pos + chunk.shape[0]] = chunk
+        self._pos += chunk.shape[0]
+
+    def _reserve(self, frames: int) -> None:
+        if self._pos + frames > self._out.shape[0]:
+            grown = np.empty(max(self._pos + frames, self._out.shape[0] * 3 // 2), np.float32)
+            grown[: self._pos] = self._out[: self._pos]
+            self._out = grown
