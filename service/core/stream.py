@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import soxr
 
-from service.core.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioError
+from service.core.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, check_samples
 from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
 from service.core.card import ModelCard
 from service.core.errors import InvalidParameters
+from service.core.mixdown import mix_into
 from service.core.models import ModelRuntime
 from service.core.pipeline import MAX_WINDOW_S, WindowSpec
 from service.core.results import Event, FrameTrack, Top, events, top_entries, tracks
@@ -137,12 +138,11 @@ class PcmDecoder:
         self._rest = data[usable:]
         raw = np.frombuffer(data, self._dtype, count=usable // np.dtype(self._dtype).itemsize)
         block = raw.reshape(-1, self.config.channels)
-        if self.config.sample_format == "int16":
-            block = block.astype(np.float32) * np.float32(1 / 32768)
-        elif not np.isfinite(block).all():
-            raise AudioError("the stream contains NaN or infinite samples")
-        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        if self.config.sample_format != "int16":
+            check_samples(block)  # NaN, infinities and absurd magnitudes, as for uploads
+        scale = 1 / 32768 if self.config.sample_format == "int16" else 1.0
+        mono = np.empty(block.shape[0], np.float32)
+        mix_into(block, mono, scale)
         return mono if self._resampler is None else self._resampler.resample_chunk(mono)
 
     def finish(self) -> np.ndarray:
