@@ -353,7 +353,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    from service.card import read_card
+    from service.core.card import read_card
 
     with tempfile.TemporaryDirectory(prefix="panns-frontend-") as tmp:
         bundle = args.bundle

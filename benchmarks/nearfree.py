@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from service.card import (  # noqa: E402
+from service.core.card import (  # noqa: E402
     FileEntry,
     Label,
     ModelCard,

@@ -46,6 +46,18 @@ def service_module(name: str) -> ModuleType:
     return _first_module(f"service.core.{name}", f"service.{name}")
 
 
+def load_engine(bundle: Path, device: str, precision: str, threads: int = 0) -> Any:
+    """The service's ONNX Runtime engine on ``bundle`` (``run(batch) -> {kind: array}``),
+    whichever of its layouts this checkout has."""
+    ort_module = _first_module("service.core.backends.ort", "service.backend")
+    if hasattr(ort_module, "OrtBackend"):
+        options = importlib.import_module("service.core.backends").BackendOptions
+        return ort_module.OrtBackend(
+            bundle, options(device=device, precision=precision, threads=threads)
+        )
+    return ort_module.Engine(bundle, device=device, precision=precision, threads=threads)
+
+
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median thread CPU time of ``fn()`` in ms (one untimed call first)."""
     fn()
@@ -236,8 +248,7 @@ def json_stage(labels: list[Any], repeats: int) -> dict[str, Any]:
 
 def engine_stage(bundle: Path, max_batch: int, repeats: int) -> dict[str, float]:
     """The near-free engine's share per clip of one full batch (its floor, not the model)."""
-    backend = service_module("backend")
-    engine = backend.Engine(bundle, device="cpu", precision="fp32", threads=1)
+    engine = load_engine(bundle, device="cpu", precision="fp32", threads=1)
     batch = np.zeros((max_batch, engine.card.clip_samples), np.float32)
     return {"engine_run_per_clip": round(cpu_ms(lambda: engine.run(batch), repeats) / max_batch, 3)}
 
@@ -251,7 +262,7 @@ def all_stages(
     repeats: int,
 ) -> dict[str, Any]:
     """Every stage for every format (one representative file each)."""
-    from service.card import read_card
+    from service.core.card import read_card
 
     labels = list(read_card(bundle).labels)
     out: dict[str, Any] = {"unit": "CPU ms per 10 s clip (median)", "repeats": repeats}
