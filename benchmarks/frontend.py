@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
 from benchmarks.loadgen import probe, run_load  # noqa: E402
@@ -187,6 +186,8 @@ def measure(
     if status != 200:
         out.update(supported=False, status=status, message=body[:300].decode("utf-8", "replace"))
         return out
+    model = json.loads(body).get("model", {})
+    out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
     marks: dict[str, tuple[float, int, tuple[int, int]]] = {}
 
     def at_window(edge: str) -> None:

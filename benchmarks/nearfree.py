@@ -29,8 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from service.core.card import (  # noqa: E402
     FileEntry,
