@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,11 @@ def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _save(path: Path | None, result: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -351,8 +357,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the server (its own session) is stopped too
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     from service.core.card import read_card
 
@@ -380,8 +392,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "clip_s": args.clip_s,
                 "query": args.query,
             },
-            "load": {w: run_setting(w, bundle, requests, args) for w in args.workers},
+            "load": {},
         }
+        for workers in args.workers:
+            result["load"][workers] = run_setting(workers, bundle, requests, args)
+            _save(args.json, result)  # a run cut short keeps the settings it finished
         if len(args.workers) > 1:
             result["scaling"] = scaling(result["load"])
         if not args.no_stages:
@@ -397,10 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             stages["attribution"] = attribute(stages, result["load"][args.workers[0]])
             result["stages"] = stages
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    _save(args.json, result)
     return result
 
 

@@ -320,14 +320,33 @@ def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
         ]
         timeout = max(30.0, report.left_s() - 10)
         log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
-        proc = subprocess.run(cmd, cwd=REPO, timeout=timeout, stdout=subprocess.DEVNULL)
-        if proc.returncode != 0 or not result_path.is_file():
-            raise RuntimeError(f"benchmarks/frontend.py exited with {proc.returncode}")
+        note = _run_bounded(cmd, timeout)
+        if not result_path.is_file():
+            raise RuntimeError(note or "benchmarks/frontend.py wrote no result")
         result = json.loads(result_path.read_text())
+    engines = report.doc.get("engines", {})
     return {
         "frontend": result,
-        "vs_raw_fp16": _vs_raw(result, report.doc.get("engines", {}), args.service_max_batch),
+        "note": note,
+        "vs_raw_fp16": _vs_raw(result, engines, args.service_max_batch),
     }
+
+
+def _run_bounded(cmd: list[str], timeout: float) -> str | None:
+    """Run ``cmd``; past ``timeout`` send SIGTERM (frontend.py then stops its server), then
+    SIGKILL. Returns what went wrong, if anything."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return f"benchmarks/frontend.py stopped after {timeout:.0f} s (time budget)"
+    return None if code == 0 else f"benchmarks/frontend.py exited with {code}"
 
 
 def _vs_raw(frontend: dict[str, Any], engines: dict[str, Any], max_batch: int) -> Any:
