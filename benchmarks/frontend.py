@@ -11,7 +11,9 @@ PCM (``application/octet-stream``; a server without that door answers 415 and th
 reported as unsupported). Prints JSON:
 
 * per worker setting and format: clips/s at saturation, latency, server CPU ms per clip (all
-  processes of the server's tree, from /proc), client CPU ms per clip, machine busy %;
+  processes of the server's tree, from /proc), client CPU ms per clip, machine busy %, and
+  the cores other processes kept busy meanwhile (when that is not ~0, clips/s and the scaling
+  ratio measure the neighbours; CPU per clip still holds);
 * ``scaling``: clips/s of each worker setting over the first one's, per format;
 * ``stages`` (``--no-stages`` to skip): CPU ms per clip of each stage, timed in-process on the
   service's own functions (``benchmarks/stages.py``), and what the load run's server CPU per
@@ -114,6 +116,11 @@ def machine_busy() -> tuple[int, int]:
     values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
+
+
+def _machine_cores(busy: list[int]) -> float:
+    """Cores busy over a window, from (busy, total) jiffies summed over every CPU."""
+    return busy[0] / busy[1] * (os.cpu_count() or 1) if busy[1] else 0.0
 
 
 def free_port() -> int:
@@ -225,6 +232,11 @@ def measure(
         server_processes=marks["end"][1],
         client_cpu_ms_per_clip=per_clip(load.client_cpu_s),
         machine_busy_pct=round(100 * busy[0] / busy[1], 1) if busy[1] else None,
+        # cores busy with neither the server nor the clients: other work on the machine, which
+        # makes clips/s (not CPU per clip) unreliable
+        others_cores_busy=round(
+            _machine_cores(busy) - (cpu + load.client_cpu_s) / load.duration_s, 2
+        ),
     )
     return out
 
