@@ -295,8 +295,8 @@ def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
     """Server CPU per clip (load run) minus the stages timed in-process, per format."""
-    response = stages["response_json"]["pydantic_build_validate_dump"]
-    engine = stages["engine"]["engine_run_per_clip"]
+    response = stages["response_json"].get("pydantic_build_validate_dump") or 0.0
+    engine = stages["engine"].get("engine_run_per_clip") or 0.0
     out = {}
     for fmt, measured in load.items():
         server = measured.get("server_cpu_ms_per_clip")
@@ -306,9 +306,9 @@ def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
         timed = sum(
             st.get(k) or 0.0
             for k in (
-                "multipart_read",
+                "body_read",
                 "decode_total",
-                "int16_to_float32",
+                "decode_pcm",
                 "windows_cut",
                 "batch_stack_per_clip",
             )

@@ -16,7 +16,7 @@ import io
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -134,23 +134,38 @@ def window_stage(wave: np.ndarray, clip: int, max_batch: int, repeats: int) -> d
     }
 
 
-def multipart_stage(data: bytes, repeats: int) -> dict[str, Any]:
-    """The multipart reader on a real Starlette request fed 64 KiB body messages."""
+def _body_reader(upload: ModuleType) -> Callable[[Any], Awaitable[bytes]]:
+    """The service's body reader, in whichever form this checkout has: the first file's bytes."""
+    if hasattr(upload, "read_body"):  # one reader for multipart and raw bodies
+        limits = upload.BodyLimits(max_bytes=1 << 30, max_files=32, idle_s=60.0, total_s=600.0)
+
+        async def read_body(request: Any) -> bytes:
+            return bytes((await upload.read_body(request, limits)).files[0].data)
+
+        return read_body
+
+    async def read_files(request: Any) -> bytes:
+        return bytes((await upload.read_files(request, 1 << 30, 32))[0].data)
+
+    return read_files
+
+
+def body_stage(fmt: Format, data: bytes, repeats: int) -> dict[str, Any]:
+    """The service's upload reader on a real Starlette request fed 64 KiB body messages."""
     from starlette.requests import Request
 
-    try:
-        upload = _first_module("service.upload", "service.http.upload", "service.routes.upload")
-    except ModuleNotFoundError as exc:
-        return {"multipart_read": None, "multipart": str(exc)}
-    body = multipart_body(data, "clip.bin")
+    read_with = _body_reader(_first_module("service.upload", "service.http.upload"))
+    if fmt.container is None:
+        body, ctype = data, "application/octet-stream"
+        query = b"sample_rate=32000&channels=1&dtype=int16"
+    else:
+        body, ctype = multipart_body(data, "clip.bin"), f"multipart/form-data; boundary={BOUNDARY}"
+        query = b""
     chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
-    headers = [
-        (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
     loop = asyncio.new_event_loop()
 
-    def read() -> object:
+    def read() -> bytes:
         sent = 0
 
         async def receive() -> dict[str, object]:
@@ -164,14 +179,14 @@ def multipart_stage(data: bytes, repeats: int) -> dict[str, Any]:
             "method": "POST",
             "path": "/v1/tag",
             "headers": headers,
-            "query_string": b"",
+            "query_string": query,
         }
-        request = Request(scope, receive)
-        parts = loop.run_until_complete(upload.read_files(request, 1 << 30, 32))
-        return parts[0].data
+        return loop.run_until_complete(read_with(Request(scope, receive)))
 
     try:
-        return {"multipart_read": cpu_ms(read, repeats), "chunks": len(chunks)}
+        if read() != data:
+            raise RuntimeError("the upload reader returned other bytes than were sent")
+        return {"body_read": cpu_ms(read, repeats), "chunks": len(chunks)}
     finally:
         loop.close()
 
@@ -253,6 +268,50 @@ def engine_stage(bundle: Path, max_batch: int, repeats: int) -> dict[str, float]
     return {"engine_run_per_clip": round(cpu_ms(lambda: engine.run(batch), repeats) / max_batch, 3)}
 
 
+def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One stage's numbers, or why it could not be timed (the service may have changed)."""
+    try:
+        return fn()
+    except Exception as exc:  # reported in the JSON; the other stages still run
+        return {f"{name}_error": f"{type(exc).__name__}: {exc}"}
+
+
+def pcm_door_stage(data: bytes, model_rate: int, repeats: int) -> dict[str, Any]:
+    """The service's own raw PCM decoder, where it has one."""
+    audio = service_module("audio")
+    if not hasattr(audio, "decode_pcm"):
+        return {"decode_pcm": None}
+
+    def run() -> object:
+        return audio.decode_pcm(
+            data,
+            sample_rate=model_rate,
+            channels=1,
+            dtype="int16",
+            target_rate=model_rate,
+            max_seconds=600.0,
+        )
+
+    return {"decode_pcm": cpu_ms(run, repeats)}
+
+
+def _format_stages(
+    fmt: Format, data: bytes, model_rate: int, clip: int, max_batch: int, repeats: int
+) -> dict[str, Any]:
+    stages: dict[str, Any] = {}
+    wave = np.zeros(clip, np.float32)
+    if fmt.container is None:
+        stages.update(_guarded("body", lambda: body_stage(fmt, data, repeats)))
+        stages.update(pcm_stage(data, repeats))
+        stages.update(_guarded("decode_pcm", lambda: pcm_door_stage(data, model_rate, repeats)))
+    else:
+        stages.update(_guarded("body", lambda: body_stage(fmt, data, repeats)))
+        stages.update(_guarded("decode", lambda: decode_stages(data, model_rate, repeats)))
+        wave = service_module("audio").decode(data, model_rate, 600.0).waveform
+    stages.update(_guarded("windows", lambda: window_stage(wave, clip, max_batch, repeats)))
+    return stages
+
+
 def all_stages(
     payloads: dict[str, tuple[Format, bytes]],
     bundle: Path,
@@ -266,17 +325,8 @@ def all_stages(
 
     labels = list(read_card(bundle).labels)
     out: dict[str, Any] = {"unit": "CPU ms per 10 s clip (median)", "repeats": repeats}
-    wave = np.zeros(clip, np.float32)
     for name, (fmt, data) in payloads.items():
-        stages: dict[str, Any] = {}
-        if fmt.container is None:
-            stages.update(pcm_stage(data, repeats))
-        else:
-            stages.update(multipart_stage(data, repeats))
-            stages.update(decode_stages(data, model_rate, repeats))
-            wave = service_module("audio").decode(data, model_rate, 600.0).waveform
-        stages.update(window_stage(wave, clip, max_batch, repeats))
-        out[name] = stages
-    out["response_json"] = json_stage(labels, repeats)
-    out["engine"] = engine_stage(bundle, max_batch, repeats)
+        out[name] = _format_stages(fmt, data, model_rate, clip, max_batch, repeats)
+    out["response_json"] = _guarded("json", lambda: json_stage(labels, repeats))
+    out["engine"] = _guarded("engine", lambda: engine_stage(bundle, max_batch, repeats))
     return out
