@@ -28,14 +28,16 @@ ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
 PART_MIB=${PART_MIB:-56}
 CALL_MIB=64
 
-# The service (fastapi ... soxr, orjson), the export (torchlibrosa -> librosa) and what they
-# need beyond the host's packages. Versions: the ones this project's tests run with.
+# The service (fastapi ... soxr, orjson, websockets for /v1/stream), the export (torchlibrosa
+# -> librosa) and what they need beyond the host's packages. Versions: the ones this project's
+# tests run with.
 SMALL=(
     fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7 opentelemetry-api==1.45.2
     uvicorn==0.54.0 httptools==0.9.0 h11==0.16.0 click==8.5.1 anyio==4.16.0 idna==3.20
     pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4
     typing-inspection==0.4.5 annotated-types==0.8.0 typing-extensions==4.16.0
-    python-multipart==0.0.34 prometheus-client==0.26.0 orjson==3.13.0
+    python-multipart==0.0.34 prometheus-client==0.26.0 orjson==3.13.0 fastapi-offline==1.7.7
+    websockets==17.4
     soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
     torchlibrosa==0.1.0 librosa==0.11.0 audioread==3.1.0 decorator==5.3.1 pooch==1.9.0
     platformdirs==4.14.9
