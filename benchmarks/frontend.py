@@ -1,0 +1,433 @@
+"""Front-end benchmark: how many uploads per second the service ingests, and at what CPU cost.
+
+    python benchmarks/frontend.py [--workers 1,2] [--duration-s 8] [--json out.json]
+
+Runs the real service (``python -m service``, one subprocess per worker setting, with
+``PANNS_WORKERS=N``) on a near-free model (``benchmarks/nearfree.py``: ReduceMean -> MatMul ->
+Sigmoid, so the model costs almost nothing and the numbers are the service's own), then loads
+it from client processes with raw keep-alive sockets and requests built once (see
+``loadgen``) with 10 s clips as 32 kHz mono WAV, 44.1 kHz stereo WAV, MP3, Ogg Vorbis and raw
+PCM (``application/octet-stream``; a server without that door answers 415 and the format is
+reported as unsupported). Prints JSON:
+
+* per worker setting and format: clips/s at saturation, latency, server CPU ms per clip (all
+  processes of the server's tree, from /proc), client CPU ms per clip, machine busy %, and
+  the cores other processes kept busy meanwhile (when that is not ~0, clips/s and the scaling
+  ratio measure the neighbours; CPU per clip still holds);
+* ``scaling``: clips/s of each worker setting over the first one's, per format;
+* ``stages`` (``--no-stages`` to skip): CPU ms per clip of each stage, timed in-process on the
+  service's own functions (``benchmarks/stages.py``), and what the load run's server CPU per
+  clip leaves unattributed to them (HTTP parsing, routing, the event loop, batching).
+
+``--bundle`` serves another bundle instead (a GPU host runs the real Cnn14 this way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
+
+from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
+from benchmarks.loadgen import probe, run_load  # noqa: E402
+
+log = logging.getLogger("benchmarks.frontend")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, the SIMD flags that matter here, cores, load: recorded with every result."""
+    model, flags = "unknown", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return {
+        "cpu": model,
+        "flags": [f for f in INTERESTING_FLAGS if f in flags],
+        "cpus": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "python": sys.version.split()[0],
+    }
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from 'state' on
+
+
+def tree_cpu(root: int) -> tuple[float, int]:
+    """(CPU seconds, process count) of ``root`` and its descendants; reaped children's time
+    is in their parent's cutime/cstime, so exited workers are counted too."""
+    parents: dict[int, int] = {}
+    fields: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (f := _stat_fields(entry)) is not None:
+            parents[int(entry)], fields[int(entry)] = int(f[1]), f
+    members, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parents.items() if p == pid and c not in members]
+        members.update(children)
+        frontier.extend(children)
+    ticks = sum(sum(int(x) for x in fields[p][11:15]) for p in members if p in fields)
+    return ticks / CLK_TCK, len(members & fields.keys())
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _machine_cores(busy: list[int]) -> float:
+    """Cores busy over a window, from (busy, total) jiffies summed over every CPU."""
+    return busy[0] / busy[1] * (os.cpu_count() or 1) if busy[1] else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``python -m service`` in its own process group, on a free port."""
+
+    def __init__(
+        self, bundle: Path, workers: str, extra_env: dict[str, str], connections: int
+    ) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "PANNS_MODELS": str(bundle),
+            "PANNS_HOST": "127.0.0.1",
+            "PANNS_PORT": str(self.port),
+            "PANNS_LOG_LEVEL": "warning",
+            "PANNS_MAX_QUEUE": str(max(512, 8 * connections)),
+        }
+        env.pop("PANNS_WORKERS", None)
+        if workers != "default":
+            env["PANNS_WORKERS"] = workers
+        env.update(extra_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with status {self.proc.returncode}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the service was not ready within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                log.warning("the service did not stop on SIGTERM; killing it")
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of our group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def _percentile_ms(values: list[float], q: int) -> float | None:
+    if len(values) < 2:
+        return round(values[0] * 1000, 1) if values else None
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
+
+
+def measure(
+    server: Server, fmt: Format, requests: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Saturate the server with one format; clips/s and CPU per clip in the window."""
+    status, body = probe(server.port, requests[0])
+    out: dict[str, Any] = {"description": fmt.description, "request_bytes": len(requests[0])}
+    if status != 200:
+        out.update(supported=False, status=status, message=body[:300].decode("utf-8", "replace"))
+        return out
+    model = json.loads(body).get("model", {})
+    out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
+    marks: dict[str, tuple[float, int, tuple[int, int]]] = {}
+
+    def at_window(edge: str) -> None:
+        cpu, count = tree_cpu(server.proc.pid)
+        marks[edge] = (cpu, count, machine_busy())
+
+    load = run_load(
+        server.port,
+        requests,
+        procs=args.procs,
+        connections=args.connections,
+        warmup_s=args.warmup_s,
+        duration_s=args.duration_s,
+        at_window=at_window,
+    )
+    ok = load.statuses.get(200, 0)
+    cpu = marks["end"][0] - marks["start"][0]
+    busy = [e - s for s, e in zip(marks["start"][2], marks["end"][2], strict=True)]
+
+    def per_clip(seconds: float) -> float | None:
+        return round(1000 * seconds / ok, 2) if ok else None
+
+    out.update(
+        supported=True,
+        clips_per_s=round(ok / load.duration_s, 1),
+        ok=ok,
+        statuses={str(k): v for k, v in sorted(load.statuses.items())},
+        transport_errors=load.errors,
+        first_error=load.first_error or None,
+        p50_ms=_percentile_ms(load.latencies, 50),
+        p95_ms=_percentile_ms(load.latencies, 95),
+        server_cpu_ms_per_clip=per_clip(cpu),
+        server_cores_busy=round(cpu / load.duration_s, 2),
+        server_processes=marks["end"][1],
+        client_cpu_ms_per_clip=per_clip(load.client_cpu_s),
+        machine_busy_pct=round(100 * busy[0] / busy[1], 1) if busy[1] else None,
+        # cores busy with neither the server nor the clients: other work on the machine, which
+        # makes clips/s (not CPU per clip) unreliable
+        others_cores_busy=round(
+            _machine_cores(busy) - (cpu + load.client_cpu_s) / load.duration_s, 2
+        ),
+    )
+    return out
+
+
+def run_setting(
+    workers: str, bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One server with ``PANNS_WORKERS=workers``, every format in turn."""
+    extra = dict(kv.split("=", 1) for kv in args.server_env)
+    server = Server(bundle, workers, extra, args.procs * args.connections)
+    try:
+        server.wait_ready(args.ready_timeout_s)
+        out: dict[str, Any] = {}
+        for name, reqs in requests.items():
+            log.info("workers=%s %s: %g s of load ...", workers, name, args.duration_s)
+            out[name] = measure(server, FORMATS[name], reqs, args)
+            log.info(
+                "  %s",
+                {k: out[name].get(k) for k in ("clips_per_s", "server_cpu_ms_per_clip", "status")},
+            )
+        return out
+    finally:
+        server.stop()
+
+
+def build_requests(
+    model_rate: int, args: argparse.Namespace
+) -> tuple[dict[str, list[bytes]], dict[str, bytes]]:
+    """Requests per format (built once), and one raw payload per format for the stages."""
+    requests, raw = {}, {}
+    query = dict(kv.split("=", 1) for kv in args.query)
+    for name in args.formats:
+        fmt = FORMATS[name]
+        datas = payloads(fmt, model_rate, args.clip_s, args.clips)
+        raw[name] = datas[0]
+        requests[name] = [http_request(fmt, d, model_rate, query=query) for d in datas]
+    return requests, raw
+
+
+def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """clips/s of every worker setting over the first one's, per format."""
+    settings = list(load)
+    out: dict[str, Any] = {"baseline_workers": settings[0]}
+    for fmt in load[settings[0]]:
+        base = load[settings[0]][fmt].get("clips_per_s")
+        out[fmt] = {
+            w: (
+                round(load[w][fmt]["clips_per_s"] / base, 2)
+                if base and load[w][fmt].get("clips_per_s")
+                else None
+            )
+            for w in settings[1:]
+        }
+    return out
+
+
+def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
+    """Server CPU per clip (load run) minus the stages timed in-process, per format."""
+    response = stages["response_json"].get("pydantic_build_validate_dump") or 0.0
+    engine = stages["engine"].get("engine_run_per_clip") or 0.0
+    out = {}
+    for fmt, measured in load.items():
+        server = measured.get("server_cpu_ms_per_clip")
+        if server is None or fmt not in stages:
+            continue
+        st = stages[fmt]
+        timed = sum(
+            st.get(k) or 0.0
+            for k in (
+                "body_read",
+                "decode_total",
+                "decode_pcm",
+                "windows_cut",
+                "batch_stack_per_clip",
+            )
+        )
+        timed += response + engine
+        out[fmt] = {
+            "server_cpu_ms_per_clip": server,
+            "stages_ms": round(timed, 2),
+            "unattributed_ms": round(server - timed, 2),
+        }
+    return out
+
+
+def _save(path: Path | None, result: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--workers",
+        default="1,2",
+        help="PANNS_WORKERS settings, comma-separated ('default': leave it unset)",
+    )
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"of {', '.join(FORMATS)}")
+    p.add_argument("--bundle", type=Path, help="serve this bundle (default: a near-free one)")
+    p.add_argument("--duration-s", type=float, default=8.0, help="measured window per format")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="load before the window")
+    p.add_argument("--procs", type=int, default=2, help="client processes")
+    p.add_argument("--connections", type=int, default=8, help="keep-alive sockets per process")
+    p.add_argument("--clips", type=int, default=4, help="different clips per format")
+    p.add_argument("--clip-s", type=float, default=10.0)
+    p.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra query parameter on every request (repeatable)",
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra environment for the service (repeatable)",
+    )
+    p.add_argument("--ready-timeout-s", type=float, default=180.0)
+    p.add_argument("--no-stages", action="store_true", help="skip the in-process stage timings")
+    p.add_argument("--stage-repeats", type=int, default=15)
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    args.workers = [w.strip() for w in args.workers.split(",") if w.strip()]
+    args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in args.formats if f not in FORMATS]
+    if unknown:
+        p.error(f"unknown format(s) {unknown}: choose from {', '.join(FORMATS)}")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the server (its own session) is stopped too
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    args = parse_args(argv)
+    from service.core.card import read_card
+
+    with tempfile.TemporaryDirectory(prefix="panns-frontend-") as tmp:
+        bundle = args.bundle
+        if bundle is None:
+            from benchmarks.nearfree import build_nearfree_bundle
+
+            bundle = build_nearfree_bundle(Path(tmp) / "nearfree", clip_s=args.clip_s)
+        card = read_card(bundle)
+        requests, raw = build_requests(card.sample_rate, args)
+        result: dict[str, Any] = {
+            "machine": machine(),
+            "command": " ".join(sys.argv),
+            "model": {
+                "name": card.name,
+                "arch": card.arch,
+                "bundle": str(args.bundle or "near-free"),
+            },
+            "load_generator": {
+                "procs": args.procs,
+                "connections_per_proc": args.connections,
+                "duration_s": args.duration_s,
+                "warmup_s": args.warmup_s,
+                "clip_s": args.clip_s,
+                "query": args.query,
+            },
+            "load": {},
+        }
+        for workers in args.workers:
+            result["load"][workers] = run_setting(workers, bundle, requests, args)
+            _save(args.json, result)  # a run cut short keeps the settings it finished
+        if len(args.workers) > 1:
+            result["scaling"] = scaling(result["load"])
+        if not args.no_stages:
+            from benchmarks.stages import all_stages
+
+            log.info("per-stage CPU cost, in-process ...")
+            chosen = {n: (FORMATS[n], raw[n]) for n in args.formats}
+            max_batch = int(
+                dict(kv.split("=", 1) for kv in args.server_env).get("PANNS_MAX_BATCH", 16)
+            )
+            stages = all_stages(
+                chosen, bundle, card.sample_rate, card.clip_samples, max_batch, args.stage_repeats
+            )
+            stages["attribution"] = attribute(stages, result["load"][args.workers[0]])
+            result["stages"] = stages
+    print(json.dumps(result, indent=2))
+    _save(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""The GPU check (issue 11 §5): engines side by side on CUDA, then the service at saturation.
+
+    python scripts/device/gpu_check.py --out gpu_check.json [--arch Cnn14] [--budget-s 420]
+
+Run by ``scripts/device/gpu_check.sh`` on the GPU host (which installs the carried wheels
+first). Stages, each recorded in the JSON as soon as it ends (a run cut short still leaves
+what it measured):
+
+1. ``env``: Python, torch, CUDA, ONNX Runtime and its providers, the GPU, the CPU;
+2. ``export``: ``--arch`` with deterministic weights (seed 0, BatchNorm statistics from one
+   pass over generated audio) exported with ``model_export`` to fp32 + fp16;
+3. ``engines``: PyTorch eager (fp32) vs ONNX Runtime CUDA fp32 vs fp16 through the service's
+   engine class, at each ``--batches`` size: clips/s (numpy in, numpy out, so host<->device
+   copies included), the first run's time (CUDA set-up, cuDNN algorithm search), and the
+   fp16-vs-fp32 max abs difference of the scores;
+4. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
+   default), and its clips/s over the raw fp16 engine's at the service's batch size.
+
+Stages 3-4 need CUDA: without it they are recorded as skipped, with the reason, and the exit
+status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:
+the environment or the export failed. ``--budget-s`` bounds the run: stages that would start
+too late are skipped, not cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
+
+log = logging.getLogger("gpu_check")
+CUDA_EP = "CUDAExecutionProvider"
+STAGES = ("env", "export", "engines", "service")
+
+
+class Skip(Exception):
+    """A stage that cannot run here; the message says why."""
+
+
+class Report:
+    """The JSON document, rewritten after every stage."""
+
+    def __init__(self, path: Path, budget_s: float) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.deadline = time.monotonic() + budget_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.save()
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
+        tmp.replace(self.path)
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any]], min_s: float = 0.0) -> None:
+        """Run one stage; record its result, or why it was skipped or failed."""
+        t0 = time.monotonic()
+        if self.left_s() < min_s:
+            result: dict[str, Any] = {
+                "skipped": f"time budget: {self.left_s():.0f} s left, "
+                f"the stage needs about {min_s:.0f} s"
+            }
+        else:
+            log.info("== %s", name)
+            try:
+                result = fn()
+            except Skip as exc:
+                result = {"skipped": str(exc)}
+            except Exception as exc:  # recorded, and the next stages still run
+                result = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=6),
+                }
+        result["elapsed_s"] = round(time.monotonic() - t0, 1)
+        for key in ("skipped", "error"):
+            if key in result:
+                log.warning("%s %s: %s", name, key, result[key])
+        self.doc[name] = result
+        self.save()
+
+
+def env_stage(args: argparse.Namespace) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    cuda = torch.cuda.is_available()
+    out: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda": cuda,
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "install": os.environ.get("GPU_CHECK_INSTALL", "not run by gpu_check.sh"),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        out["gpu"] = {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+        }
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        out["nvidia_smi"] = f"unavailable: {exc}"
+    if not cuda:
+        print(
+            "gpu_check: CUDA is not available here (torch.cuda.is_available() is False): "
+            "the engine and service stages need it"
+            + (" (--allow-cpu: running them on the CPU)" if args.allow_cpu else ""),
+            file=sys.stderr,
+        )
+    return out
+
+
+def deterministic_model(arch: str) -> Any:
+    """``arch`` with seed-0 weights and BatchNorm statistics from one training-mode pass over
+    generated audio and noise (fresh statistics leave some models with constant outputs)."""
+    import torch
+    from torch import nn
+
+    from model_export.audio import generated_batch
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    model: Any = create_model(arch)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # cumulative average over the one pass
+    rate = int(model.sample_rate)
+    noise = 0.1 * np.random.default_rng(1).standard_normal((2, 2 * rate)).astype(np.float32)
+    audio = np.concatenate([generated_batch(rate, 2, 2 * rate, seed=100), noise])
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(audio))
+    return model.eval()
+
+
+def export_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from model_export import ParityError, export_bundle
+
+    model = deterministic_model(args.arch)
+    out = work / args.arch.lower()
+    try:
+        card = export_bundle(model, out, arch=args.arch, fp16="fp16" in args.precisions)
+        note = None
+    except ParityError as exc:  # keep going with fp32: the engines stage still compares
+        card = export_bundle(model, out, arch=args.arch, fp16=False)
+        note = f"fp16 failed its parity gate: {exc}"
+    args.bundle, args.model = out, model
+    return {
+        "bundle": str(out),
+        "variants": list(card.files),
+        "fp16_note": note,
+        "parity": {k: v.model_dump() for k, v in card.parity.items()},
+    }
+
+
+def _time(run: Callable[[], object], batch: int, seconds: float) -> dict[str, float]:
+    """The first call's time, then clips/s over at least ``seconds`` (3 calls at least)."""
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    run()  # the second call can still allocate; not timed
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < seconds:
+        run()
+        calls += 1
+    elapsed = time.perf_counter() - t0
+    return {
+        "clips_per_s": round(batch * calls / elapsed, 1),
+        "ms_per_batch": round(1000 * elapsed / calls, 2),
+        "first_run_s": round(first, 2),
+    }
+
+
+def _devices(args: argparse.Namespace) -> tuple[str, str]:
+    """(torch device, ORT device) for the engines, or Skip."""
+    import onnxruntime as ort
+    import torch
+
+    cuda, ort_cuda = torch.cuda.is_available(), CUDA_EP in ort.get_available_providers()
+    if cuda and ort_cuda:
+        return "cuda", "cuda"
+    if args.allow_cpu:
+        return ("cuda" if cuda else "cpu"), ("cuda" if ort_cuda else "cpu")
+    why = [] if cuda else ["torch sees no CUDA device"]
+    if not ort_cuda:
+        why.append(
+            f"ONNX Runtime {ort.__version__} offers only {ort.get_available_providers()}"
+            f" ({os.environ.get('GPU_CHECK_INSTALL', 'onnxruntime-gpu not installed')})"
+        )
+    raise Skip("CUDA needed: " + "; ".join(why))
+
+
+def _eager(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    def run(clips: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(clips).to(device)
+            return np.asarray(model(x)["clipwise_output"].cpu().numpy())
+
+    return run
+
+
+def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.stages import load_engine
+    from model_export.audio import generated_batch
+
+    torch_device, ort_device = _devices(args)
+    if args.bundle is None:
+        raise Skip("no bundle: the export stage did not run or failed")
+    model = args.model.to(torch_device)
+    engines = {"ort_" + p: load_engine(args.bundle, ort_device, p) for p in args.precisions}
+    rate, clip = engines["ort_fp32"].card.sample_rate, engines["ort_fp32"].card.clip_samples
+    out: dict[str, Any] = {
+        "torch_device": torch_device,
+        "providers": {k: e.provider for k, e in engines.items()},
+        "clip_samples": clip,
+        "measure_s": args.seconds,
+        "batches": {},
+    }
+    if ort_device == "cuda" and any(e.provider != CUDA_EP for e in engines.values()):
+        out["error"] = (
+            f"the CUDA provider did not load (got {out['providers']}; see the log): "
+            "ONNX Runtime not timed"
+        )
+        engines = {}
+    pool = generated_batch(rate, 8, clip, seed=7)
+    runners = {"torch_eager_fp32": _eager(model, torch_device)}
+    runners.update({name: _clipwise(engine) for name, engine in engines.items()})
+    for batch in args.batches:
+        clips = pool[np.arange(batch) % len(pool)]
+        row = {name: _time(_bind(run, clips), batch, args.seconds) for name, run in runners.items()}
+        out["batches"][str(batch)] = row
+        log.info("batch %d: %s", batch, {k: v["clips_per_s"] for k, v in row.items()})
+    if "ort_fp32" in runners:
+        base = runners["ort_fp32"](pool)
+        out["max_abs_diff_vs_ort_fp32"] = {
+            k: float(np.max(np.abs(run(pool) - base)))
+            for k, run in runners.items()
+            if k != "ort_fp32"
+        }
+    return out
+
+
+def _clipwise(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+    def run(clips: np.ndarray) -> np.ndarray:
+        return np.asarray(engine.run(clips)["clipwise"])
+
+    return run
+
+
+def _bind(run: Callable[[np.ndarray], np.ndarray], clips: np.ndarray) -> Callable[[], object]:
+    return lambda: run(clips)
+
+
+def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
+    _, ort_device = _devices(args)
+    if args.bundle is None:
+        raise Skip("no bundle: the export stage did not run or failed")
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "frontend.json"
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks" / "frontend.py"),
+            "--bundle",
+            str(args.bundle),
+            "--workers",
+            args.service_workers,
+            "--formats",
+            args.service_formats,
+            "--no-stages",
+            "--duration-s",
+            str(args.service_duration_s),
+            "--warmup-s",
+            "4",
+            "--procs",
+            str(args.service_procs),
+            "--connections",
+            str(args.service_connections),
+            "--ready-timeout-s",
+            "240",
+            "--server-env",
+            f"PANNS_MAX_BATCH={args.service_max_batch}",
+            "--server-env",
+            "PANNS_WARMUP=ends",
+            "--server-env",
+            f"PANNS_DEVICE={ort_device}",
+            "--json",
+            str(result_path),
+        ]
+        timeout = max(30.0, report.left_s() - 10)
+        log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
+        note = _run_bounded(cmd, timeout)
+        if not result_path.is_file():
+            raise RuntimeError(note or "benchmarks/frontend.py wrote no result")
+        result = json.loads(result_path.read_text())
+    engines = report.doc.get("engines", {})
+    return {
+        "frontend": result,
+        "note": note,
+        "vs_raw_fp16": _vs_raw(result, engines, args.service_max_batch),
+    }
+
+
+def _run_bounded(cmd: list[str], timeout: float) -> str | None:
+    """Run ``cmd``; past ``timeout`` send SIGTERM (frontend.py then stops its server), then
+    SIGKILL. Returns what went wrong, if anything."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return f"benchmarks/frontend.py stopped after {timeout:.0f} s (time budget)"
+    return None if code == 0 else f"benchmarks/frontend.py exited with {code}"
+
+
+def _vs_raw(frontend: dict[str, Any], engines: dict[str, Any], max_batch: int) -> Any:
+    """Service clips/s per format over the raw ORT fp16 engine at the service's batch size."""
+    measured = [int(b) for b in engines.get("batches", {}) if int(b) <= max_batch]
+    if not measured:
+        return None
+    batch = max(measured)
+    row = engines["batches"][str(batch)]
+    raw = (row.get("ort_fp16") or row.get("ort_fp32") or {}).get("clips_per_s")
+    out: dict[str, Any] = {"raw_batch": batch, "raw_clips_per_s": raw}
+    for workers, formats in frontend.get("load", {}).items():
+        for fmt, res in formats.items():
+            if raw and res.get("clips_per_s"):
+                out[f"workers={workers} {fmt}"] = round(res["clips_per_s"] / raw, 3)
+    return out
+
+
+def summary(doc: dict[str, Any]) -> None:
+    """A short table last on stdout (a device run returns the end of the output)."""
+    print("\n== gpu_check summary")
+    env = doc.get("env", {})
+    print(
+        f"gpu: {env.get('gpu')}  cuda: {env.get('cuda')}  ort: {env.get('onnxruntime')} "
+        f"{env.get('ort_providers')}"
+    )
+    for stage in ("export", "engines", "service"):
+        if stage not in doc:
+            continue
+        st = doc[stage]
+        state = st.get("skipped") or st.get("error") or "ok"
+        print(f"{stage}: {state} ({st.get('elapsed_s')} s)")
+    for batch, row in doc.get("engines", {}).get("batches", {}).items():
+        print(
+            f"  batch {batch:>3}: "
+            + "  ".join(f"{k} {v['clips_per_s']:.0f}/s" for k, v in row.items())
+        )
+    if diffs := doc.get("engines", {}).get("max_abs_diff_vs_ort_fp32"):
+        print(f"  max abs diff vs ort fp32: {diffs}")
+    for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
+        for fmt, res in formats.items():
+            print(
+                f"  service workers={workers} {fmt}: {res.get('clips_per_s')} clips/s, "
+                f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip"
+            )
+    if ratio := doc.get("service", {}).get("vs_raw_fp16"):
+        print(f"  service / raw engine: {ratio}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="the JSON report")
+    p.add_argument("--arch", default="Cnn14")
+    p.add_argument("--batches", default="1,8,32,64")
+    p.add_argument("--precisions", default="fp32,fp16", help="ORT variants to time")
+    p.add_argument("--seconds", type=float, default=2.0, help="timed per engine and batch")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting stages after")
+    p.add_argument("--allow-cpu", action="store_true", help="run stages 3-4 without CUDA")
+    p.add_argument("--stages", default=",".join(STAGES), help="which stages to run")
+    p.add_argument(
+        "--service-workers",
+        default="default",
+        help="PANNS_WORKERS settings for the service ('default': unset)",
+    )
+    p.add_argument("--service-formats", default="wav32k,mp3")
+    p.add_argument("--service-duration-s", type=float, default=8.0)
+    p.add_argument("--service-procs", type=int, default=4)
+    p.add_argument("--service-connections", type=int, default=32)
+    p.add_argument("--service-max-batch", type=int, default=64)
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if "fp32" not in args.precisions:
+        args.precisions.insert(0, "fp32")
+    args.stages = [x.strip() for x in args.stages.split(",") if x.strip()]
+    if unknown := set(args.stages) - set(STAGES):
+        p.error(f"unknown stage(s) {sorted(unknown)}: choose from {', '.join(STAGES)}")
+    args.bundle = args.model = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    report = Report(args.out, args.budget_s)
+    report.doc["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
+        stages: dict[str, tuple[Callable[[], dict[str, Any]], float]] = {
+            "env": (lambda: env_stage(args), 0),
+            "export": (lambda: export_stage(args, Path(work)), 30),
+            "engines": (lambda: engines_stage(args), 30),
+            "service": (lambda: service_stage(args, report), 60),
+        }
+        for name in STAGES:
+            if name in args.stages:
+                report.stage(name, *stages[name])
+    report.doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report.save()
+    summary(report.doc)
+    if any("error" in report.doc.get(s, {}) for s in ("env", "export")):
+        return 1
+    return 0 if report.doc.get("env", {}).get("cuda") or args.allow_cpu else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The front-end benchmark's pieces against the real service: the near-free bundle, and one
+short load run (so the benchmark keeps working as the service changes; no timing asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import frontend
+from benchmarks.nearfree import build_nearfree_bundle, reference
+from benchmarks.stages import load_engine
+from service.core.card import load_bundle
+
+
+def test_nearfree_bundle_serves_what_it_claims(tmp_path: Path) -> None:
+    bundle = build_nearfree_bundle(tmp_path / "nf", sample_rate=16000, clip_s=2.0)
+    card = load_bundle(bundle)  # every file's size and SHA-256 checked
+    assert (card.sample_rate, card.clip_samples, len(card.labels)) == (16000, 32000, 527)
+    assert set(card.files) == {"fp32", "fp16"}
+    clips = np.random.default_rng(3).uniform(-0.5, 0.9, (3, 32000)).astype(np.float32)
+    want = reference(clips)
+    for precision, tolerance in (("fp32", 1e-6), ("fp16", 2e-3)):
+        got = load_engine(bundle, device="cpu", precision=precision).run(clips)
+        assert np.abs(got["clipwise"] - want["clipwise_output"]).max() < tolerance
+        assert np.abs(got["embedding"] - want["embedding"]).max() < tolerance * 10
+    # the scores differ from class to class and follow the audio's mean
+    assert np.ptp(want["clipwise_output"][0]) > 0.5
+    assert not np.allclose(want["clipwise_output"][0], want["clipwise_output"][1])
+
+
+def test_one_short_load_run() -> None:
+    result = frontend.main(
+        [
+            "--workers",
+            "1",
+            "--formats",
+            "wav32k,pcm",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0.3",
+            "--procs",
+            "1",
+            "--connections",
+            "2",
+            "--clips",
+            "2",
+            "--clip-s",
+            "2",
+            "--no-stages",
+        ]
+    )
+    wav = result["load"]["1"]["wav32k"]
+    assert wav["supported"] and wav["ok"] > 0 and set(wav["statuses"]) == {"200"}
+    assert wav["server_cpu_ms_per_clip"] > 0 and wav["server_processes"] >= 1
+    assert wav["served_by"]["provider"] == "CPUExecutionProvider"
+    pcm = result["load"]["1"]["pcm"]
+    assert pcm["supported"] or pcm["status"] == 415
+    assert result["machine"]["cpus"] >= 1
