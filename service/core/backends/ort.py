@@ -50,12 +50,17 @@ class OrtBackend:
         options = options or BackendOptions()
         self.card: ModelCard = load_bundle(bundle_dir, verify=options.verify)
         self.provider = choose_provider(options.device)
-        self.precision = resolve_variant(self.card, self.provider, options.precision)
-        path = Path(bundle_dir) / self.card.files[self.precision].path  # type: ignore[index]
-        self.session = ort.InferenceSession(
-            str(path), self._options(options.threads), providers=self._providers()
-        )
-        self.provider = self.session.get_providers()[0]
+        self.session = self._open(Path(bundle_dir), options)
+        if self.provider == CUDA and self.session.get_providers()[0] != CUDA:
+            # ORT falls back to the CPU when the CUDA libraries fail to load, silently.
+            if options.device == "cuda":
+                raise BundleError(
+                    "PANNS_DEVICE=cuda but ONNX Runtime's CUDA provider failed to load "
+                    "(CUDA or cuDNN libraries missing?): see the log above"
+                )
+            log.warning("the CUDA provider failed to load: serving %s on the CPU", self.card.name)
+            self.provider = CPU
+            self.session = self._open(Path(bundle_dir), options)
         self.device = "cuda" if self.provider == CUDA else "cpu"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -70,6 +75,14 @@ class OrtBackend:
             self.card.arch,
             self.precision,
             self.provider,
+        )
+
+    def _open(self, bundle_dir: Path, options: BackendOptions) -> ort.InferenceSession:
+        """A session over the variant that suits ``self.provider`` (fp16 on CUDA by default)."""
+        self.precision = resolve_variant(self.card, self.provider, options.precision)
+        path = bundle_dir / self.card.files[self.precision].path  # type: ignore[index]
+        return ort.InferenceSession(
+            str(path), self._options(options.threads), providers=self._providers()
         )
 
     def _options(self, threads: int) -> ort.SessionOptions:
