@@ -85,12 +85,12 @@ def raw_socket(url: str, payload: bytes, hold_s: float) -> int:
     return int(reply.split()[1]) if reply.startswith(b"HTTP/") else 0
 
 
-def cases(url: str) -> dict[str, Callable[[], int]]:
+def cases(url: str, sed_model: str | None) -> dict[str, Callable[[], int]]:
     ogg = wav(noise(30.0), fmt="OGG", subtype="VORBIS")
     flac_long = wav(np.zeros(RATE * 599, np.float32), fmt="FLAC")
     huge_float = wav(np.full(RATE, 1e30, np.float32), subtype="FLOAT")
     clip = wav(noise(20.0))
-    sed = {"model": None}
+    sed = {"model": sed_model} if sed_model else {}
     head = (
         b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
         b"boundary=b\r\nContent-Length: 50000000\r\n\r\n--b\r\n"
@@ -201,9 +201,15 @@ def start(bundle: Path, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the service did not become ready")
 
 
+def _cards(bundles: list[Path]) -> list[dict[str, object]]:
+    return [json.loads((b / "model.json").read_text()) for b in bundles]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
+    parser.add_argument("--bundle", type=Path, action="append", required=True,
+                        help="model bundle to serve (repeat: a SED model makes the "
+                        "/v1/detect cases reach the detection code)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
     parser.add_argument("--clients", type=int, default=3, help="attacking threads")
     args = parser.parse_args()
@@ -212,8 +218,9 @@ def main() -> None:
         port = s.getsockname()[1]
     proc = start(args.bundle, port)
     url, report = f"http://127.0.0.1:{port}", {}
+    sed = next((c["name"] for c in _cards(args.bundle) if c.get("frames_per_second")), None)
     try:
-        for name, fn in cases(url).items():
+        for name, fn in cases(url, sed).items():
             before = rss_kb(proc.pid)
             result = attack(url, name, fn, args.seconds, args.clients)
             time.sleep(1.0)

@@ -45,3 +45,31 @@ def reference_manifest() -> dict[str, Any]:
     """``../shared/reference/manifest.json`` (skips when absent)."""
     manifest: dict[str, Any] = json.loads(shared_path("reference", "manifest.json").read_text())
     return manifest
+
+
+# Bundles exported once per session from zoo models with deterministic weights (see
+# tests/service/conftest.py), shared by the service, CLI and benchmark tests.
+@pytest.fixture(scope="session")
+def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bundles")
+
+
+@pytest.fixture(scope="session")
+def tagger_bundle(bundle_root: Path) -> Path:
+    from tests.service.conftest import TAGGER, export
+
+    return export(TAGGER, bundle_root)
+
+
+@pytest.fixture(scope="session")
+def variants_bundle(bundle_root: Path) -> Path:
+    from tests.service.conftest import TAGGER, export
+
+    return export(TAGGER, bundle_root, variants=True)
+
+
+@pytest.fixture(scope="session")
+def sed_bundle(bundle_root: Path) -> Path:
+    from tests.service.conftest import SED, export
+
+    return export(SED, bundle_root)

@@ -32,6 +32,8 @@ BLOCK_FRAMES = 1 << 16
 # MobileNetV1 fp32/fp16 1e17-1e18 (the float32 power spectrum overflows: the null scores of
 # issue 15); int8 none up to 1e18).
 MAX_ABS_SAMPLE = 100.0
+# Source samples (frames x channels) one file may cost to decode: 10 min of 96 kHz stereo.
+MAX_DECODE_SAMPLES = 115_200_000
 PCM_DTYPES = {"int16": ("<i2", 1 / 32768), "float32": ("<f4", 1.0)}
 # libsndfile subtypes whose samples decode into [-1, 1]: no value check needed.
 _BOUNDED = {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM",
@@ -282,12 +284,27 @@ def _known_length(handle: sf.SoundFile) -> bool:
     return 0 < handle.frames < UNKNOWN_LENGTH
 
 
-def _check_header(handle: sf.SoundFile, max_seconds: float) -> None:
+def decode_limit_s(rate: int, channels: int, max_seconds: float) -> float:
+    """The duration limit for a file of ``rate`` x ``channels``: ``max_seconds``, or less
+    where decoding it would cost more than ``MAX_DECODE_SAMPLES`` (a small file can hold
+    10 minutes at 384 kHz x 8 channels: 40 s of decoding on 2 cores)."""
+    return min(max_seconds, MAX_DECODE_SAMPLES / (rate * channels))
+
+
+def _too_long(seconds: float, limit: float, max_seconds: float) -> AudioTooLong:
+    why = "" if limit >= max_seconds else " at this sample rate and channel count"
+    return AudioTooLong(f"audio is {seconds:.1f} s long: the limit is {limit:g} s{why}")
+
+
+def _check_header(handle: sf.SoundFile, max_seconds: float) -> float:
+    """Validate the header; the duration limit that applies to this file."""
     check_channels(handle.channels)
     check_rate(handle.samplerate)
+    limit = decode_limit_s(handle.samplerate, handle.channels, max_seconds)
     claimed = handle.frames / handle.samplerate
-    if _known_length(handle) and claimed > max_seconds:
-        raise AudioTooLong(f"audio is {claimed:.1f} s long: the limit is {max_seconds:g} s")
+    if _known_length(handle) and claimed > limit:
+        raise _too_long(claimed, limit, max_seconds)
+    return limit
 
 
 def _blocks(handle: sf.SoundFile, name: str, max_seconds: float) -> Iterator[np.ndarray]:
@@ -311,7 +328,7 @@ def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
         raise EmptyAudio("the file is empty (0 bytes)")
     handle, name = _open(data, max_seconds)
     with handle:
-        _check_header(handle, max_seconds)
+        max_seconds = _check_header(handle, max_seconds)
         rate, channels = handle.samplerate, handle.channels
         limit = int(max_seconds * rate)
         expected = min(handle.frames, limit) if _known_length(handle) else limit
@@ -353,9 +370,9 @@ def decode_pcm(
             f"{channels} {dtype} channel(s) is {frame_bytes} bytes"
         )
     frames = view.nbytes // frame_bytes
-    if frames > int(max_seconds * sample_rate):
-        seconds = frames / sample_rate
-        raise AudioTooLong(f"audio is {seconds:.1f} s long: the limit is {max_seconds:g} s")
+    limit = decode_limit_s(sample_rate, channels, max_seconds)
+    if frames > int(limit * sample_rate):
+        raise _too_long(frames / sample_rate, limit, max_seconds)
     samples = np.frombuffer(view, dtype=code).reshape(frames, channels)
     sink = MonoSink(sample_rate, target_rate, frames)
     for start in range(0, frames, BLOCK_FRAMES):

@@ -78,24 +78,6 @@ def export(arch: str, root: Path, variants: bool = False) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("bundles")
-
-
-@pytest.fixture(scope="session")
-def tagger_bundle(bundle_root: Path) -> Path:
-    return export(TAGGER, bundle_root)
-
-
-@pytest.fixture(scope="session")
-def variants_bundle(bundle_root: Path) -> Path:
-    return export(TAGGER, bundle_root, variants=True)
-
-
-@pytest.fixture(scope="session")
-def sed_bundle(bundle_root: Path) -> Path:
-    return export(SED, bundle_root)
 
 
 def settings_for(*bundles: Path, **overrides: Any) -> Settings:

@@ -15,7 +15,18 @@ import pytest
 
 from service.core.audio import MAX_ABS_SAMPLE
 from tests.service.audio_files import adts_aac, streamed_wav, unknown_length_flac, with_byte
-from tests.service.conftest import RATE, LiveServer, encode, files, noise, settings_for, sine
+from tests.service.conftest import (
+    RATE,
+    LiveServer,
+    encode,
+    files,
+    free_socket,
+    noise,
+    settings_for,
+    sine,
+    start_subprocess,
+    wait_ready_url,
+)
 
 
 def _wav_header(channels: int, rate: int, data_bytes: int) -> bytes:
@@ -252,3 +263,70 @@ def test_total_audio_per_request_is_limited(tagger_bundle: Path) -> None:
     first, second = r.json()["results"]
     assert r.status_code == 200 and first["error"] is None
     assert second["error"]["code"] == "audio_too_long" and "in total" in second["error"]["message"]
+
+
+def test_each_bad_file_says_what_was_wrong_with_it(server: LiveServer) -> None:
+    with server.client() as c:
+        r = c.post("/v1/tag", files=files(("a.bin", b"\x00" * 100), ("b.wav", b"")))
+    assert r.status_code == 415, r.text
+    err = r.json()["error"]
+    assert [f["filename"] for f in err["files"]] == ["a.bin", "b.wav"]
+    assert [f["code"] for f in err["files"]] == ["unsupported_format", "empty_audio"]
+    assert "a.bin" in err["message"] and "b.wav" in err["message"]
+
+
+def test_detect_parameters_are_bounded_by_the_model(tagger_bundle: Path,
+                                                    sed_bundle: Path) -> None:
+    from service.core.card import read_card
+
+    sed = read_card(sed_bundle).name
+    server = LiveServer(settings_for(tagger_bundle, sed_bundle,
+                                     max_response_values=1000)).start()
+    clip = encode(noise(20.0, seed=3), RATE)
+    try:
+        with server.client() as c:
+            tiny = c.post("/v1/detect", params={"model": sed, "frames_per_second": 1e-7},
+                          files=files(("a.wav", clip)))
+            denormal = c.post("/v1/detect", params={"model": sed, "frames_per_second": 5e-324},
+                              files=files(("a.wav", clip)))
+            everything = c.post("/v1/detect", params={"model": sed, "top_k": 1000,
+                                                      "threshold": 0, "min_duration_s": 0},
+                                files=files(("a.wav", clip)))
+            assert_still_serving(c)
+    finally:
+        server.stop()
+    assert tiny.status_code == 422 and "frames_per_second" in tiny.text
+    assert denormal.status_code == 422 and "frames_per_second" in denormal.text
+    assert everything.status_code == 413, everything.text
+    assert everything.json()["error"]["code"] == "request_too_large"
+
+
+def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> None:
+    """Through ``python -m service`` (its uvicorn settings): a body that stops arriving gets
+    408 after PANNS_IDLE_TIMEOUT_S; a request head over PANNS_MAX_HEADER_KB is refused."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_WARMUP": "none",
+                             "PANNS_IDLE_TIMEOUT_S": "1", "PANNS_MAX_HEADER_KB": "16"}, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready_url(url, time.monotonic() + 120)
+        head = (b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                b"boundary=b\r\nContent-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: "
+                b'form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\x00" * 65536)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            started = time.monotonic()
+            s.sendall(head)  # ... and then nothing more
+            reply = s.recv(4096)
+            waited = time.monotonic() - started
+            while chunk := s.recv(4096):  # the server closes the connection after it
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"upload_timeout" in reply and 0.8 < waited < 20
+        r = httpx.get(f"{url}/healthz", headers={"X-Big": "a" * 100_000}, timeout=30)
+        assert r.status_code in (400, 431), r.status_code
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)

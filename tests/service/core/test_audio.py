@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -380,3 +381,17 @@ def test_bad_pcm_is_refused_with_a_reason(
     with pytest.raises(error) as info:
         _pcm(data, **kw)
     assert words in info.value.message
+
+
+def test_decode_cost_is_bounded_by_rate_and_channels() -> None:
+    """A file that is short in seconds but costly to decode (384 kHz x 8) has a lower limit."""
+    from service.core.audio import MAX_DECODE_SAMPLES, AudioTooLong, decode, decode_limit_s
+
+    limit = decode_limit_s(384_000, 8, 600.0)
+    assert limit == pytest.approx(MAX_DECODE_SAMPLES / (384_000 * 8))
+    assert decode_limit_s(32_000, 1, 600.0) == 600.0
+    frames = int((limit + 1) * 384_000)
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((frames, 8), np.int16), 384_000, format="FLAC")
+    with pytest.raises(AudioTooLong, match="at this sample rate and channel count"):
+        decode(buf.getvalue(), 32_000, 600.0)
