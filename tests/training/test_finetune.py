@@ -52,6 +52,35 @@ def test_load_pretrained_refuses_a_mismatch(official_like: Path) -> None:
     with pytest.raises(ValueError, match="does not fit"):
         load_pretrained(create_model("MobileNetV2", classes_num=5), official_like,
                         skip_head=True)
+    with pytest.raises(ValueError, match=r"fc_audioset.weight: expected \(5, 1024\) vs got "
+                                         r"\(527, 1024\)"):
+        load_pretrained(create_model("MobileNetV1", classes_num=5, **SMALL), official_like,
+                        skip_head=False)
+
+
+def test_load_pretrained_takes_a_one_element_num_batches_tracked(
+        official_like: Path, tmp_path: Path) -> None:
+    """Strict loading and export accept a (1,)-shaped num_batches_tracked (numpy-made
+    checkpoints have them); fine-tuning must too."""
+    state = torch.load(official_like, weights_only=True)["model"]
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    assert counters
+    for key in counters:
+        state[key] = torch.tensor([7])
+    path = tmp_path / "old_style.pth"
+    torch.save({"model": state}, path)
+    model = create_model("MobileNetV1", classes_num=5, **SMALL)
+    load_pretrained(model, path, skip_head=True)
+    assert all(model.state_dict()[k].shape == () and int(model.state_dict()[k]) == 7
+               for k in counters)
+
+
+def test_load_pretrained_error_shows_the_shapes(official_like: Path) -> None:
+    model = create_model("MobileNetV1", classes_num=5, mel_bins=64)
+    with pytest.raises(ValueError) as caught:
+        load_pretrained(model, official_like, skip_head=True)
+    message = str(caught.value)
+    assert "bn0.weight: expected (64,) vs got (32,)" in message, message
 
 
 def test_frozen_base_keeps_weights_and_batchnorm_statistics() -> None:
