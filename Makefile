@@ -29,7 +29,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check service model_export training tests benchmarks
-	$(BIN)/mypy service model_export
+	$(BIN)/mypy service model_export training
 
 format: install
 	$(BIN)/ruff check --fix service model_export training tests benchmarks

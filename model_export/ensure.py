@@ -4,8 +4,12 @@ Used by ``make serve`` and the Docker model step. Environment:
 
 * ``PANNS_MODEL``: official architecture to serve (default ``Cnn14``), or
 * ``PANNS_CHECKPOINT``: a checkpoint file of our own (takes precedence);
+* ``PANNS_MODEL_NAME`` (or ``--name``): the model's name in the bundle and the API (default:
+  the bundle directory's name);
 * ``PANNS_MODELS``: bundle directories, comma-separated; the first is the one ensured
-  (default ``models/<name lowercased>``);
+  (default ``models/<name lowercased>``, the name being ``PANNS_MODEL_NAME``, the official
+  architecture, or the checkpoint's file name: a training run's ``checkpoints/best.pth`` or
+  ``latest.pth`` is named after its run directory, so two runs never share a bundle);
 * ``PANNS_CHECKPOINT_DIR``: where official checkpoints live (default ``models/checkpoints``);
 * ``PANNS_EXPORT_VARIANTS``: extra variants, e.g. ``fp16`` or ``fp16,int8`` (or ``--fp16``,
   ``--int8``).
@@ -47,6 +51,7 @@ class Request:
     bundle: Path
     variants: frozenset[str]
     explicit: bool = True  # PANNS_MODEL or PANNS_CHECKPOINT was set (not the default)
+    name: str | None = None  # the model name asked for (None: the bundle directory's)
 
     @property
     def checkpoint_name(self) -> str:
@@ -79,11 +84,30 @@ class Request:
         return sha256_file(self.checkpoint, progress=False)
 
 
-def request_from_env(env: dict[str, str], variants: set[str]) -> Request:
-    """Read the request from ``env`` (``os.environ`` in practice)."""
+# File names our training gives every run's checkpoints: they say nothing about the model.
+RUN_CHECKPOINT_STEMS = frozenset({"best", "latest"})
+
+
+def checkpoint_model_name(checkpoint: Path) -> str:
+    """A checkpoint's file name without its extension, except that a training run's
+    ``RUN/checkpoints/best.pth`` (or ``latest.pth``) is named after ``RUN``."""
+    if checkpoint.stem.lower() not in RUN_CHECKPOINT_STEMS:
+        return checkpoint.stem
+    folder = checkpoint.absolute().parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    return folder.name or checkpoint.stem
+
+
+def request_from_env(env: dict[str, str], variants: set[str],
+                     name: str | None = None) -> Request:
+    """Read the request from ``env`` (``os.environ`` in practice); ``name`` (``--name``)
+    overrides ``PANNS_MODEL_NAME``."""
     checkpoint = env.get("PANNS_CHECKPOINT") or None
     official = None if checkpoint else (env.get("PANNS_MODEL") or DEFAULT_MODEL)
-    name = Path(checkpoint).stem if checkpoint else str(official)
+    chosen = (name or env.get("PANNS_MODEL_NAME") or "").strip() or None
+    default = checkpoint_model_name(Path(checkpoint)) if checkpoint else str(official)
+    name = chosen or default
     first = (env.get("PANNS_MODELS") or "").split(",")[0].strip()
     bundle = Path(first) if first else Path("models") / name.lower()
     extra = {v.strip() for v in (env.get("PANNS_EXPORT_VARIANTS") or "").split(",") if v.strip()}
@@ -93,7 +117,7 @@ def request_from_env(env: dict[str, str], variants: set[str]) -> Request:
                          "(fp16, int8)")
     return Request(official=official, checkpoint=Path(checkpoint) if checkpoint else None,
                    bundle=bundle, variants=frozenset(variants | extra),
-                   explicit=bool(checkpoint or env.get("PANNS_MODEL")))
+                   explicit=bool(checkpoint or env.get("PANNS_MODEL")), name=chosen)
 
 
 def usable(request: Request) -> ModelCard | None:
@@ -116,6 +140,10 @@ def usable(request: Request) -> ModelCard | None:
     if card.source.sha256 != request.checkpoint_sha256():
         log.warning("%s was made from another version of %s: exporting again", request.bundle,
                     request.checkpoint_name)
+        return None
+    if request.name is not None and card.name != request.name:
+        log.warning("%s is named %r, not %r: exporting again", request.bundle, card.name,
+                    request.name)
         return None
     missing = request.variants - set(card.files)
     if missing:
@@ -149,7 +177,8 @@ def ensure(request: Request, progress: bool = True) -> ModelCard:
     if path is None:
         path = download(str(request.official), checkpoint_dir(), progress=progress)
         digest = request.checkpoint_sha256()  # the registry's, which download() verified
-    return export_checkpoint(path, request.bundle, fp16="fp16" in request.variants,
+    return export_checkpoint(path, request.bundle, name=request.name,
+                             fp16="fp16" in request.variants,
                              int8="int8" in request.variants, progress=progress, sha256=digest)
 
 
@@ -159,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fp16", action="store_true", help="the bundle must have fp16")
     parser.add_argument("--int8", action="store_true", help="the bundle must have int8")
+    parser.add_argument("--name", default=None,
+                        help="model name in the bundle and the API (default: "
+                             "$PANNS_MODEL_NAME, else the bundle directory's name)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     parser.add_argument("--print-dir", action="store_true",
                         help="only print the bundle directory the environment asks for")
@@ -168,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wanted = {v for v in ("fp16", "int8") if getattr(args, v)}
     try:
-        request = request_from_env(dict(os.environ), wanted)
+        request = request_from_env(dict(os.environ), wanted, args.name)
         if args.print_dir:  # for `make serve`: the service must load the bundle made here
             print(request.bundle)
             return 0

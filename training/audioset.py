@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -39,3 +40,10 @@ def mid_to_index() -> dict[str, int]:
 @cache
 def name_to_index() -> dict[str, int]:
     return {label.display_name: label.index for label in audioset_labels()}
+
+
+def display_names(labels: Sequence[str]) -> list[str]:
+    """``labels`` with AudioSet mids (as packs name their columns) replaced by display names;
+    other names are kept."""
+    names = {label.mid: label.display_name for label in audioset_labels()}
+    return [names.get(label, label) for label in labels]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
@@ -36,6 +38,16 @@ class TrainConfig:
     batch_size: int = field(default=32, metadata={"help": "clips per step and rank"})
     # Adam learning rate.
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    # Learning-rate schedule after the warm-up: "constant" (the paper's), or "cosine" /
+    # "linear" decay from lr at the end of the warm-up to min_lr at the last step.
+    lr_schedule: str = field(default="constant",
+                             metadata={"help": "constant | cosine | linear"})
+    # Linear warm-up from lr / warmup_steps to lr over this many steps (0 = none).
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+    # Where the cosine or linear decay ends.
+    min_lr: float = field(default=0.0, metadata={"help": "final lr of cosine/linear decay"})
+    # Clip the global gradient L2 norm to this value before each step (0 = no clipping).
+    grad_clip: float = field(default=0.0, metadata={"help": "max gradient norm, 0 = off"})
     # Adam beta1 and beta2.
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
     # Adam epsilon.
@@ -69,6 +81,8 @@ class TrainConfig:
     amp_dtype: str = field(default="bfloat16", metadata={"help": "bfloat16 | float16"})
     # DataLoader worker processes (0 = load in the main process).
     workers: int = field(default=4, metadata={"help": "data loader workers"})
+    # TensorBoard event files in the run directory (beside log.jsonl, which is always written).
+    tensorboard: bool = field(default=True, metadata={"help": "TensorBoard event files"})
     # Seed of the sampler, mixup, crops and torch (dropout, SpecAugment, initialisation).
     seed: int = field(default=1234, metadata={"help": "random seed"})
     # Official (or our) checkpoint to initialise the weights from.
@@ -91,6 +105,11 @@ class TrainConfig:
             (self.steps >= 0, "steps must be >= 0"),
             (self.batch_size > 0, "batch_size must be positive"),
             (self.lr > 0, "lr must be positive"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (0 <= self.min_lr <= self.lr, "min_lr must be in [0, lr]"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
             (self.sampler in ("balanced", "random"), "sampler must be 'balanced' or 'random'"),
             (self.mixup_alpha >= 0, "mixup_alpha must be >= 0"),
             (self.crop_seconds >= 0, "crop_seconds must be >= 0"),
@@ -137,15 +156,21 @@ def _field_type(f: dataclasses.Field[Any]) -> Any:
     return hints[f.name]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser,
-                         skip: tuple[str, ...] = ()) -> None:
-    """One flag per field; unset flags stay absent from the namespace (argparse.SUPPRESS)."""
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                         defaults: Mapping[str, Any] | None = None) -> None:
+    """One flag per field; unset flags stay absent from the namespace (argparse.SUPPRESS).
+
+    ``defaults``: what a command uses instead of the dataclass defaults, shown in the help
+    (a string value is shown as it is, e.g. ``{"arch": "the checkpoint's"}``).
+    """
+    shown = dict(defaults or {})
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(f)
-        helptext = f"{f.metadata.get('help', '')} (default: {_default(f)})"
+        default = shown.get(f.name, _default(f))
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
         common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
@@ -153,7 +178,7 @@ def add_config_arguments(parser: argparse.ArgumentParser,
             parser.add_argument(flag, type=float, nargs=2, metavar=("B1", "B2"), **common)
         elif typing.get_origin(kind) is dict:
             parser.add_argument(flag, type=_json_dict, **common)
-        elif isinstance(kind, type | types.UnionType):
+        else:
             parser.add_argument(flag, type=kind if kind in (int, float) else str, **common)
 
 

@@ -1,20 +1,22 @@
-"""Evaluate a checkpoint on held-out data: mAP, mean AUC, d-prime and per-class AP.
+r"""Evaluate a checkpoint on held-out data: mAP, mean AUC, d-prime and per-class AP.
 
     python -m training.evaluate --checkpoint RUN/checkpoints/best.pth --data eval.h5 \
-        [--batch-size 32] [--device auto] [--csv per_class.csv]
+        [--out DIR] [--plot] [--json] [--batch-size 32] [--device auto]
 
-Prints the summary as JSON. The per-class CSV has one row per model output class
-(``index, label, ap, auc, positives``), NaN-free: classes without positives get empty cells.
+Prints the AudioSet-style summary (mAP, mean AUC, d-prime; ``--json``: as one JSON line) and
+saves it as ``summary.json`` with the per-class table ``per_class.csv`` in ``--out`` (default:
+``RUN/eval-<data name>/`` for a checkpoint in ``RUN/checkpoints/``, else
+``<checkpoint>-eval-<data name>/`` beside it); ``--plot`` adds ``per_class.png``, the sorted
+per-class AP with the best and worst 20 classes named. The per-class table has one row per
+model output class (``index, label, ap, auc, positives``), NaN-free: classes that cannot be
+scored get empty cells.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
-import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.metrics import Scores, evaluate_scores
+from training.metrics import Scores, evaluate_scores, read_class_table, write_class_table
 
 log = logging.getLogger(__name__)
 
@@ -128,35 +130,77 @@ def align_dataset(dataset: Any, labels: Sequence[str]) -> Any:
     return AlignedTargets(dataset, labels)
 
 
-def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores,
-                      positives: np.ndarray) -> None:
-    with Path(path).open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "label", "ap", "auc", "positives"])
-        for i, name in enumerate(labels):
-            ap, auc = float(scores.ap[i]), float(scores.auc[i])
-            writer.writerow([i, name, "" if math.isnan(ap) else f"{ap:.6f}",
-                             "" if math.isnan(auc) else f"{auc:.6f}", int(positives[i])])
+def default_out(checkpoint: Path, data: str) -> Path:
+    """Where an evaluation is saved: inside the run for a checkpoint of a training run."""
+    data_name = Path(data.rstrip("/")).stem or "data"
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / f"eval-{data_name}"
+    return checkpoint.with_name(f"{checkpoint.stem}-eval-{data_name}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def format_summary(summary: dict[str, Any]) -> str:
+    """The AudioSet-style summary block."""
+    def number(key: str) -> str:
+        value = summary.get(key)
+        return "n/a (no class can be scored)" if value is None else f"{value:.4f}"
+
+    return "\n".join([
+        f"checkpoint  {summary['checkpoint']}",
+        f"data        {summary['data']}: {summary['clips']} clips, "
+        f"{summary['classes_scored']} of {summary['classes']} classes scored",
+        f"mAP         {number('mAP')}",
+        f"mean AUC    {number('mAUC')}",
+        f"d-prime     {number('d_prime')}",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pth)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pth)")
     parser.add_argument("--arch", default=None, help="architecture (official checkpoints)")
     parser.add_argument("--data", required=True, help="pack .h5, label folder or CSV")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for summary.json, per_class.csv and per_class.png "
+                             "(default: RUN/eval-<data name>)")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="also write the per-class table here")
+    parser.add_argument("--plot", action="store_true",
+                        help="write per_class.png: sorted per-class AP, best and worst named")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON line instead of a table")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="clips per batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="data loader processes (default: 2)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                         help="bfloat16 autocast on CUDA")
-    parser.add_argument("--csv", default=None, help="write the per-class table here")
-    return parser.parse_args(argv)
+    return parser
+
+
+def save(out: Path, summary: dict[str, Any], names: Sequence[str], result: Scores, *,
+         csv: Path | None, plot: bool) -> list[Path]:
+    """Write summary.json, per_class.csv (and ``csv``, and with ``plot`` per_class.png)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    written = [out / "summary.json", out / "per_class.csv"]
+    write_class_table(written[1], names, result)
+    if csv is not None:
+        write_class_table(csv, names, result)
+        written.append(csv)
+    if plot and summary["classes_scored"]:
+        from training.plots import per_class_ap
+
+        title = f"{summary['checkpoint']} on {summary['data']}: per-class AP"
+        written.append(per_class_ap(read_class_table(written[1]), out / "per_class.png",
+                                    title=title))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     from training.checkpoints import read_checkpoint
     from training.checkpoints.loading import model_from_checkpoint
     from training.data import open_dataset
@@ -164,18 +208,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device, Dist())
     checkpoint = read_checkpoint(args.checkpoint)  # read once: weights and labels
-    model = model_from_checkpoint(Path(args.checkpoint), checkpoint, arch=args.arch).to(device)
-    keys, names = model_labels(checkpoint, int(model.classes_num))
+    model = model_from_checkpoint(args.checkpoint, checkpoint, arch=args.arch).to(device)
+    keys, names = model_labels(checkpoint, model.classes_num)
     dataset = align_dataset(open_dataset(args.data), keys)
     targets, scores = predict(model, dataset, batch_size=args.batch_size, device=device,
                               workers=args.workers, amp=args.amp)
     result = evaluate_scores(targets, scores)
-    if args.csv:
-        write_class_table(args.csv, names, result, targets.sum(axis=0))
-    summary: dict[str, Any] = {**result.summary(), "clips": int(targets.shape[0]),
-                               "classes_scored": int(np.sum(~np.isnan(result.ap)))}
-    json.dump(summary, sys.stdout)
-    sys.stdout.write("\n")
+    summary: dict[str, Any] = {
+        **result.summary(), "clips": int(targets.shape[0]),
+        "classes_scored": int(np.sum(~np.isnan(result.ap))), "classes": len(names),
+        "checkpoint": str(args.checkpoint), "data": str(args.data)}
+    out = args.out or default_out(args.checkpoint, args.data)
+    written = save(out, summary, names, result, csv=args.csv, plot=args.plot)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        print("saved       " + "\n            ".join(str(p) for p in written))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained PANNs checkpoint on your own labelled sounds.
+r"""Fine-tune a pretrained PANNs checkpoint on your own labelled sounds.
 
     python -m training.finetune --checkpoint Cnn14_mAP=0.431.pth --data sounds/ --out runs/mine \
         [--arch Cnn14] [--freeze-base] [--steps 1000] [--eval held_out/] [--holdout 0.1]
@@ -13,7 +13,8 @@ The run directory is a training run (``config.json``, ``log.jsonl``, ``checkpoin
 ``labels.txt``; the checkpoints carry ``arch``, ``model_args`` and ``labels`` so
 ``python -m model_export --checkpoint RUN/checkpoints/best.pth --out BUNDLE`` exports a bundle
 that the service serves with these labels. Any flag of ``python -m training.train`` applies;
-the defaults here differ only in ``--steps 1000 --lr 1e-4 --eval-every 200``. Folder and CSV
+the defaults here differ in ``--steps 1000 --lr 1e-4 --eval-every 200`` and ``--arch`` (the
+checkpoint's). Folder and CSV
 clips are zero-padded or cut to ``--clip-seconds`` (10): with ``--crop-seconds`` set it near
 the real clip length, or most crops of short clips are padding.
 """
@@ -87,7 +88,7 @@ def checkpoint_base(checkpoint: str, given: str | None) -> tuple[str, dict[str, 
     return arch, args
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="pretrained checkpoint (.pth)")
@@ -95,9 +96,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--holdout", type=float, default=0.1,
                         help="fraction held out for evaluation when --eval is not given")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    shown = {**FINETUNE_DEFAULTS, "arch": "the checkpoint's: its 'arch' entry or official name"}
     add_config_arguments(parser, skip=("train", "pretrained", "pretrained_skip_head",
-                                       "model_args"))
-    return parser.parse_args(argv)
+                                       "model_args"), defaults=shown)
+    return parser
 
 
 def build_config(args: argparse.Namespace, arch: str, model_args: dict[str, Any]) -> TrainConfig:
@@ -111,7 +113,7 @@ def build_config(args: argparse.Namespace, arch: str, model_args: dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     arch, model_args = checkpoint_base(args.checkpoint, getattr(args, "arch", None))
     rate = {**default_args(arch), **model_args}["sample_rate"]
     clip = getattr(args, "clip_seconds", TrainConfig.clip_seconds)

@@ -14,8 +14,11 @@ means, which are therefore over the classes that can be scored.
 
 from __future__ import annotations
 
+import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -33,6 +36,7 @@ class Scores:
     d_prime: float
     ap: np.ndarray
     auc: np.ndarray
+    positives: np.ndarray  # positive clips per class
 
     def summary(self) -> dict[str, float | None]:
         """The three headline numbers, JSON-ready (NaN becomes None)."""
@@ -124,4 +128,50 @@ def evaluate_scores(target: np.ndarray, scores: np.ndarray) -> Scores:
     ap = average_precision(target, scores)
     auc = roc_auc(target, scores)
     mean_auc = _nanmean(auc)
-    return Scores(mAP=_nanmean(ap), mAUC=mean_auc, d_prime=d_prime(mean_auc), ap=ap, auc=auc)
+    positives = np.atleast_1d((np.asarray(target) > 0.5).sum(axis=0)).astype(np.int64)
+    return Scores(mAP=_nanmean(ap), mAUC=mean_auc, d_prime=d_prime(mean_auc), ap=ap, auc=auc,
+                  positives=positives)
+
+
+# The per-class table of an evaluation: one row per model output class, empty cells where a
+# class cannot be scored (no NaN in the file).
+CLASS_TABLE_HEADER = ["index", "label", "ap", "auc", "positives"]
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    index: int
+    label: str
+    ap: float  # NaN: no positive clip
+    auc: float  # NaN: all clips positive or all negative
+    positives: int
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6f}"
+
+
+def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores) -> None:
+    """``index, label, ap, auc, positives`` per class, in the model's output order."""
+    if len(labels) != len(scores.ap):
+        raise ValueError(f"{len(labels)} labels for {len(scores.ap)} scored classes")
+    with Path(path).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CLASS_TABLE_HEADER)
+        for i, name in enumerate(labels):
+            writer.writerow([i, name, _cell(float(scores.ap[i])), _cell(float(scores.auc[i])),
+                             int(scores.positives[i])])
+
+
+def read_class_table(path: str | Path) -> list[ClassRow]:
+    """The rows :func:`write_class_table` wrote (a clear error for any other CSV)."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != CLASS_TABLE_HEADER:
+            raise ValueError(f"{path}: not a per-class table (expected columns "
+                             f"{','.join(CLASS_TABLE_HEADER)}, got {reader.fieldnames})")
+        try:
+            return [ClassRow(int(r["index"]), r["label"], float(r["ap"] or "nan"),
+                             float(r["auc"] or "nan"), int(r["positives"])) for r in reader]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: {exc}") from None

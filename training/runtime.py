@@ -81,11 +81,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _numpy_state_to_plain(state: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
+    assert isinstance(state, tuple), "np.random.get_state(legacy=True) is a tuple"
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss,
+            "cached": cached}
+
+
+def _plain_to_numpy_state(state: dict[str, Any]) -> tuple[Any, ...]:
+    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+            state["has_gauss"], state["cached"])
+
+
 def rng_state() -> dict[str, Any]:
-    """The global RNGs (Python, NumPy, torch CPU and CUDA): dropout and SpecAugment draw here."""
+    """The global RNGs (Python, NumPy, torch CPU and CUDA): dropout and SpecAugment draw here.
+
+    Plain Python values and tensors only, so a checkpoint holding it loads with
+    ``weights_only=True``.
+    """
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_to_plain(np.random.get_state(legacy=True)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -95,7 +111,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_plain_to_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]

@@ -1,4 +1,4 @@
-"""Train a zoo model with the PANNs recipe.
+r"""Train a zoo model with the PANNs recipe.
 
     python -m training.train --arch Cnn14 --train train.h5 --eval eval.h5 --steps 600000 \
         --out runs/cnn14 [--batch-size 32] [--lr 1e-3] [--sampler balanced] [--mixup-alpha 1]
@@ -6,9 +6,13 @@
     python -m training.train --out runs/cnn14 --resume [--steps N]   # continue exactly
 
 The run directory gets ``config.json`` (the resolved configuration), ``log.jsonl`` (one line
-per evaluation: loss, mAP, mean AUC, d-prime, throughput) and ``checkpoints/latest.pth`` and
-``checkpoints/best.pth`` (highest evaluation mAP). Checkpoints are the official format plus
-what resuming needs: ``model``, ``iteration``, ``optimizer``, ``sampler``, ``config``, ``arch``,
+per evaluation: loss, learning rate, mAP, mean AUC, d-prime, throughput), TensorBoard event
+files (``tensorboard --logdir runs``; see :mod:`training.tracking`), ``per_class.csv`` (the
+latest evaluation per class), and ``checkpoints/latest.pth`` and ``checkpoints/best.pth``
+(highest evaluation mAP); ``python -m training.report RUN_DIR...`` plots and compares runs.
+``--lr-schedule``, ``--warmup-steps`` and ``--grad-clip`` change the recipe (default: the
+paper's constant lr, no warm-up, no clipping). Checkpoints are the official format plus what
+resuming needs: ``model``, ``iteration``, ``optimizer``, ``sampler``, ``config``, ``arch``,
 ``model_args``, ``labels`` (when the classes are not AudioSet's), ``rank_states`` (RNGs),
 ``scaler`` and ``best_mAP``; they hold only tensors and plain Python values, so
 ``torch.load(..., weights_only=True)`` reads them. Under DDP only rank 0 writes, every rank
@@ -23,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,8 @@ from training.evaluate import align_dataset, autocast_for, collate_padded, evalu
 from training.metrics import Scores
 from training.mixup import Mixup, mix
 from training.models import create_model, default_args
+from training.models.common import PannsModel
+from training.rundir import RunDir
 from training.runtime import (
     Dist,
     barrier,
@@ -52,34 +59,14 @@ from training.runtime import (
     shutdown_distributed,
 )
 from training.sampler import make_sampler
+from training.schedule import lr_at, set_lr
+from training.tracking import RunLog
 from training.weights import freeze_base, load_pretrained, set_train_mode
 
 log = logging.getLogger(__name__)
 
 # Architectures with parameters their forward never uses (DDP must be told).
 _UNUSED_PARAMETERS = {"Wavegram_Cnn14", "Cnn14_DecisionLevelAtt", "DaiNet19"}
-
-
-class RunDir:
-    """The files of a run directory."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.config = self.root / "config.json"
-        self.log = self.root / "log.jsonl"
-        self.latest = self.root / "checkpoints" / "latest.pth"
-        self.best = self.root / "checkpoints" / "best.pth"
-
-
-def _numpy_state_to_plain(state: tuple[Any, ...]) -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss,
-            "cached": cached}
-
-
-def _plain_to_numpy_state(state: dict[str, Any]) -> tuple[Any, ...]:
-    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
-            state["has_gauss"], state["cached"])
 
 
 def is_audioset(labels: Sequence[str]) -> bool:
@@ -142,6 +129,7 @@ class Trainer:
         self.crop_rng = np.random.default_rng([*seed, 1])
         self.iteration = 0
         self.best_map = -math.inf
+        self.runlog = RunLog(self.run, self.labels, tensorboard=False)  # fit() opens the real one
 
     # ------------------------------------------------------------------ set-up
     def _resolve_classes(self, config: TrainConfig, classes: int) -> TrainConfig:
@@ -161,7 +149,7 @@ class Trainer:
     def amp(self) -> bool:
         return self.config.amp and self.device.type == "cuda"
 
-    def _build_model(self) -> nn.Module:
+    def _build_model(self) -> PannsModel:
         model = create_model(self.config.arch, **self.config.model_args)
         if not self.config.spec_augment and getattr(model, "spec_augmenter", None) is not None:
             model.spec_augmenter = None  # PannsModel.augment() skips a missing augmenter
@@ -209,7 +197,11 @@ class Trainer:
         starts = self.crop_rng.integers(0, wave.shape[1] - samples + 1, size=wave.shape[0])
         return torch.stack([row[s : s + samples] for row, s in zip(wave, starts, strict=True)])
 
-    def _step(self, wave: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _step(self, wave: torch.Tensor,
+              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimisation step; the loss and (when clipping) the gradient norm, on the
+        device."""
+        set_lr(self.optimizer, lr_at(self.iteration, self.config))
         wave = self._crop(wave).to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         lam = self.mixup.lambdas(wave.shape[0]).to(self.device) if self.mixup else None
@@ -221,37 +213,56 @@ class Trainer:
         loss = F.binary_cross_entropy(clipwise, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        norm = None
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach()
+        return loss.detach(), norm
 
     def fit(self) -> dict[str, Any]:
         """Train up to ``config.steps``, evaluating and saving every ``eval_every`` steps."""
-        steps, main = self.config.steps, self.info.is_main
-        if main:
+        if self.info.is_main:
             self.run.root.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run.config)
-        last: dict[str, Any] = {"iteration": self.iteration}
-        if self.iteration >= steps:
-            log.info("already at step %d of %d: nothing to train", self.iteration, steps)
-            return last
+        if self.iteration >= self.config.steps:
+            log.info("already at step %d of %d: nothing to train", self.iteration,
+                     self.config.steps)
+            return {"iteration": self.iteration}
+        self.runlog = RunLog(self.run, self.labels, start_step=self.iteration,
+                             tensorboard=self.config.tensorboard and self.info.is_main)
+        with closing(self.runlog):
+            return self._loop()
+
+    def _loop(self) -> dict[str, Any]:
+        steps = self.config.steps
         set_train_mode(self.net, self.config.freeze_base)
-        bar = tqdm(total=steps, initial=self.iteration, desc="train", disable=not main,
-                   dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=self.iteration, desc="train",
+                   disable=not self.info.is_main, dynamic_ncols=True)
+        postfix: dict[str, str] = {}  # always loss=, then mAP= too once there is one
         loss_sum, loss_count, started = torch.zeros((), device=self.device), 0, time.time()
+        last: dict[str, Any] = {"iteration": self.iteration}
         for wave, target in self._loader():
-            loss_sum += self._step(wave, target)
+            loss, norm = self._step(wave, target)
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss_sum += loss
             loss_count += 1
             self.iteration += 1
+            self.runlog.step(self.iteration, loss, lr, norm)
             bar.update(1)
             if self.iteration % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", refresh=False)
+                postfix["loss"] = f"{loss_sum.item() / loss_count:.4f}"
+                bar.set_postfix(postfix, refresh=False)
             if self.iteration % self.config.eval_every == 0 or self.iteration >= steps:
                 elapsed = time.time() - started
                 last = self.checkpoint(float(loss_sum.item()) / loss_count,
-                                       loss_count * self.config.batch_size / elapsed)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()
-                                 if k in ("train_loss", "mAP") and v is not None})
+                                       loss_count * self.config.batch_size / elapsed, lr)
+                postfix["loss"] = f"{last['train_loss']:.4f}"
+                if last.get("mAP") is not None:
+                    postfix["mAP"] = f"{last['mAP']:.4f}"
+                bar.set_postfix(postfix)
                 loss_sum.zero_()
                 loss_count, started = 0, time.time()
                 set_train_mode(self.net, self.config.freeze_base)
@@ -269,9 +280,7 @@ class Trainer:
                               amp=self.amp, amp_dtype=self.config.amp_dtype)
 
     def _rank_state(self) -> dict[str, Any]:
-        state = rng_state()
-        state["numpy"] = _numpy_state_to_plain(state["numpy"])
-        return {"rng": state, "mixup": self.mixup.state_dict() if self.mixup else None,
+        return {"rng": rng_state(), "mixup": self.mixup.state_dict() if self.mixup else None,
                 "crop": self.crop_rng.bit_generator.state}
 
     def state_dict(self, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,12 +301,13 @@ class Trainer:
             state["labels"] = list(self.labels)
         return state
 
-    def checkpoint(self, train_loss: float, clips_per_second: float) -> dict[str, Any]:
-        """Evaluate (rank 0), append to the log, save latest (and best)."""
+    def checkpoint(self, train_loss: float, clips_per_second: float,
+                   lr: float) -> dict[str, Any]:
+        """Evaluate (rank 0), append to the logs, save latest (and best)."""
         scores = self.evaluate() if self.info.is_main else None
         rank_states = gather_objects(self._rank_state(), self.info)
         record: dict[str, Any] = {
-            "iteration": self.iteration, "train_loss": train_loss,
+            "iteration": self.iteration, "train_loss": train_loss, "lr": lr,
             "clips_per_second": clips_per_second * self.info.world_size,
             **(scores.summary() if scores else {}), "time": time.time(),
         }
@@ -306,8 +316,7 @@ class Trainer:
             if improved and scores is not None:
                 self.best_map = scores.mAP
             self._save(self.state_dict(rank_states), improved)
-            with self.run.log.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            self.runlog.evaluation(record, scores)
             log.info("step %d: %s", self.iteration, record)
         barrier(self.info)
         return record
@@ -336,23 +345,21 @@ class Trainer:
             raise ValueError(f"checkpoint written by {len(ranks)} ranks, "
                              f"resuming with {self.info.world_size}")
         mine = ranks[self.info.rank]
-        rng = dict(mine["rng"])
-        rng["numpy"] = _plain_to_numpy_state(rng["numpy"])
-        set_rng_state(rng)
+        set_rng_state(mine["rng"])
         if self.mixup is not None and mine["mixup"] is not None:
             self.mixup.load_state_dict(mine["mixup"])
         self.crop_rng.bit_generator.state = mine["crop"]
         log.info("resumed at step %d from %s", self.iteration, path or self.run.latest)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/latest.pth; other "
                              "flags override its saved config (e.g. a larger --steps)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -373,7 +380,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     config = resolve_config(args)
     info = init_distributed(config.device)
     try:

@@ -22,28 +22,28 @@ def is_head(key: str) -> bool:
 def load_pretrained(model: nn.Module, path: str | Path, *, skip_head: bool) -> list[str]:
     """Copy the checkpoint's weights into ``model``; returns the keys left at initialisation.
 
-    Every non-head key must match by name and shape (a checkpoint of another architecture is
-    an error, not a silent partial load). With ``skip_head`` the head is left as initialised,
-    which is how a 527-class checkpoint seeds a model with another number of classes.
+    Every non-head key must match by name and shape, by the rule strict loading and export
+    follow (a ``(1,)`` tensor fills a 0-d one, e.g. an old ``num_batches_tracked``); a
+    checkpoint of another architecture is an error that lists the keys and shapes, not a
+    silent partial load. With ``skip_head`` the head is left as initialised, which is how a
+    527-class checkpoint seeds a model with another number of classes.
     """
     from training.checkpoints import read_checkpoint  # official or ours; always has "model"
+    from training.checkpoints.loading import state_dict_conflicts
 
     source = read_checkpoint(path)["model"]
     target = model.state_dict()
-    wanted = {k for k in target if not (skip_head and is_head(k))}
-    missing = sorted(wanted - set(source))
-    unexpected = sorted(k for k in set(source) - set(target) if not (skip_head and is_head(k)))
-    wrong = sorted(k for k in wanted & set(source) if source[k].shape != target[k].shape)
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
-            + ("" if skip_head else " (fine-tuning to new classes needs skip_head)")
-        )
+    wanted = {k: v for k, v in target.items() if not (skip_head and is_head(k))}
+    given = {k: v for k, v in source.items() if not (skip_head and is_head(k))}
+    problems = state_dict_conflicts(wanted, given)
+    if problems:
+        hint = "" if skip_head else "\n  (fine-tuning to new classes needs skip_head)"
+        raise ValueError(f"{path} does not fit {type(model).__name__}:\n  "
+                         + "\n  ".join(problems) + hint)
     with torch.no_grad():
-        for key in wanted:
-            target[key].copy_(source[key])
-    skipped = sorted(set(target) - wanted)
+        for key, value in wanted.items():
+            value.copy_(given[key].reshape(value.shape))
+    skipped = sorted(set(target) - set(wanted))
     log.info("loaded %d tensors from %s; %d head tensors left initialised",
              len(wanted), path, len(skipped))
     return skipped

@@ -238,6 +238,60 @@ def test_pack_cli_interrupted_then_resumed(tmp_path: Path, signum: int) -> None:
     assert len(H5Dataset(out)) == total
 
 
+def test_pack_cli_success_prints_no_traceback(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """Decoding processes used to inherit the CLI's SIGTERM handler and print a
+    KeyboardInterrupt traceback when the pool stopped them after a successful run."""
+    csv, audio = corpus
+    for i in range(12):  # more clips than workers, so each worker has taken jobs
+        os.link(audio / "ccccccccccc.wav", audio / f"copy{i:07d}.wav")
+    with csv.open("a") as fh:
+        fh.writelines(f'copy{i:07d}, 0.000, 10.000, "{BEEP}"\n' for i in range(12))
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.data",
+        "pack",
+        "--csv",
+        str(csv),
+        "--audio-dir",
+        str(audio),
+        "--out",
+        str(tmp_path / "p.h5"),
+        "--workers",
+        "3",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "16 packed" in done.stdout
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def test_pack_workers_do_not_inherit_the_sigterm_handler() -> None:
+    """The CLI turns SIGTERM into KeyboardInterrupt; its forked decoding processes must not
+    (stopping them would print their tracebacks). Deterministic, unlike the race above."""
+    import importlib
+    import multiprocessing
+
+    pack_module = importlib.import_module("training.data.pack")  # the package exports pack()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1, initializer=pack_module._worker_signals) as pool:
+            inherited = pool.apply(signal.getsignal, (signal.SIGTERM,))
+            ignored = pool.apply(signal.getsignal, (signal.SIGINT,))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert inherited == signal.SIG_DFL and ignored == signal.SIG_IGN
+
+
 def test_h5_dataset_items(corpus: tuple[Path, Path], tmp_path: Path) -> None:
     csv, audio = corpus
     out = tmp_path / "train.h5"

@@ -150,7 +150,7 @@ def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> 
     table = root / "per_class.csv"
     summary = json.loads(_run("training.evaluate", "--checkpoint", str(best), "--data",
                               str(trained["eval"]), "--device", "cpu", "--workers", "0",
-                              "--csv", str(table)))
+                              "--csv", str(table), "--json"))
     assert summary["mAP"] == pytest.approx(max(x["mAP"] for x in log), abs=1e-6)
     assert summary["mAP"] > MIN_MAP, summary
     assert summary["classes_scored"] == 8

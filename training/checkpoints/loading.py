@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from training.checkpoints.registry import CheckpointError, find_official
 from training.models import create_model, list_models
+from training.models.common import PannsModel
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _listed(items: list[str]) -> str:
     return f"{shown}, ... (+{more} more)" if more > 0 else shown
 
 
-def _shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
+def shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
     """torch's own rule: a 1-element 1-d tensor loads into a 0-d one (e.g. BatchNorm's
     ``num_batches_tracked`` saved as shape (1,), as numpy-made state_dicts often are)."""
     if got.shape == expected.shape:
@@ -158,7 +158,7 @@ def state_dict_conflicts(expected: Mapping[str, torch.Tensor],
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     shapes = [f"{k}: expected {tuple(v.shape)} vs got {tuple(got[k].shape)}"
-              for k, v in expected.items() if k in got and not _shapes_fit(v, got[k])]
+              for k, v in expected.items() if k in got and not shapes_fit(v, got[k])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_listed(missing)}")
@@ -169,7 +169,7 @@ def state_dict_conflicts(expected: Mapping[str, torch.Tensor],
     return problems
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None) -> nn.Module:
+def load_checkpoint(path: str | Path, arch: str | None = None) -> PannsModel:
     """Build the checkpoint's model, load its weights strictly and return it in eval mode.
 
     The architecture is ``arch``, else the checkpoint's ``"arch"``, else inferred from an
@@ -180,7 +180,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> nn.Module:
 
 
 def model_from_checkpoint(path: Path, checkpoint: Mapping[str, Any],
-                          arch: str | None = None) -> nn.Module:
+                          arch: str | None = None) -> PannsModel:
     """:func:`load_checkpoint` on a dict already read by :func:`read_checkpoint` (``path``
     names the file in errors): callers that need its other entries read the file once."""
     name = resolve_arch(path, checkpoint, arch)

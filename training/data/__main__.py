@@ -17,7 +17,7 @@ from training.data.pack import pack, report_path
 from training.data.segments import SegmentsFormatError
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="decode an AudioSet segment list + audio dir into HDF5")
@@ -30,8 +30,15 @@ def _parser() -> argparse.ArgumentParser:
         default=min(8, os.cpu_count() or 1),
         help="decoding processes (0: decode in this process)",
     )
-    p.add_argument("--sample-rate", type=int, default=32000)
-    p.add_argument("--clip-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--sample-rate", type=int, default=32000, help="resample clips to this rate (Hz)"
+    )
+    p.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=10.0,
+        help="zero-pad or cut every clip to this length",
+    )
     p.add_argument(
         "--seek-segments",
         action="store_true",
@@ -40,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="stop after this many new clips")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="summarise a pack: clips, rate, most frequent labels")
-    i.add_argument("pack")
-    i.add_argument("--top", type=int, default=10)
+    i.add_argument("pack", help="the .h5 pack")
+    i.add_argument("--top", type=int, default=10, help="how many labels to list")
     return parser
 
 
@@ -99,7 +106,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     return _pack(args) if args.command == "pack" else _info(args)
 
 

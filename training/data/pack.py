@@ -187,18 +187,25 @@ def _decoded(
     if workers <= 0 or len(jobs) <= 1:
         yield from map(_decode_job, args)
         return
-    pool = multiprocessing.Pool(workers, initializer=_ignore_sigint)
+    pool = multiprocessing.Pool(workers, initializer=_worker_signals)
+    finished = False
     try:
         yield from pool.imap(_decode_job, args, chunksize=4)
-        pool.close()
+        finished = True
     finally:
-        pool.terminate()
+        if finished:  # every job is done: let the workers exit by themselves
+            pool.close()
+        else:  # interrupted or failed: stop them now
+            pool.terminate()
         pool.join()
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which commits what it has and stops them."""
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent, which commits what it has and stops them, and
+    die quietly on the parent's SIGTERM (``pool.terminate()``): a forked worker would
+    otherwise inherit a handler the parent installed and print a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _decode_job(

@@ -7,9 +7,10 @@ checkpoint, so ``model.load_state_dict(official["model"], strict=True)`` works.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from training.models.common import PannsModel
 
 _SR32K: dict[str, Any] = {
     "sample_rate": 32000, "window_size": 1024, "hop_size": 320,
@@ -67,16 +68,16 @@ def default_args(name: str) -> dict[str, Any]:
     return dict(MODELS[name][2])
 
 
-def model_class(name: str) -> type[nn.Module]:
+def model_class(name: str) -> type[PannsModel]:
     defaults = default_args(name)  # validates the name
     del defaults
     module_name, class_name, _ = MODELS[name]
     module = importlib.import_module(f"training.models.{module_name}")
-    cls: type[nn.Module] = getattr(module, class_name)
+    cls: type[PannsModel] = getattr(module, class_name)
     return cls
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, **overrides: Any) -> PannsModel:
     """Build ``name`` with its checkpoint's constructor arguments, updated by ``overrides``."""
     kwargs = default_args(name)
     unknown = set(overrides) - set(kwargs)

@@ -11,13 +11,17 @@ from collections.abc import Sequence
 from training.synth.build import synth_audioset, synth_folder
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.synth", description=__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--clips", type=int, required=True, help="number of clips")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clip-seconds", type=float, default=10.0)
-    parser.add_argument("--sample-rate", type=int, default=32000)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--clip-seconds", type=float, default=10.0, help="clip length (default: 10)"
+    )
+    parser.add_argument(
+        "--sample-rate", type=int, default=32000, help="sample rate in Hz (default: 32000)"
+    )
     parser.add_argument(
         "--layout",
         choices=("audioset", "folder"),
@@ -32,14 +36,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="include Speech (needs espeak-ng; default: when it is installed)",
     )
-    speech.add_argument("--no-speech", dest="speech", action="store_false")
-    parser.add_argument("--no-progress", action="store_true")
+    speech.add_argument("--no-speech", dest="speech", action="store_false", help="leave Speech out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.clips <= 0 or args.clip_seconds <= 0 or args.sample_rate <= 0:
         print("error: --clips, --clip-seconds and --sample-rate must be positive", file=sys.stderr)
         return 2
