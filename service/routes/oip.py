@@ -90,8 +90,10 @@ class OipRoute(APIRoute):
         return run
 
 
-router = APIRouter(route_class=OipRoute, tags=["open inference protocol"])  # needs the key
-public = APIRouter(route_class=OipRoute, tags=["open inference protocol"])  # health
+# Left out of /docs: the protocol has its own published OpenAPI document (KServe's
+# open_inference_rest.yaml) and its own error shape.
+router = APIRouter(route_class=OipRoute, include_in_schema=False)  # needs the key
+public = APIRouter(route_class=OipRoute, include_in_schema=False)  # health
 
 
 def runtime_for(tagger: Tagger, name: str, version: str | None) -> ModelRuntime:
