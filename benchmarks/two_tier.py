@@ -1,13 +1,14 @@
 """Two tiers vs one process: same scores? what does the hop to the engine cost per clip?
 
-    python benchmarks/two_tier.py [--bundle DIR | --arch MobileNetV1] [--clips 12]
+    python benchmarks/two_tier.py [--bundle DIR | --arch MobileNetV1 | --nearfree] [--clips 12]
                                   [--requests 40] [--clients 8] [--seconds 20] [--json PATH]
 
 Starts an engine replica (``python -m service``, ONNX Runtime on the bundle) and a front
 replica (``PANNS_BACKEND=oip``, the same ``model.json`` only, ``PANNS_ENGINE_URL`` = the engine),
 both with ``PANNS_WORKERS=1``. The one-process service is the engine itself, called on /v1.
 Without ``--bundle`` a bundle is exported like the service tests do (zoo model, seeded weights,
-real BatchNorm statistics) into ``--cache``.
+real BatchNorm statistics) into ``--cache``; ``--nearfree`` serves ``benchmarks/nearfree.py``'s
+bundle instead, whose compute is one pass over the samples, so the hop is all that differs.
 
 - ``parity``: every clip (real recordings of ``../shared/audio`` cut to 10 s, plus generated
   clips of 3, 25 and 47 s: padded and multi-window) tagged and embedded by both; max abs diff.
@@ -80,6 +81,10 @@ def start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
 def bundle_for(args: argparse.Namespace) -> Path:
     if args.bundle:
         return Path(args.bundle)
+    if args.nearfree:
+        from benchmarks.nearfree import build_nearfree_bundle
+
+        return build_nearfree_bundle(Path(args.cache) / "nearfree", fp16=False)
     from tests.service.conftest import export  # the tests' deterministic zoo-model export
 
     return export(args.arch, Path(args.cache))
@@ -232,6 +237,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", help="a bundle dir (default: export --arch into --cache)")
     p.add_argument("--arch", default="MobileNetV1")
+    p.add_argument(
+        "--nearfree",
+        action="store_true",
+        help="serve benchmarks/nearfree.py's bundle: the model costs ~nothing, the hop shows",
+    )
     p.add_argument("--cache", default="/tmp/panns-bench-bundles")
     p.add_argument("--audio-dir", type=Path, default=REPO.parent / "shared" / "audio")
     p.add_argument("--clips", type=int, default=12, help="parity clips")
