@@ -16,7 +16,7 @@ from service.errors import install_error_handlers
 from service.guards import HeaderLimit
 from service.logs import AccessLogMiddleware
 from service.metrics import Metrics, observer_factory
-from service.routes import apidocs, detect, embed, health, metrics, models, page, stream, tag
+from service.routes import apidocs, detect, embed, health, metrics, models, oip, page, stream, tag
 from service.routes.docs import PROTECTED
 from service.settings import Settings, get_settings
 
@@ -92,6 +92,8 @@ def create_app(
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):
         app.include_router(module.router, dependencies=auth, responses=PROTECTED)
+    app.include_router(oip.router, dependencies=auth)  # errors in the protocol's own shape
+    app.include_router(oip.public)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(stream.router)  # checks API keys itself (header or first message)

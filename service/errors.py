@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.core.audio import AudioError
 from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.errors import (
+    EngineUnavailable,
     InvalidParameters,
     MissingOutput,
     NotReady,
@@ -26,6 +27,7 @@ from service.core.errors import (
     TooMuchWork,
     UnknownModel,
 )
+from service.oip import HeaderTooLarge, ProtocolError
 
 log = logging.getLogger("service.errors")
 
@@ -42,6 +44,9 @@ STATUS: dict[type[Exception], int] = {
     QueueFull: 503,
     BatcherStopped: 503,
     AudioError: 400,
+    EngineUnavailable: 503,
+    HeaderTooLarge: 413,
+    ProtocolError: 400,
 }
 # Audio error codes whose status is not 400.
 AUDIO_STATUS = {"unsupported_format": 415, "audio_too_long": 413}
@@ -109,7 +114,7 @@ def headers_of(exc: Exception) -> dict[str, str]:
         return {"Retry-After": str(exc.retry_after_s)}
     if isinstance(exc, NotReady):
         return {"Retry-After": str(exc.retry_after_s)}
-    if isinstance(exc, BatcherStopped):
+    if isinstance(exc, BatcherStopped | EngineUnavailable):
         return {"Retry-After": "5"}
     return {}
 

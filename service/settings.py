@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     engine_socket: str = Field(
         default="", description="internal: the engine process's socket (set by the supervisor)"
     )
+    engine_api_key: SecretStr = Field(
+        default=SecretStr(""), description="oip backend: the API key the engine tier wants"
+    )
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     threads: int = Field(

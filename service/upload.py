@@ -187,6 +187,14 @@ async def _chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def read_bytes(request: Request, limits: BodyLimits) -> bytearray:
+    """The whole body in one buffer, read under ``limits`` (413 and 408 as for uploads)."""
+    body = bytearray()
+    async for chunk in _chunks(request, limits):
+        body += chunk
+    return body
+
+
 async def read_body(request: Request, limits: BodyLimits) -> Body:
     """The uploaded files (and form fields) of a request, whatever its shape."""
     if is_raw(request):

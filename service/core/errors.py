@@ -55,3 +55,9 @@ class TimedOut(TaggingError):
     """The request's deadline passed before its windows were computed."""
 
     code = "timeout"
+
+
+class EngineUnavailable(TaggingError):
+    """A remote engine (the ``oip`` backend's engine tier) could not run a batch."""
+
+    code = "engine_unavailable"

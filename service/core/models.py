@@ -49,6 +49,8 @@ def backend_options(settings: Settings) -> BackendOptions:
         threads=settings.threads,
         verify=settings.verify_bundles,
         url=settings.engine_url,
+        api_key=settings.engine_api_key.get_secret_value(),
+        timeout_s=settings.timeout_s,
     )
 
 

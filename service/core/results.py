@@ -63,6 +63,14 @@ class EmbedResult(FileResult):
 
 
 @dataclass(frozen=True)
+class TensorResult(FileResult):
+    """Raw outputs of one input, one array per kind: clipwise aggregated by max over windows,
+    the embedding averaged, framewise scores stitched on one timeline."""
+
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FrameTrack:
     index: int
     mid: str

@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from service.core.batcher import DeadlineExceeded
+from service.core.card import OutputKind
 from service.core.errors import MissingOutput, TimedOut
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.models import ModelRuntime, Models, ObserverFactory, check_bundles
 from service.core.pipeline import FileWork, Limits, WindowSpec, infer, prepare
-from service.core.results import DetectResult, EmbedResult, FileResult, TagResult
-from service.core.tasks import DetectOptions, TagOptions, detect_result, embed_result, tag_result
+from service.core.results import DetectResult, EmbedResult, FileResult, TagResult, TensorResult
+from service.core.tasks import (
+    DetectOptions,
+    TagOptions,
+    detect_result,
+    embed_result,
+    tag_result,
+    tensor_result,
+)
 from service.settings import Settings
 
 R = TypeVar("R", bound=FileResult)
@@ -158,6 +166,30 @@ class Tagger:
             runtime,
             sources,
             lambda w, t: detect_result(w, runtime.card, opts, t),
+            window,
+            timeout_s,
+        )
+
+    async def tensors_many(
+        self,
+        sources: Sequence[Source],
+        *,
+        model: str | None = None,
+        kinds: Sequence[OutputKind] | None = None,
+        window: WindowSpec | None = None,
+        timeout_s: float | None = None,
+    ) -> list[TensorResult]:
+        """The model's outputs of ``kinds`` (default: all it has) per source, in one pass."""
+        runtime = self.model(model)
+        wanted = list(kinds) if kinds is not None else list(runtime.backend.kinds.values())
+        for kind in wanted:
+            runtime.require(kind, "the call")
+        if "framewise" in wanted and runtime.card.frames_per_second is None:
+            raise MissingOutput("framewise", f"model {runtime.name!r} states no frame rate")
+        return await self.run(
+            runtime,
+            sources,
+            lambda w, t: tensor_result(w, runtime.card, wanted, t),
             window,
             timeout_s,
         )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.card import ModelCard
+from service.core.card import ModelCard, OutputKind
 from service.core.errors import InvalidParameters, TooMuchWork
 from service.core.pipeline import FileWork
 from service.core.results import (
@@ -14,6 +14,7 @@ from service.core.results import (
     DetectResult,
     EmbedResult,
     TagResult,
+    TensorResult,
     WindowTop,
     aggregate,
     decimate,
@@ -124,6 +125,33 @@ def detect_result(
         frames_per_second=fps / factor,
         tracks=tracks(kept, card.labels, opts.top_k),
         events=found,
+    )
+
+
+def tensor_result(
+    work: FileWork, card: ModelCard, kinds: list[OutputKind], started: float
+) -> TensorResult:
+    """The model's own outputs for one input, whatever its number of windows: clipwise by
+    max over windows (as /v1/tag by default), embedding by mean, framewise stitched."""
+    if work.error is not None or work.decoded is None:
+        return TensorResult(work.filename, error=work.error)
+    outputs: dict[str, np.ndarray] = {}
+    for kind in kinds:
+        if kind == "clipwise":
+            outputs[kind] = aggregate(work.stack(kind), "max")
+        elif kind == "embedding":
+            outputs[kind] = work.stack(kind).mean(axis=0)
+        else:
+            fps = card.frames_per_second
+            assert fps is not None
+            rows = [r.outputs[kind] for r in work.results]
+            n = work.decoded.waveform.shape[0]
+            outputs[kind] = stitch_frames(rows, work.windows, card.sample_rate, fps, n)
+    return TensorResult(
+        work.filename,
+        duration_s=work.decoded.duration_s,
+        metrics=work.metrics(started),
+        outputs=outputs,
     )
 
 

@@ -27,6 +27,8 @@ class BackendOptions:
     threads: int = 0  # intra-op threads on CPU (0: the runtime's default)
     verify: bool = True  # check every bundle file's SHA-256 before loading
     url: str = ""  # for remote backends: where the engine tier listens
+    api_key: str = ""  # for remote backends: the engine tier's API key
+    timeout_s: float = 60.0  # for remote backends: how long one batch may take
 
 
 class Backend(Protocol):
@@ -50,6 +52,7 @@ class Backend(Protocol):
 # name -> "module:factory"; a factory is called as factory(bundle_dir, options).
 BACKENDS: dict[str, str] = {
     "onnxruntime": "service.core.backends.ort:OrtBackend",
+    "oip": "service.core.backends.oip:OipBackend",
 }
 
 
