@@ -49,6 +49,11 @@ def backend_options(settings: Settings) -> BackendOptions:
         threads=settings.threads,
         verify=settings.verify_bundles,
         url=settings.engine_url,
+        inflight=settings.inflight_batches,
+        cuda_graph=settings.ort_cuda_graph,
+        tensorrt=settings.ort_tensorrt,
+        trt_cache_dir=settings.ort_trt_cache_dir,
+        max_batch=settings.max_batch,
     )
 
 
@@ -103,6 +108,7 @@ class Models:
             max_queue=s.max_queue,
             observer=self.observer(card, backend) if self.observer else None,
             name=card.name,
+            inflight=backend.inflight,
         )
         batcher.start()
         self.models[card.name] = ModelRuntime(card, backend, batcher, default=not self.models)
