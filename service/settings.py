@@ -54,6 +54,21 @@ class Settings(BaseSettings):
         description="batch sizes run at start-up: ends (1 and max_batch), all (1..max_batch); "
         "auto = all on CUDA, ends on CPU",
     )
+    inflight_batches: int = Field(
+        default=0,
+        ge=0,
+        le=2,
+        description="batches the engine runs at once (0 = 2 on CUDA, 1 on CPU)",
+    )
+    ort_cuda_graph: bool = Field(
+        default=False, description="CUDA: replay a captured CUDA graph for full batches"
+    )
+    ort_tensorrt: bool = Field(
+        default=False, description="CUDA: the TensorRT provider (fp16) where ONNX Runtime has it"
+    )
+    ort_trt_cache_dir: str = Field(
+        default="", description="TensorRT engine cache ('' = <tmp>/panns-serve-trt)"
+    )
     verify_bundles: bool = Field(
         default=True, description="check every bundle file's SHA-256 at start"
     )

@@ -13,10 +13,13 @@ what it measured):
    engine class, at each ``--batches`` size: clips/s (numpy in, numpy out, so host<->device
    copies included), the first run's time (CUDA set-up, cuDNN algorithm search), and the
    fp16-vs-fp32 max abs difference of the scores;
-4. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
+4. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
+   fp16 vs pinned staging with 1 and 2 batches in flight vs + CUDA graph vs TensorRT fp16, at
+   each ``--variant-batches`` size, leaving ``--service-reserve-s`` for the last stage;
+5. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
    default), and its clips/s over the raw fp16 engine's at the service's batch size.
 
-Stages 3-4 need CUDA: without it they are recorded as skipped, with the reason, and the exit
+Stages 3-5 need CUDA: without it they are recorded as skipped, with the reason, and the exit
 status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:
 the environment or the export failed. ``--budget-s`` bounds the run: stages that would start
 too late are skipped, not cut.
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow th
 
 log = logging.getLogger("gpu_check")
 CUDA_EP = "CUDAExecutionProvider"
-STAGES = ("env", "export", "engines", "service")
+STAGES = ("env", "export", "engines", "variants", "service")
 
 
 class Skip(Exception):
@@ -283,6 +286,18 @@ def _bind(run: Callable[[np.ndarray], np.ndarray], clips: np.ndarray) -> Callabl
     return lambda: run(clips)
 
 
+def variants_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
+    from engine_variants import variants_stage as measure  # beside this script
+
+    _, ort_device = _devices(args)
+    if ort_device != "cuda":
+        raise Skip("the GPU engine's variants need ONNX Runtime's CUDA provider")
+    if args.bundle is None:
+        raise Skip("no bundle: the export stage did not run or failed")
+    budget = report.left_s() - args.service_reserve_s
+    return measure(args.bundle, args.variant_batches, args.variant_seconds, budget)
+
+
 def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
     _, ort_device = _devices(args)
     if args.bundle is None:
@@ -373,7 +388,7 @@ def summary(doc: dict[str, Any]) -> None:
         f"gpu: {env.get('gpu')}  cuda: {env.get('cuda')}  ort: {env.get('onnxruntime')} "
         f"{env.get('ort_providers')}"
     )
-    for stage in ("export", "engines", "service"):
+    for stage in ("export", "engines", "variants", "service"):
         if stage not in doc:
             continue
         st = doc[stage]
@@ -386,6 +401,15 @@ def summary(doc: dict[str, Any]) -> None:
         )
     if diffs := doc.get("engines", {}).get("max_abs_diff_vs_ort_fp32"):
         print(f"  max abs diff vs ort fp32: {diffs}")
+    for batch, row in doc.get("variants", {}).get("batches", {}).items():
+        print(
+            f"  variants batch {batch:>3}: "
+            + "  ".join(
+                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} skipped"
+                for k, v in row.items()
+                if isinstance(v, dict)
+            )
+        )
     for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
         for fmt, res in formats.items():
             print(
@@ -406,6 +430,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting stages after")
     p.add_argument("--allow-cpu", action="store_true", help="run stages 3-4 without CUDA")
     p.add_argument("--stages", default=",".join(STAGES), help="which stages to run")
+    p.add_argument("--variant-batches", default="32,64", help="batch sizes of stage 4")
+    p.add_argument("--variant-seconds", type=float, default=1.5, help="timed per variant")
+    p.add_argument(
+        "--service-reserve-s", type=float, default=150.0, help="stage 4 leaves this much"
+    )
     p.add_argument(
         "--service-workers",
         default="default",
@@ -418,6 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--service-max-batch", type=int, default=64)
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.variant_batches = [int(b) for b in args.variant_batches.split(",") if b.strip()]
     args.precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")
@@ -438,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             "env": (lambda: env_stage(args), 0),
             "export": (lambda: export_stage(args, Path(work)), 30),
             "engines": (lambda: engines_stage(args), 30),
+            "variants": (lambda: variants_stage(args, report), 30 + args.service_reserve_s),
             "service": (lambda: service_stage(args, report), 60),
         }
         for name in STAGES:

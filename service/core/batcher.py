@@ -12,6 +12,10 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
   the engine thread runs the previous batch; at most one stacked batch waits for the engine.
   ``pipeline=False`` stacks and runs one batch at a time.
+- In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
+  next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
+  thread-safe). Batches may finish out of order; each window's result goes to its own place.
+  "Idle" (cut at once) still means no batch running, so batch fill does not drop.
 - Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
   than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
 - Deadlines: ``submit`` enforces its deadline itself and raises ``DeadlineExceeded``; a caller
@@ -116,13 +120,17 @@ class Batcher:
         name: str = "model",
         cut_when_idle: bool = True,
         pipeline: bool = True,
+        inflight: int = 1,
     ) -> None:
+        if inflight < 1:
+            raise ValueError(f"inflight must be at least 1, not {inflight}")
         self.infer, self.max_batch, self.max_delay_s = infer, max_batch, max_delay_s
         self.max_queue, self.observer, self.name = max_queue, observer, name
-        self.cut_when_idle, self.pipeline = cut_when_idle, pipeline
+        self.cut_when_idle, self.pipeline, self.inflight = cut_when_idle, pipeline, inflight
         self._queue: FairQueue[_Request] = FairQueue()
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
-        self._closing = self._running = self._formed = False
+        self._closing = self._formed = False
+        self._running = 0  # batches in the engine threads now
         self._slot: tuple[Batch, np.ndarray] | None = None  # stacked, waiting for the engine
         self._batches = 0
         self._avg_compute_s = 0.0
@@ -130,7 +138,7 @@ class Batcher:
         self._slot_ready: asyncio.Event | None = None  # for the engine task
         self._tasks: list[asyncio.Task[None]] = []
         self._stacker = ThreadPoolExecutor(1, thread_name_prefix=f"stack-{name}")
-        self._engine = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._engine = ThreadPoolExecutor(inflight, thread_name_prefix=f"infer-{name}")
 
     @property
     def depth(self) -> int:
@@ -285,7 +293,7 @@ class Batcher:
                 time.monotonic(),
                 max_batch=self.max_batch,
                 max_delay_s=self.max_delay_s,
-                cut_now=self.cut_when_idle and not self._running,
+                cut_now=self.cut_when_idle and self._running == 0,
             )
             if length is not None:
                 batch = self._queue.take_round_robin(length, self.max_batch)
@@ -311,25 +319,34 @@ class Batcher:
             stacked_hook(len(batch), time.monotonic() - start)
         return stacked
 
-    # The engine task: run each stacked batch in the engine thread, hand out the results.
+    # The engine task: start each stacked batch in an engine thread (up to ``inflight`` at
+    # once), hand out the results as each ends.
 
     async def _engine_loop(self) -> None:
         assert self._slot_ready is not None and self._wakeup is not None
-        while True:
-            await self._slot_ready.wait()
-            self._slot_ready.clear()
-            if self._slot is None:
-                if self._formed:
-                    return
-                continue
-            (batch, stacked), self._slot = self._slot, None
-            self._running = True
-            self._wakeup.set()  # the slot is free: the next batch may be stacked
-            try:
-                await self._run(batch, stacked)
-            finally:
-                self._running = False
-                self._wakeup.set()
+        async with asyncio.TaskGroup() as runs:  # on exit (or cancel): waits for the runs
+            while True:
+                await self._slot_ready.wait()
+                self._slot_ready.clear()
+                if self._slot is None:
+                    if self._formed:
+                        return
+                    continue
+                if self._running >= self.inflight:
+                    continue  # a run that ends sets _slot_ready again
+                (batch, stacked), self._slot = self._slot, None
+                self._running += 1
+                self._wakeup.set()  # the slot is free: the next batch may be stacked
+                runs.create_task(self._run_one(batch, stacked))
+
+    async def _run_one(self, batch: Batch, stacked: np.ndarray) -> None:
+        assert self._slot_ready is not None and self._wakeup is not None
+        try:
+            await self._run(batch, stacked)
+        finally:
+            self._running -= 1
+            self._wakeup.set()
+            self._slot_ready.set()
 
     async def _run(self, batch: Batch, stacked: np.ndarray) -> None:
         start = time.monotonic()

@@ -51,6 +51,11 @@ def backend_options(settings: Settings) -> BackendOptions:
         url=settings.engine_url,
         api_key=settings.engine_api_key.get_secret_value(),
         timeout_s=settings.timeout_s,
+        inflight=settings.inflight_batches,
+        cuda_graph=settings.ort_cuda_graph,
+        tensorrt=settings.ort_tensorrt,
+        trt_cache_dir=settings.ort_trt_cache_dir,
+        max_batch=settings.max_batch,
     )
 
 
@@ -105,6 +110,7 @@ class Models:
             max_queue=s.max_queue,
             observer=self.observer(card, backend) if self.observer else None,
             name=card.name,
+            inflight=backend.inflight,
         )
         batcher.start()
         self.models[card.name] = ModelRuntime(card, backend, batcher, default=not self.models)

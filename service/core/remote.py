@@ -287,6 +287,7 @@ class RemoteBackend:
         self.device, self.provider = str(info["device"]), str(info["provider"])
         self.precision = str(info["precision"])
         self.kinds: dict[str, OutputKind] = dict(info["kinds"])
+        self.inflight = 1  # never runs a batch: the engine process has the real figure
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise RuntimeError("a front process runs no batches: the engine does")

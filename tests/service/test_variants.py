@@ -70,3 +70,22 @@ def test_readiness_reports_a_missing_variant(tagger_bundle: Path) -> None:
     finally:
         server.stop()
     assert body["status"] == "failed" and "PANNS_PRECISION=fp16" in body["error"]
+
+
+def test_service_with_two_batches_in_flight_answers_like_one(tagger_bundle: Path) -> None:
+    """PANNS_INFLIGHT_BATCHES=2 on the CPU: two engine threads, the same scores."""
+    body = files(*[(f"{i}.wav", encode(noise(25.0, seed=i), RATE)) for i in range(3)])
+    scores = {}
+    for inflight in (1, 2):
+        server = LiveServer(settings_for(tagger_bundle, inflight_batches=inflight, max_batch=2))
+        server.start()
+        try:
+            runtime = server.app.state.tagger.models.get()
+            assert (runtime.backend.inflight, runtime.batcher.inflight) == (inflight, inflight)
+            with server.client() as c:
+                r = c.post("/v1/tag", files=body)
+        finally:
+            server.stop()
+        assert r.status_code == 200, r.text
+        scores[inflight] = [f["scores"] for f in r.json()["results"]]
+    np.testing.assert_allclose(scores[1], scores[2], atol=1e-6)

@@ -29,6 +29,13 @@ class BackendOptions:
     url: str = ""  # for remote backends: where the engine tier listens
     api_key: str = ""  # for remote backends: the engine tier's API key
     timeout_s: float = 60.0  # for remote backends: how long one batch may take
+    # The GPU engine (ignored on CPU); see README "GPU engine".
+    inflight: int = 0  # batches run at once (0: 2 on CUDA, 1 on CPU)
+    cuda_graph: bool = False  # replay a captured CUDA graph for full (max_batch) batches
+    tensorrt: bool = False  # TensorRT execution provider (fp16) where ORT offers it
+    trt_cache_dir: str = ""  # TensorRT engine cache ("" = <tmp>/panns-serve-trt)
+    max_batch: int = 0  # the full batch: the CUDA graph's shape, TensorRT's profile (0: unknown)
+    max_window_s: float = 60.0  # the longest window (pipeline.MAX_WINDOW_S): TensorRT's profile
 
 
 class Backend(Protocol):
@@ -39,6 +46,7 @@ class Backend(Protocol):
     provider: str  # the runtime's own name for it (e.g. CUDAExecutionProvider)
     precision: str  # the graph variant in use: fp32, fp16 or int8
     kinds: dict[str, OutputKind]  # graph output name -> kind
+    inflight: int  # how many ``run`` calls may proceed at once (the batcher's engine threads)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a (B, L) float32 batch; float32 outputs keyed by kind (clipwise, ...)."""

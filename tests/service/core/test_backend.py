@@ -55,3 +55,72 @@ def test_main_refuses_a_missing_bundle_with_a_clear_message(tmp_path: Path) -> N
     assert proc.returncode == 1
     assert "not a model bundle" in proc.stderr and "make bundle" in proc.stderr
     assert settings_for(tmp_path).model_dirs == [tmp_path]
+
+
+def test_two_runs_at_once_on_cpu_give_the_sequential_results(tagger_bundle: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1)).inflight == 1
+    engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1, inflight=2))
+    assert engine.inflight == 2 and not engine.pinned
+    batches = [np.stack([noise(2.0, seed=10 * b + s) for s in range(1 + b % 3)]) for b in range(6)]
+    alone = [engine.run(x)["clipwise"] for x in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda x: engine.run(x)["clipwise"], batches))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gpu_options_on_cpu_warn_and_serve_plainly(tagger_bundle: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    plain = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
+    asked = BackendOptions(device="cpu", threads=1, tensorrt=True, cuda_graph=True, max_batch=4)
+    with caplog.at_level("WARNING", logger="service.core.backends.ort"):
+        engine = OrtBackend(tagger_bundle, asked)
+    assert "PANNS_ORT_TENSORRT ignored" in caplog.text
+    assert "PANNS_ORT_CUDA_GRAPH ignored" in caplog.text
+    assert (engine.provider, engine.tensorrt, engine.cuda_graph) == (CPU, False, False)
+    assert engine.session.get_providers() == [CPU]
+    x = np.stack([noise(2.0, seed=s) for s in range(4)])
+    np.testing.assert_array_equal(engine.run(x)["clipwise"], plain.run(x)["clipwise"])
+
+
+def test_tensorrt_missing_under_cuda_falls_back_to_plain_cuda(
+    tagger_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs ONNX Runtime's CUDA provider (the GPU check covers it)")
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("TensorRT is offered here: nothing to fall back from")
+    with caplog.at_level("WARNING", logger="service.core.backends.ort"):
+        engine = OrtBackend(tagger_bundle, BackendOptions(device="cuda", tensorrt=True))
+    assert "offers no TensorrtExecutionProvider" in caplog.text
+    assert engine.session.get_providers()[0] == "CUDAExecutionProvider" and not engine.tensorrt
+
+
+def test_staging_casts_in_place_and_reuses_its_buffer() -> None:
+    from service.core.backends.ort_cuda import Staging
+
+    staging = Staging()  # pinned only where a CUDA runtime is loaded
+    big = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    first = staging.fill(big, np.float16)
+    assert first.dtype == np.float16 and first.shape == (4, 100)
+    np.testing.assert_array_equal(first, big.astype(np.float16))
+    small = staging.fill(big[:2, :50], np.float16)  # fits: the same memory, no new buffer
+    assert np.shares_memory(first, small)
+    np.testing.assert_array_equal(small, big[:2, :50].astype(np.float16))
+    assert np.array_equal(staging.fill(big, np.float32), big)
+    staging.close()
+
+
+def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
+    from service.core.models import backend_options
+    from service.core.pipeline import MAX_WINDOW_S
+
+    opts = backend_options(settings_for(tmp_path, inflight_batches=2, ort_cuda_graph=True,
+                                        ort_tensorrt=True, ort_trt_cache_dir="/c", max_batch=32))
+    assert (opts.inflight, opts.cuda_graph, opts.tensorrt) == (2, True, True)
+    assert (opts.trt_cache_dir, opts.max_batch) == ("/c", 32)
+    assert BackendOptions().max_window_s == MAX_WINDOW_S  # TensorRT's profile covers every window
+    with pytest.raises(ValueError, match="inflight_batches"):
+        settings_for(tmp_path, inflight_batches=3)

@@ -1,0 +1,193 @@
+"""The GPU engine's variants side by side (gpu_check.py's ``variants`` stage; README "GPU engine").
+
+At each ``--variant-batches`` size (default 32 and 64), clips/s from a float32 numpy batch in to
+float32 scores out (host<->device copies included) for:
+
+- ``plain_fp16``: the fp16 session's own ``run`` (ORT copies pageable numpy in and out);
+- ``pinned_inflight1``: ``OrtBackend`` (fp16 cast into a page-locked staging buffer, IO binding)
+  called from one thread;
+- ``pinned_inflight2``: the same called from two threads at once (two batches in flight);
+- ``cuda_graph_inflight2``: + ``cuda_graph`` (a graph session per slot, captured for the batch);
+- ``tensorrt_fp16_inflight2``: + ``tensorrt`` (fp16, engine cache; its profile spans 1 x
+  the shortest input to the largest batch x 10 s here, so that the build fits the budget).
+
+Each variant's max abs difference of the scores from ``plain_fp16`` is recorded too (the same
+function must come out), with whether the staging was pinned and which options stayed on after
+their fallbacks. Variants that would start too late for the stage's budget are skipped with a
+note, TensorRT when ONNX Runtime does not offer it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("gpu_check")
+TRT_EP = "TensorrtExecutionProvider"
+TRT_MIN_S = 150.0  # an engine build for Cnn14 can take minutes: start it only with this left
+
+
+def throughput(
+    run: Callable[[np.ndarray], np.ndarray], clips: np.ndarray, seconds: float, threads: int
+) -> dict[str, float]:
+    """clips/s with ``threads`` callers looping over ``run(clips)`` for ``seconds``."""
+    run(clips)  # the first call at this shape (allocation, capture, engine build) is untimed
+    t0 = time.perf_counter()
+    run(clips)
+    first = time.perf_counter() - t0
+    calls = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def loop(k: int) -> None:
+        while time.perf_counter() < stop or calls[k] < 2:
+            run(clips)
+            calls[k] += 1
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    total = sum(calls)
+    return {
+        "clips_per_s": round(len(clips) * total / elapsed, 1),
+        "ms_per_batch": round(1000 * elapsed * threads / total, 2),
+        "second_run_s": round(first, 3),
+        "threads": threads,
+    }
+
+
+def _backend(bundle: Path, batch: int, **extra: Any) -> Any:
+    from service.core.backends import BackendOptions
+    from service.core.backends.ort import OrtBackend
+
+    opts = BackendOptions(device="cuda", precision="fp16", max_batch=batch, **extra)
+    return OrtBackend(bundle, opts)
+
+
+def _plain(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The session's own run: numpy in (cast to fp16), numpy out."""
+    name = next(n for n, kind in engine.kinds.items() if kind == "clipwise")
+
+    def run(clips: np.ndarray) -> np.ndarray:
+        feed = {engine.input_name: clips.astype(engine.input_dtype)}
+        return np.asarray(engine.session.run([name], feed)[0], np.float32)
+
+    return run
+
+
+def _scores(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda clips: np.asarray(engine.run(clips)["clipwise"])
+
+
+def _measure(
+    engine: Any,
+    name: str,
+    clips: np.ndarray,
+    seconds: float,
+    threads: int,
+    reference: np.ndarray,
+    load_s: float,
+) -> dict[str, Any]:
+    result = throughput(_scores(engine), clips, seconds, threads)
+    result.update(
+        load_s=round(load_s, 1),
+        pinned=engine.pinned,
+        cuda_graph=engine.cuda_graph,
+        tensorrt=engine.tensorrt,
+        provider=engine.session.get_providers()[0],
+        max_abs_diff_vs_plain=float(np.max(np.abs(_scores(engine)(clips) - reference))),
+    )
+    log.info("batch %d %s: %s", len(clips), name, result)
+    return result
+
+
+def _loaded(bundle: Path, batch: int, **extra: Any) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    engine = _backend(bundle, batch, **extra)
+    return engine, time.monotonic() - t0
+
+
+def _run_all(
+    bundle: Path,
+    pools: dict[int, np.ndarray],
+    seconds: float,
+    deadline: float,
+    trt: bool,
+    trt_cache: str,
+    rows: dict[str, dict[str, Any]],
+) -> None:
+    """Fill ``rows`` (batch -> variant -> result): sessions shared where options allow."""
+    largest = max(pools)
+    base, load_s = _loaded(bundle, largest, inflight=2)
+    refs = {b: _plain(base)(clips) for b, clips in pools.items()}
+    for b, clips in pools.items():
+        rows[str(b)]["plain_fp16"] = throughput(_plain(base), clips, seconds, 1)
+        for name, threads in (("pinned_inflight1", 1), ("pinned_inflight2", 2)):
+            rows[str(b)][name] = _measure(base, name, clips, seconds, threads, refs[b], load_s)
+    del base
+    for b, clips in pools.items():
+        if not _time_left(rows[str(b)], "cuda_graph_inflight2", deadline, 30.0):
+            continue
+        graph, load_s = _loaded(bundle, b, inflight=2, cuda_graph=True)
+        rows[str(b)]["cuda_graph_inflight2"] = _measure(
+            graph, "cuda_graph_inflight2", clips, seconds, 2, refs[b], load_s
+        )
+        del graph
+    name = "tensorrt_fp16_inflight2"
+    if not trt:
+        for b in pools:
+            rows[str(b)][name] = {"skipped": f"ONNX Runtime offers no {TRT_EP} on this host"}
+        return
+    if not _time_left(rows[str(largest)], name, deadline, TRT_MIN_S):
+        return
+    opts = {"inflight": 2, "tensorrt": True, "trt_cache_dir": trt_cache, "max_window_s": 10.0}
+    engine, load_s = _loaded(bundle, largest, **opts)
+    for b, clips in pools.items():
+        rows[str(b)][name] = _measure(engine, name, clips, seconds, 2, refs[b], load_s)
+
+
+def _time_left(row: dict[str, Any], name: str, deadline: float, need: float) -> bool:
+    left = deadline - time.monotonic()
+    if left < need:
+        row[name] = {"skipped": f"time budget: {left:.0f} s left, needs about {need:.0f} s"}
+    return left >= need
+
+
+def variants_stage(
+    bundle: Path, batches: list[int], seconds: float, budget_s: float
+) -> dict[str, Any]:
+    """The variants at each batch size, within ``budget_s`` seconds."""
+    import onnxruntime as ort
+
+    from model_export.audio import generated_batch
+    from service.core.card import read_card
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"ONNX Runtime offers only {ort.get_available_providers()}")
+    deadline = time.monotonic() + budget_s
+    card = read_card(bundle)
+    if "fp16" not in card.files:
+        raise RuntimeError("the bundle has no fp16 variant")
+    trt = TRT_EP in ort.get_available_providers()
+    pool = generated_batch(card.sample_rate, 8, card.clip_samples, seed=11)
+    out: dict[str, Any] = {
+        "measure_s": seconds,
+        "tensorrt_offered": trt,
+        "note": "clips/s from float32 numpy in to float32 scores out; inflight2 rows are "
+        "driven by two threads at once",
+    }
+    pools = {b: pool[np.arange(b) % len(pool)] for b in batches}
+    out["batches"] = {str(b): {} for b in batches}
+    with tempfile.TemporaryDirectory(prefix="trt-cache-") as trt_cache:
+        _run_all(bundle, pools, seconds, deadline, trt, trt_cache, out["batches"])
+    return out

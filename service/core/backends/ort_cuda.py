@@ -1,0 +1,145 @@
+"""CUDA helpers of the ONNX Runtime backend: page-locked staging buffers, CUDA graph runners
+and the pool of in-flight slots.
+
+Page-locked ("pinned") host memory lets the host->device copy run as DMA, without the
+driver's extra bounce through its own pinned buffer. ONNX Runtime's Python API offers no
+pinned host allocator for the CUDA provider (``OrtValue.ortvalue_from_shape_and_type`` knows
+``cpu`` and ``cuda``), so a numpy buffer is page-locked in place with the CUDA runtime's
+``cudaHostRegister`` (the library onnxruntime-gpu has loaded already) and bound as a CPU input:
+ORT's copy to the device then reads pinned memory. Where the runtime library cannot be found
+or registration fails, the buffer stays pageable (correct, only slower) and ``pinned`` says so.
+
+A slot is what one batch in flight needs: its staging buffer and, with CUDA graphs, its own
+graph session (a captured graph replays fixed device addresses, so two batches in flight need
+two). The backend runs at most ``len(slots)`` batches at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("service.core.backends.ort")
+
+CUDART_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")
+CUDA_HOST_REGISTER_PORTABLE = 1  # pinned for every CUDA context, not only the current one
+GRAPH_WARMUP_RUNS = 3  # ORT runs a graph session plainly before it captures, then replays
+
+
+@lru_cache(maxsize=1)
+def cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime library (the one ORT loaded, by its soname), or None."""
+    for name in CUDART_NAMES:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
+        return lib
+    log.warning("no CUDA runtime library (%s): staging buffers stay pageable", CUDART_NAMES)
+    return None
+
+
+class Staging:
+    """One reusable host buffer that batches are cast into before going to the device;
+    page-locked when the CUDA runtime allows. It grows to the largest batch seen."""
+
+    def __init__(self, pin: bool = True) -> None:
+        self.pin = pin
+        self.pinned = False
+        self._buffer = np.empty(0, np.uint8)
+
+    def fill(self, batch: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+        """``batch`` cast to ``dtype`` in the buffer (one pass); a view valid until next fill."""
+        size = batch.size * np.dtype(dtype).itemsize
+        if size > self._buffer.nbytes:
+            self._grow(size)
+        view = self._buffer[:size].view(dtype).reshape(batch.shape)
+        np.copyto(view, batch, casting="same_kind")
+        return view
+
+    def _grow(self, size: int) -> None:
+        self.close()
+        self._buffer = np.empty(size, np.uint8)
+        lib = cudart() if self.pin else None
+        if lib is None:
+            return
+        code = lib.cudaHostRegister(self._buffer.ctypes.data, size, CUDA_HOST_REGISTER_PORTABLE)
+        self.pinned = code == 0
+        if not self.pinned:
+            log.warning("cudaHostRegister failed (error %d): staging stays pageable", code)
+
+    def close(self) -> None:
+        if self.pinned:
+            lib = cudart()
+            if lib is not None:
+                lib.cudaHostUnregister(self._buffer.ctypes.data)
+            self.pinned = False
+
+
+class GraphRunner:
+    """A CUDA-graph session for one fixed input shape: fixed device buffers bound once; each
+    run copies the staged batch into the input buffer and replays the captured graph."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        input_name: str,
+        shape: tuple[int, int],
+        dtype: type[np.generic],
+        outputs: dict[str, tuple[tuple[int, ...], Any]],
+    ) -> None:
+        self.session, self.shape = session, shape
+        self.names = list(outputs)
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(input_name, self.input)
+        self.outputs = []
+        for name, (out_shape, out_dtype) in outputs.items():
+            value = ort.OrtValue.ortvalue_from_shape_and_type(list(out_shape), out_dtype, "cuda", 0)
+            self.binding.bind_ortvalue_output(name, value)
+            self.outputs.append(value)
+        zeros = np.zeros(shape, dtype)
+        for _ in range(GRAPH_WARMUP_RUNS):  # capture now, not on the first request
+            self.run(zeros)
+
+    def run(self, staged: np.ndarray) -> list[np.ndarray]:
+        self.input.update_inplace(staged)
+        self.session.run_with_iobinding(self.binding)
+        return [value.numpy() for value in self.outputs]
+
+
+@dataclass
+class Slot:
+    """What one batch in flight uses: a staging buffer, and a graph runner when enabled."""
+
+    staging: Staging = field(default_factory=Staging)
+    graph: GraphRunner | None = None
+
+
+class SlotPool:
+    """``n`` slots handed out one per running batch; ``take`` blocks while all are busy."""
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
+        self._free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
+
+    def take(self) -> Slot:
+        return self._free.get()
+
+    def give(self, slot: Slot) -> None:
+        self._free.put(slot)
+
+    @property
+    def pinned(self) -> bool:
+        return any(slot.staging.pinned for slot in self.slots)
