@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import INFERENCE_ENDPOINTS, UNCOUNTED_PATHS, Metrics
+from service.metrics import UNCOUNTED_PATHS, Metrics, is_inference
 
 access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -86,7 +86,7 @@ class AccessLogMiddleware:
             await send(message)
 
         path = _path(scope)
-        inflight = self.metrics.inflight if path in INFERENCE_ENDPOINTS else None
+        inflight = self.metrics.inflight if is_inference(path) else None
         if inflight is not None:
             inflight.inc()
         try:

@@ -9,6 +9,7 @@ first error of a series (a counter born at 1 has no earlier sample to differ fro
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,7 +21,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from service.core.backends import Backend
 from service.core.card import ModelCard
@@ -30,9 +33,30 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MODEL = ("model",)
 
 # The endpoints that run inference: the only requests counted in flight.
-INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect")
+INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect", "/v2/models/{name}/infer")
 # Probes and scrapes: not counted in panns_requests_total nor the latency histogram.
-UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+UNCOUNTED_PATHS = frozenset(
+    {"/metrics", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+)
+
+
+def is_inference(path: str) -> bool:
+    """An inference request (counted in flight): /v1 tag/embed/detect or an OIP infer."""
+    return path in INFERENCE_ENDPOINTS or (
+        path.startswith("/v2/models/") and path.endswith("/infer")
+    )
+
+
+# Series started at 0, so that a dashboard's rate() sees their first increase.
+DROP_REASONS = ("cancelled", "deadline", "failed", "stopped")
+DECODE_FAILURES = (
+    "invalid_audio",
+    "empty_audio",
+    "undecodable_audio",
+    "unsupported_format",
+    "audio_too_long",
+    "audio_too_short",
+)
 # Server errors an inference request can get; their series exist from the start at 0.
 SERVER_ERRORS = ("500", "503", "504")
 
@@ -130,6 +154,10 @@ class Metrics:
         for endpoint in INFERENCE_ENDPOINTS:
             for status in SERVER_ERRORS:
                 self.requests.labels(endpoint, model, status)
+        for reason in DROP_REASONS:
+            self.dropped_windows.labels(model, reason)
+        for code in DECODE_FAILURES:
+            self.decode_failures.labels(code)
 
     def file_done(self, model: str, seconds: float) -> None:
         self.audio_seconds.labels(model).inc(seconds)
@@ -142,8 +170,47 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            registry.register(ServiceProcesses(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class ServiceProcesses(Collector):
+    """process_* metrics summed over the service's live processes (PANNS_WORKERS > 1): the
+    processes are those with metric files in the multiprocess directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _pids(self) -> set[int]:
+        pids = set()
+        for name in os.listdir(self.directory):
+            stem = name.rsplit(".", 1)[0].rsplit("_", 1)[-1]
+            if stem.isdigit() and os.path.exists(f"/proc/{stem}"):
+                pids.add(int(stem))
+        return pids
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[str, float] = {}
+        for pid in self._pids():
+            one = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in one.collect():
+                if family.name in _SUMMED:
+                    totals[family.name] = totals.get(family.name, 0.0) + family.samples[0].value
+        for name, value in totals.items():
+            doc = _SUMMED[name] + " (all the service's processes)"
+            if name.endswith("cpu_seconds"):
+                yield CounterMetricFamily(name, doc, value=value)
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)
+
+
+_SUMMED = {
+    "process_cpu_seconds": "Total user and system CPU time spent in seconds",
+    "process_resident_memory_bytes": "Resident memory size in bytes",
+    "process_virtual_memory_bytes": "Virtual memory size in bytes",
+    "process_open_fds": "Number of open file descriptors",
+}
 
 
 class BatchMetrics:

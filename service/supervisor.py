@@ -172,6 +172,9 @@ def engine_main() -> int:
 
 
 def front_main(fd: int) -> int:
+    # A SIGTERM before uvicorn takes over (a front replaced just as the service stops)
+    # ends this front cleanly instead of by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from service.__main__ import run_server
     from service.app import create_app
     from service.logs import configure_logging
