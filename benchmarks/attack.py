@@ -93,7 +93,8 @@ def cases(url: str, sed_model: str | None) -> dict[str, Callable[[], int]]:
     sed = {"model": sed_model} if sed_model else {}
     head = (
         b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-        b"boundary=b\r\nContent-Length: 50000000\r\n\r\n--b\r\n"
+        b"boundary=b\r\nContent-Length: 50000000\r\n\r\n--b\r\nContent-Disposition: "
+        b'form-data; name="file"; filename="a.wav"\r\n\r\n'
     )
     return {
         "window_fan_out": lambda: post(url, "/v1/tag", ogg, {"window_s": 0.31, "hop_s": 0.0003125}),
@@ -173,10 +174,10 @@ def attack(
     }
 
 
-def start(bundle: Path, port: int) -> subprocess.Popen[bytes]:
+def start(bundles: list[Path], port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "PANNS_MODELS": str(bundle),
+        "PANNS_MODELS": ",".join(str(b) for b in bundles),
         "PANNS_HOST": "127.0.0.1",
         "PANNS_PORT": str(port),
         "PANNS_WORKERS": "1",
@@ -191,12 +192,13 @@ def start(bundle: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("the service did not become ready")
 
