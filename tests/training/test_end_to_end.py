@@ -35,8 +35,10 @@ Serve = Callable[[Path], str]  # bundle directory -> base URL of a running servi
 CLIP_SECONDS = "3"
 # A cheaper front end than the checkpoints' (1024/320/64): a quarter of the log-mel cells.
 MODEL_ARGS = '{"mel_bins": 32, "hop_size": 640, "window_size": 512}'
-# Measured: eval mAP 0.68-0.73 after 120 steps (chance is the mean
-# class prevalence, about 0.23 on this set).
+# Measured: eval mAP 0.68-0.73 after 120 steps on an AVX2 CPU (chance is the mean class
+# prevalence, about 0.23 on this set). Training numerics differ between CPUs (oneDNN picks
+# other kernels on AVX-512), and at 120 steps an AVX-512 machine still ranked "Beep, bleep"
+# over "Siren" for the test siren: 200 steps pass on both.
 MIN_MAP = 0.45
 # Fine-tuning data: synthetic classes renamed to labels AudioSet does not have.
 CUSTOM = {"Siren": "alarm", "Beep, bleep": "beeper", "Sine wave": "hum-tone",
@@ -135,7 +137,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     held_out = _synth_and_pack(root, "eval", clips=48, seed=2)
     run = root / "run"
     _run("training.train", "--arch", "MobileNetV1", "--train", str(train), "--eval",
-         str(held_out), "--out", str(run), "--steps", "120", "--eval-every", "40",
+         str(held_out), "--out", str(run), "--steps", "200", "--eval-every", "40",
          "--batch-size", "16", "--crop-seconds", "1.5", "--no-spec-augment",
          "--mixup-alpha", "0", "--model-args", MODEL_ARGS,
          "--workers", "0", "--device", "cpu", "--seed", "1", timeout=600)
@@ -145,7 +147,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> None:
     run, root = trained["run"], trained["root"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [x["iteration"] for x in log] == [40, 80, 120]
+    assert [x["iteration"] for x in log] == [40, 80, 120, 160, 200]
     best = run / "checkpoints" / "best.pth"
     table = root / "per_class.csv"
     summary = json.loads(_run("training.evaluate", "--checkpoint", str(best), "--data",
