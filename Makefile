@@ -28,12 +28,13 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check service model_export training tests benchmarks
+	$(BIN)/ruff check service model_export training tests benchmarks scripts
+	$(BIN)/ruff format --check service model_export training tests benchmarks scripts
 	$(BIN)/mypy service model_export training
 
 format: install
-	$(BIN)/ruff check --fix service model_export training tests benchmarks
-	$(BIN)/ruff format service model_export training tests benchmarks
+	$(BIN)/ruff check --fix service model_export training tests benchmarks scripts
+	$(BIN)/ruff format service model_export training tests benchmarks scripts
 
 # Make sure a model bundle exists (default: the official Cnn14; PANNS_MODEL=<name> or
 # PANNS_CHECKPOINT=<path> to choose another), then run the service on it.

@@ -209,9 +209,14 @@ def _cards(bundles: list[Path]) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, action="append", required=True,
-                        help="model bundle to serve (repeat: a SED model makes the "
-                        "/v1/detect cases reach the detection code)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        action="append",
+        required=True,
+        help="model bundle to serve (repeat: a SED model makes the "
+        "/v1/detect cases reach the detection code)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
     parser.add_argument("--clients", type=int, default=3, help="attacking threads")
     args = parser.parse_args()

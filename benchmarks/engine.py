@@ -67,18 +67,28 @@ def machine(threads: int) -> dict[str, object]:
     cpu = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "ort_providers": ort.get_available_providers(),
-            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
-def engines(model: object, bundle: Path, batch: np.ndarray, threads: int,
-            cuda: bool) -> dict[str, tuple[str, Runner]]:
+def engines(
+    model: object, bundle: Path, batch: np.ndarray, threads: int, cuda: bool
+) -> dict[str, tuple[str, Runner]]:
     """name -> (provider, a callable running one batch)."""
     import onnxruntime as ort
     import torch
@@ -105,8 +115,10 @@ def engines(model: object, bundle: Path, batch: np.ndarray, threads: int,
     if cuda:
         gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         out["ort_fp32_cuda"] = ("CUDAExecutionProvider", ort_runner(bundle / "model.onnx", gpu))
-        out["ort_fp16_cuda"] = ("CUDAExecutionProvider",
-                                ort_runner(bundle / "model.fp16.onnx", gpu))
+        out["ort_fp16_cuda"] = (
+            "CUDAExecutionProvider",
+            ort_runner(bundle / "model.fp16.onnx", gpu),
+        )
     return out
 
 
@@ -121,12 +133,14 @@ def _logit_session(path: Path, threads: int) -> tuple[object, str] | None:
     if node is None or node.op_type != "Sigmoid":
         return None
     logits = node.input[0]
-    graph.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT,
-                                                                 None))
+    graph.graph.output.append(
+        onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(graph.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session, logits
 
 
@@ -161,40 +175,50 @@ def time_rounds(runners: dict[str, tuple[str, Runner]], rounds: int) -> dict[str
     return times
 
 
-def summarise(times: dict[str, list[float]], providers: dict[str, str], batch: int,
-              threads: int) -> dict[str, dict[str, object]]:
+def summarise(
+    times: dict[str, list[float]], providers: dict[str, str], batch: int, threads: int
+) -> dict[str, dict[str, object]]:
     base = statistics.median(times["pytorch_eager"])
     out: dict[str, dict[str, object]] = {}
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        out[name] = {"provider": providers[name], "threads": threads,
-                     "ms_per_batch_median": round(median * 1000, 1),
-                     "ms_per_batch_min": round(min(seconds) * 1000, 1),
-                     "clips_per_s": round(batch / median, 3),
-                     "speedup_vs_pytorch": round(base / median, 2)}
+        out[name] = {
+            "provider": providers[name],
+            "threads": threads,
+            "ms_per_batch_median": round(median * 1000, 1),
+            "ms_per_batch_min": round(min(seconds) * 1000, 1),
+            "clips_per_s": round(batch / median, 3),
+            "speedup_vs_pytorch": round(base / median, 2),
+        }
     return out
 
 
 def table(results: dict[str, dict[str, object]]) -> str:
     lines = [f"{'engine':16s} {'provider':22s} {'ms/batch':>10s} {'clips/s':>9s} {'vs torch':>9s}"]
     for name, row in results.items():
-        lines.append(f"{name:16s} {row['provider']!s:22s} {row['ms_per_batch_median']!s:>10s} "
-                     f"{row['clips_per_s']!s:>9s} {row['speedup_vs_pytorch']!s:>8s}x")
+        lines.append(
+            f"{name:16s} {row['provider']!s:22s} {row['ms_per_batch_median']!s:>10s} "
+            f"{row['clips_per_s']!s:>9s} {row['speedup_vs_pytorch']!s:>8s}x"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="Cnn14")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="real weights (e.g. the official Cnn14 .pth) instead of fill.py's: "
-                             "int8 agreement is only meaningful with trained weights")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="real weights (e.g. the official Cnn14 .pth) instead of fill.py's: "
+        "int8 agreement is only meaningful with trained weights",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import onnxruntime as ort
@@ -213,8 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     calibration = audio_dir if audio_dir.is_dir() else None
     with tempfile.TemporaryDirectory(prefix="panns-bench-") as tmp:
         bundle = Path(tmp) / args.arch.lower()
-        card = export_bundle(model, bundle, arch=args.arch, fp16=cuda, int8=True,  # type: ignore[arg-type]
-                             calibration_dir=calibration, progress=True)
+        card = export_bundle(
+            model,
+            bundle,
+            arch=args.arch,
+            fp16=cuda,
+            int8=True,  # type: ignore[arg-type]
+            calibration_dir=calibration,
+            progress=True,
+        )
         sample_rate = card.sample_rate
         batch = generated_batch(sample_rate, args.batch, int(args.seconds * sample_rate), seed=5)
         runners = engines(model, bundle, batch, args.threads, cuda)
@@ -226,9 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     results = summarise(times, {k: v[0] for k, v in runners.items()}, args.batch, args.threads)
     int8 = card.parity["int8"]
     report = {
-        "arch": args.arch, "batch": args.batch, "seconds": args.seconds, "rounds": args.rounds,
-        "weights": weights, "machine": machine(args.threads), "results": results,
-        "int8_top10_agreement": int8.top10_agreement, "int8_max_abs_diff": int8.max_abs_diff,
+        "arch": args.arch,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "weights": weights,
+        "machine": machine(args.threads),
+        "results": results,
+        "int8_top10_agreement": int8.top10_agreement,
+        "int8_max_abs_diff": int8.max_abs_diff,
         "int8_top10_agreement_by_logits": logit_top10,
         "int8_evaluated_on": int8.inputs,
         "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,

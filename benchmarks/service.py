@@ -48,7 +48,9 @@ def load_clips(audio_dir: Path, rate: int, samples: int) -> list[np.ndarray]:
     return clips
 
 
-def raw_throughput(engine: OrtBackend, clips: list[np.ndarray], batch: int, seconds: float) -> float:
+def raw_throughput(
+    engine: OrtBackend, clips: list[np.ndarray], batch: int, seconds: float
+) -> float:
     """Clips per second of ``engine.run`` on full batches, after one warm-up batch."""
     stacked = np.stack([clips[i % len(clips)] for i in range(batch)])
     engine.run(stacked)
@@ -60,11 +62,19 @@ def raw_throughput(engine: OrtBackend, clips: list[np.ndarray], batch: int, seco
 
 
 def start_service(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PANNS_MODELS": str(args.bundle), "PANNS_PORT": str(args.port),
-           "PANNS_HOST": "127.0.0.1", "PANNS_MAX_BATCH": str(args.batch),
-           "PANNS_MAX_DELAY_MS": str(args.max_delay_ms), "PANNS_THREADS": str(args.threads),
-           "PANNS_DEVICE": args.device, "PANNS_PRECISION": args.precision,
-           "PANNS_MAX_QUEUE": str(max(512, 4 * args.clients)), "PANNS_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "PANNS_MODELS": str(args.bundle),
+        "PANNS_PORT": str(args.port),
+        "PANNS_HOST": "127.0.0.1",
+        "PANNS_MAX_BATCH": str(args.batch),
+        "PANNS_MAX_DELAY_MS": str(args.max_delay_ms),
+        "PANNS_THREADS": str(args.threads),
+        "PANNS_DEVICE": args.device,
+        "PANNS_PRECISION": args.precision,
+        "PANNS_MAX_QUEUE": str(max(512, 4 * args.clients)),
+        "PANNS_LOG_LEVEL": "warning",
+    }
     return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
 
 
@@ -82,8 +92,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) ->
     raise SystemExit("the service did not become ready")
 
 
-async def load(url: str, bodies: list[bytes], clients: int, seconds: float
-               ) -> tuple[list[float], dict[int, int], float]:
+async def load(
+    url: str, bodies: list[bytes], clients: int, seconds: float
+) -> tuple[list[float], dict[int, int], float]:
     """K clients posting one clip per request in a loop for ``seconds``."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -141,8 +152,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_service(args: argparse.Namespace, clips: list[np.ndarray], rate: int
-                ) -> tuple[list[float], dict[int, int], float, float]:
+def run_service(
+    args: argparse.Namespace, clips: list[np.ndarray], rate: int
+) -> tuple[list[float], dict[int, int], float, float]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
     url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args)
@@ -160,8 +172,21 @@ def run_service(args: argparse.Namespace, clips: list[np.ndarray], rate: int
 
 def report(result: dict[str, object]) -> None:
     """Print the Markdown table row for BENCHMARKS.md."""
-    keys = ["model", "provider", "precision", "batch", "clients", "raw_clips_s",
-            "service_clips_s", "ratio", "p50_ms", "p95_ms", "p99_ms", "statuses", "peak_rss_mb"]
+    keys = [
+        "model",
+        "provider",
+        "precision",
+        "batch",
+        "clients",
+        "raw_clips_s",
+        "service_clips_s",
+        "ratio",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "statuses",
+        "peak_rss_mb",
+    ]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     print("| " + " | ".join(str(result[k]) for k in keys) + " |")
@@ -171,8 +196,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args()
-    engine = OrtBackend(args.bundle, BackendOptions(device=args.device, precision=args.precision,
-                    threads=args.threads))
+    engine = OrtBackend(
+        args.bundle,
+        BackendOptions(device=args.device, precision=args.precision, threads=args.threads),
+    )
     card, provider, precision = engine.card, engine.provider, engine.precision
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
@@ -180,15 +207,25 @@ def main() -> None:
     del engine  # free its memory and threads before the service starts
     lat, statuses, elapsed, rss = run_service(args, clips, card.sample_rate)
     served = statuses.get(200, 0) / elapsed
-    p50, p95, p99 = (float(np.percentile(lat, q)) * 1000 if lat else float("nan")
-                     for q in (50, 95, 99))
+    p50, p95, p99 = (
+        float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
+    )
     result: dict[str, object] = {
-        "model": card.name, "provider": provider, "precision": precision,
-        "batch": args.batch, "clients": args.clients, "seconds": round(elapsed, 1),
-        "raw_clips_s": round(raw, 2), "service_clips_s": round(served, 2),
-        "ratio": round(served / raw, 3), "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
-        "p99_ms": round(p99, 1), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "peak_rss_mb": round(rss, 1), "cpus": os.cpu_count(),
+        "model": card.name,
+        "provider": provider,
+        "precision": precision,
+        "batch": args.batch,
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "raw_clips_s": round(raw, 2),
+        "service_clips_s": round(served, 2),
+        "ratio": round(served / raw, 3),
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "peak_rss_mb": round(rss, 1),
+        "cpus": os.cpu_count(),
     }
     report(result)
     if args.json:

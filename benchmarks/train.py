@@ -68,9 +68,12 @@ def measure(args: argparse.Namespace, device: torch.device, amp: str | None) -> 
         step()
     _sync(device)
     elapsed = time.perf_counter() - started
-    result = {"mode": f"amp-{amp}" if amp else "fp32", "step_ms": 1000 * elapsed / args.steps,
-              "clips_per_s": args.batch_size * args.steps / elapsed,
-              "waveforms_per_s": rows * args.steps / elapsed}
+    result = {
+        "mode": f"amp-{amp}" if amp else "fp32",
+        "step_ms": 1000 * elapsed / args.steps,
+        "clips_per_s": args.batch_size * args.steps / elapsed,
+        "waveforms_per_s": rows * args.steps / elapsed,
+    }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
@@ -78,8 +81,9 @@ def measure(args: argparse.Namespace, device: torch.device, amp: str | None) -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="Cnn14")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
@@ -93,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
@@ -103,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         modes += ["bfloat16", "float16"]
     report = {
-        "arch": args.arch, "batch_size": args.batch_size, "clip_seconds": args.seconds,
-        "mixup": args.mixup, "steps": args.steps, "warmup": args.warmup,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "clip_seconds": args.seconds,
+        "mixup": args.mixup,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": _device_name(device),
         "torch": torch.__version__,
         "results": [measure(args, device, amp) for amp in modes],
     }

@@ -67,14 +67,14 @@ def _gpu_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _eval_audio(
-    sample_rate: int, samples: int, calibration_dir: Path | None
-) -> verify.Batch:
+def _eval_audio(sample_rate: int, samples: int, calibration_dir: Path | None) -> verify.Batch:
     """Audio for int8 calibration and its accuracy report: real recordings or generated."""
     if calibration_dir is not None:
         clips, names = recordings(Path(calibration_dir), sample_rate, samples)
-        return {f"{len(names)} recordings from {Path(calibration_dir).name}/ "
-                f"({samples / sample_rate:g}s each)": clips}
+        return {
+            f"{len(names)} recordings from {Path(calibration_dir).name}/ "
+            f"({samples / sample_rate:g}s each)": clips
+        }
     clips = generated_batch(sample_rate, GENERATED_CALIBRATION_CLIPS, samples, seed=100)
     return {f"{len(clips)}x{samples / sample_rate:g}s generated": clips}
 
@@ -88,7 +88,8 @@ def _fp32(
     info = GraphSpec.of(model)
     names = info.output_names
     ref = verify.torch_reference(
-        model, verify.parity_inputs(info.sample_rate, clip, info.min_samples))
+        model, verify.parity_inputs(info.sample_rate, clip, info.min_samples)
+    )
     parity = verify.check_gated("fp32", verify.session(path), ref, names)
     first = next(iter(ref.outputs.values()))
     shapes = {name: list(first[name].shape) for name in names}
@@ -96,8 +97,13 @@ def _fp32(
 
 
 def _build(
-    model: nn.Module, work: Path, *, fp16: bool, int8: bool,
-    calibration_dir: Path | None, steps: _Steps,
+    model: nn.Module,
+    work: Path,
+    *,
+    fp16: bool,
+    int8: bool,
+    calibration_dir: Path | None,
+    steps: _Steps,
 ) -> tuple[dict[str, Parity], dict[str, list[int]]]:
     """Write the graphs into ``work`` and verify each; return parity per variant."""
     info = GraphSpec.of(model)
@@ -117,11 +123,11 @@ def _build(
         steps.start("calibrate + quantize int8")
         audio = _eval_audio(info.sample_rate, clip, calibration_dir)
         calibration = np.concatenate(list(audio.values()))
-        variants.to_int8(work / FILE_NAMES["fp32"], work / FILE_NAMES["int8"],
-                         calibration, INPUT_NAME)
+        variants.to_int8(
+            work / FILE_NAMES["fp32"], work / FILE_NAMES["int8"], calibration, INPUT_NAME
+        )
         ref8 = verify.torch_reference(model, audio)
-        parity["int8"] = verify.measure_int8(
-            verify.session(work / FILE_NAMES["int8"]), ref8, names)
+        parity["int8"] = verify.measure_int8(verify.session(work / FILE_NAMES["int8"]), ref8, names)
         steps.done()
     return parity, shapes
 
@@ -161,12 +167,25 @@ def export_bundle(
     steps = _Steps(1 + fp16 + int8, progress)
     try:
         parity, shapes = _build(
-            model, work, fp16=fp16, int8=int8, steps=steps,
-            calibration_dir=Path(calibration_dir) if calibration_dir is not None else None)
+            model,
+            work,
+            fp16=fp16,
+            int8=int8,
+            steps=steps,
+            calibration_dir=Path(calibration_dir) if calibration_dir is not None else None,
+        )
         files = {variant: FILE_NAMES[variant] for variant in parity}  # type: ignore[index]
         card = build_card(
-            model, work, arch=arch, name=name or out.name, labels=labels,
-            source=source or Source(), files=files, parity=parity, shapes=shapes)
+            model,
+            work,
+            arch=arch,
+            name=name or out.name,
+            labels=labels,
+            source=source or Source(),
+            files=files,
+            parity=parity,
+            shapes=shapes,
+        )
         write_card(work, card)
         os.chmod(work, 0o755)  # mkdtemp makes it private; the service may run as another user
         load_bundle(work)  # what the service will do: re-read the card, check every file

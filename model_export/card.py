@@ -48,8 +48,9 @@ def custom_labels(names: Sequence[str]) -> list[Label]:
     from training.audioset import audioset_labels
 
     mids = {row.display_name: row.mid for row in audioset_labels()}
-    return [Label(index=i, mid=mids.get(name, name), display_name=name)
-            for i, name in enumerate(names)]
+    return [
+        Label(index=i, mid=mids.get(name, name), display_name=name) for i, name in enumerate(names)
+    ]
 
 
 def _version(distribution: str) -> str:
@@ -80,8 +81,16 @@ def _output_spec(name: str, shape: list[int]) -> TensorSpec:
 
 
 def build_card(
-    model: nn.Module, work: Path, *, arch: str, name: str, labels: list[Label], source: Source,
-    files: dict[str, str], parity: dict[str, Parity], shapes: dict[str, list[int]],
+    model: nn.Module,
+    work: Path,
+    *,
+    arch: str,
+    name: str,
+    labels: list[Label],
+    source: Source,
+    files: dict[str, str],
+    parity: dict[str, Parity],
+    shapes: dict[str, list[int]],
 ) -> ModelCard:
     """The card for the graphs in ``work`` (``files``: variant -> file name)."""
     info = GraphSpec.of(model)
@@ -96,9 +105,14 @@ def build_card(
         inputs=[TensorSpec(name=INPUT_NAME, shape=[-1, -1], kind="waveform")],
         outputs=[_output_spec(out, shapes[out]) for out in info.output_names],
         labels=labels,
-        files={variant: FileEntry(path=file, bytes=(work / file).stat().st_size,  # type: ignore[misc]
-                                  sha256=sha256_file(work / file))
-               for variant, file in files.items()},
+        files={
+            variant: FileEntry(  # type: ignore[misc]
+                path=file,
+                bytes=(work / file).stat().st_size,
+                sha256=sha256_file(work / file),
+            )
+            for variant, file in files.items()
+        },
         source=source,
         parity=parity,  # type: ignore[arg-type]
         versions=versions(),

@@ -99,8 +99,7 @@ def checkpoint_model_name(checkpoint: Path) -> str:
     return folder.name or checkpoint.stem
 
 
-def request_from_env(env: dict[str, str], variants: set[str],
-                     name: str | None = None) -> Request:
+def request_from_env(env: dict[str, str], variants: set[str], name: str | None = None) -> Request:
     """Read the request from ``env`` (``os.environ`` in practice); ``name`` (``--name``)
     overrides ``PANNS_MODEL_NAME``."""
     checkpoint = env.get("PANNS_CHECKPOINT") or None
@@ -113,11 +112,15 @@ def request_from_env(env: dict[str, str], variants: set[str],
     extra = {v.strip() for v in (env.get("PANNS_EXPORT_VARIANTS") or "").split(",") if v.strip()}
     unknown = extra - {"fp16", "int8"}
     if unknown:
-        raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} "
-                         "(fp16, int8)")
-    return Request(official=official, checkpoint=Path(checkpoint) if checkpoint else None,
-                   bundle=bundle, variants=frozenset(variants | extra),
-                   explicit=bool(checkpoint or env.get("PANNS_MODEL")), name=chosen)
+        raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} (fp16, int8)")
+    return Request(
+        official=official,
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        bundle=bundle,
+        variants=frozenset(variants | extra),
+        explicit=bool(checkpoint or env.get("PANNS_MODEL")),
+        name=chosen,
+    )
 
 
 def usable(request: Request) -> ModelCard | None:
@@ -131,19 +134,30 @@ def usable(request: Request) -> ModelCard | None:
         return None
     if card.source.checkpoint != request.checkpoint_name:
         if not request.explicit:  # the user's own bundle: serve it, do not replace it
-            log.warning("%s (from %s) is kept as it is; set PANNS_MODEL or PANNS_CHECKPOINT "
-                        "to replace it", request.bundle, card.source.checkpoint)
+            log.warning(
+                "%s (from %s) is kept as it is; set PANNS_MODEL or PANNS_CHECKPOINT to replace it",
+                request.bundle,
+                card.source.checkpoint,
+            )
             return card
-        log.warning("%s was made from %s, not %s: exporting again", request.bundle,
-                    card.source.checkpoint, request.checkpoint_name)
+        log.warning(
+            "%s was made from %s, not %s: exporting again",
+            request.bundle,
+            card.source.checkpoint,
+            request.checkpoint_name,
+        )
         return None
     if card.source.sha256 != request.checkpoint_sha256():
-        log.warning("%s was made from another version of %s: exporting again", request.bundle,
-                    request.checkpoint_name)
+        log.warning(
+            "%s was made from another version of %s: exporting again",
+            request.bundle,
+            request.checkpoint_name,
+        )
         return None
     if request.name is not None and card.name != request.name:
-        log.warning("%s is named %r, not %r: exporting again", request.bundle, card.name,
-                    request.name)
+        log.warning(
+            "%s is named %r, not %r: exporting again", request.bundle, card.name, request.name
+        )
         return None
     missing = request.variants - set(card.files)
     if missing:
@@ -161,8 +175,9 @@ def _current_recipe(request: Request, card: ModelCard) -> ModelCard | None:
     if request.checkpoint_on_disk():
         log.warning("%s: exporting again", older)
         return None
-    log.warning("%s; serving it as it is: %s is not on disk to export again", older,
-                request.checkpoint_name)
+    log.warning(
+        "%s; serving it as it is: %s is not on disk to export again", older, request.checkpoint_name
+    )
     return card
 
 
@@ -177,23 +192,37 @@ def ensure(request: Request, progress: bool = True) -> ModelCard:
     if path is None:
         path = download(str(request.official), checkpoint_dir(), progress=progress)
         digest = request.checkpoint_sha256()  # the registry's, which download() verified
-    return export_checkpoint(path, request.bundle, name=request.name,
-                             fp16="fp16" in request.variants,
-                             int8="int8" in request.variants, progress=progress, sha256=digest)
+    return export_checkpoint(
+        path,
+        request.bundle,
+        name=request.name,
+        fp16="fp16" in request.variants,
+        int8="int8" in request.variants,
+        progress=progress,
+        sha256=digest,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_export.ensure",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export.ensure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--fp16", action="store_true", help="the bundle must have fp16")
     parser.add_argument("--int8", action="store_true", help="the bundle must have int8")
-    parser.add_argument("--name", default=None,
-                        help="model name in the bundle and the API (default: "
-                             "$PANNS_MODEL_NAME, else the bundle directory's name)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="model name in the bundle and the API (default: "
+        "$PANNS_MODEL_NAME, else the bundle directory's name)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    parser.add_argument("--print-dir", action="store_true",
-                        help="only print the bundle directory the environment asks for")
+    parser.add_argument(
+        "--print-dir",
+        action="store_true",
+        help="only print the bundle directory the environment asks for",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from training.checkpoints import CheckpointError

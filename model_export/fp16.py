@@ -137,8 +137,13 @@ def _node_to_half(node: onnx.NodeProto) -> None:
             attr.i = HALF
 
 
-def _fix_outputs(nodes: list[onnx.NodeProto], half_side: set[int],
-                 producer: dict[str, int], outputs: set[str], floats: set[str]) -> None:
+def _fix_outputs(
+    nodes: list[onnx.NodeProto],
+    half_side: set[int],
+    producer: dict[str, int],
+    outputs: set[str],
+    floats: set[str],
+) -> None:
     """Graph outputs computed in float16 are cast back to float32 under their own name."""
     for node in list(nodes):
         if id(node) not in half_side:

@@ -108,8 +108,14 @@ def export_onnx(model: nn.Module, path: Path, example_samples: int) -> onnx.Mode
     try:
         with _quiet_tracer(), torch.no_grad():
             torch.onnx.export(
-                wrapper, (example,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic_axes,
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
     except Exception as exc:  # the exporter raises many types; report them uniformly

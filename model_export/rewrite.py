@@ -82,8 +82,11 @@ def trim_spectrum(graph: onnx.ModelProto) -> int:
     inits = _initializers(graph)
     if not all(name in inits for name in (*STFT_WEIGHTS, MEL_WEIGHT)):
         return 0  # a waveform model: no log-mel front-end
-    if not (all(_used_once(graph, w, "Conv") for w in STFT_WEIGHTS)
-            and _used_once(graph, MEL_WEIGHT, "MatMul") and _spectrum_feeds_only_mel(graph)):
+    if not (
+        all(_used_once(graph, w, "Conv") for w in STFT_WEIGHTS)
+        and _used_once(graph, MEL_WEIGHT, "MatMul")
+        and _spectrum_feeds_only_mel(graph)
+    ):
         log.warning("front-end graph is not the expected shape; spectrum left untrimmed")
         return 0
     mel = numpy_helper.to_array(inits[MEL_WEIGHT])
@@ -94,8 +97,9 @@ def trim_spectrum(graph: onnx.ModelProto) -> int:
     for name in STFT_WEIGHTS:
         weight = numpy_helper.to_array(inits[name])
         inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight[lo:hi]), name))
-    inits[MEL_WEIGHT].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(mel[lo:hi]),
-                                                       MEL_WEIGHT))
+    inits[MEL_WEIGHT].CopyFrom(
+        numpy_helper.from_array(np.ascontiguousarray(mel[lo:hi]), MEL_WEIGHT)
+    )
     return mel.shape[0] - (hi - lo)
 
 
@@ -114,23 +118,33 @@ def _channels(graph: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _as_depthwise(node: onnx.NodeProto, channels: int,
-                  graph: onnx.ModelProto) -> onnx.NodeProto | None:
+def _as_depthwise(
+    node: onnx.NodeProto, channels: int, graph: onnx.ModelProto
+) -> onnx.NodeProto | None:
     """The depthwise Conv equal to this AveragePool, or None when they would differ (padding
     left out of the average, ceil-mode edges, automatic padding, dilation)."""
     attrs = _attrs(node)
     kernel = list(attrs["kernel_shape"])  # type: ignore[call-overload]
     pads = list(attrs.get("pads", [0] * 2 * len(kernel)))  # type: ignore[call-overload]
     excludes_pads = any(pads) and not attrs.get("count_include_pad", 0)
-    if (attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-            or "dilations" in attrs or excludes_pads):
+    if (
+        attrs.get("ceil_mode", 0)
+        or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+        or "dilations" in attrs
+        or excludes_pads
+    ):
         return None
     weight = np.full((channels, 1, *kernel), 1.0 / float(np.prod(kernel)), np.float32)
     weight_name = f"{node.name}/depthwise_weight"
     graph.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
     return helper.make_node(
-        "Conv", [node.input[0], weight_name], list(node.output), name=node.name,
-        group=channels, kernel_shape=kernel, pads=pads,
+        "Conv",
+        [node.input[0], weight_name],
+        list(node.output),
+        name=node.name,
+        group=channels,
+        kernel_shape=kernel,
+        pads=pads,
         strides=list(attrs.get("strides", [1] * len(kernel))),  # type: ignore[call-overload]
     )
 

@@ -117,10 +117,16 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray, input_name: str) -> N
     root.addFilter(_drop_preprocess_advice)
     try:
         quantize_static(
-            graph, str(dst), _Calibration(calibration, input_name),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=STATIC_OPS,
-            nodes_to_exclude=frontend_nodes(graph), calibrate_method=CalibrationMethod.MinMax,
+            graph,
+            str(dst),
+            _Calibration(calibration, input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=STATIC_OPS,
+            nodes_to_exclude=frontend_nodes(graph),
+            calibrate_method=CalibrationMethod.MinMax,
         )
     finally:
         root.removeFilter(_drop_preprocess_advice)

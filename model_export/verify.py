@@ -45,10 +45,12 @@ def parity_inputs(sample_rate: int, clip_samples: int, min_samples: int) -> Batc
     shortest = max(min_samples, 1)
     return {
         f"2x{clip_samples / sample_rate:g}s generated": generated_batch(
-            sample_rate, 2, clip_samples, seed=0),
+            sample_rate, 2, clip_samples, seed=0
+        ),
         f"1x{short / sample_rate:g}s generated": generated_batch(sample_rate, 1, short, seed=2),
         f"3x{shortest} samples (min_samples) generated": generated_batch(
-            sample_rate, 3, shortest, seed=3),
+            sample_rate, 3, shortest, seed=3
+        ),
     }
 
 
@@ -70,9 +72,7 @@ def session(path: Path, providers: list[str] | None = None, threads: int = 0) ->
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        str(path), options, providers=providers or ["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def run_session(sess: object, names: tuple[str, ...], batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -24,8 +24,7 @@ def audioset_labels() -> tuple[AudioSetLabel, ...]:
     """The label table shipped with the package (AudioSet ontology, CC BY 4.0)."""
     with LABELS_CSV.open(newline="", encoding="utf-8") as fh:
         rows = [
-            AudioSetLabel(int(r["index"]), r["mid"], r["display_name"])
-            for r in csv.DictReader(fh)
+            AudioSetLabel(int(r["index"]), r["mid"], r["display_name"]) for r in csv.DictReader(fh)
         ]
     if len(rows) != NUM_CLASSES or [r.index for r in rows] != list(range(NUM_CLASSES)):
         raise RuntimeError(f"{LABELS_CSV}: expected {NUM_CLASSES} rows indexed 0..526")

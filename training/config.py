@@ -40,8 +40,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     # Learning-rate schedule after the warm-up: "constant" (the paper's), or "cosine" /
     # "linear" decay from lr at the end of the warm-up to min_lr at the last step.
-    lr_schedule: str = field(default="constant",
-                             metadata={"help": "constant | cosine | linear"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant | cosine | linear"})
     # Linear warm-up from lr / warmup_steps to lr over this many steps (0 = none).
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
     # Where the cosine or linear decay ends.
@@ -92,8 +91,9 @@ class TrainConfig:
     # Train only the classification head; the base's weights and BatchNorm stats stay fixed.
     freeze_base: bool = field(default=False, metadata={"help": "train the head only"})
     # create_model overrides, e.g. {"classes_num": 10}.
-    model_args: dict[str, Any] = field(default_factory=dict,
-                                       metadata={"help": "create_model overrides (JSON)"})
+    model_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "create_model overrides (JSON)"}
+    )
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -105,8 +105,10 @@ class TrainConfig:
             (self.steps >= 0, "steps must be >= 0"),
             (self.batch_size > 0, "batch_size must be positive"),
             (self.lr > 0, "lr must be positive"),
-            (self.lr_schedule in LR_SCHEDULES,
-             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}",
+            ),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (0 <= self.min_lr <= self.lr, "min_lr must be in [0, lr]"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
@@ -156,8 +158,11 @@ def _field_type(f: dataclasses.Field[Any]) -> Any:
     return hints[f.name]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
-                         defaults: Mapping[str, Any] | None = None) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    skip: tuple[str, ...] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """One flag per field; unset flags stay absent from the namespace (argparse.SUPPRESS).
 
     ``defaults``: what a command uses instead of the dataclass defaults, shown in the help

@@ -52,12 +52,26 @@ def autocast_for(device: torch.device, amp: bool, dtype: str) -> Any:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset[Any], *, batch_size: int,
-            device: torch.device, workers: int = 0, amp: bool = False,
-            amp_dtype: str = "bfloat16", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    amp: bool = False,
+    amp_dtype: str = "bfloat16",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Clipwise scores of ``model`` (eval mode) over ``dataset``: (targets, scores)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_padded, generator=torch.Generator())
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_padded,
+        generator=torch.Generator(),
+    )
     was_training = model.training
     model.eval()
     targets, scores = [], []
@@ -78,8 +92,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset[Any], **kwargs: Any) -> Sc
     """:func:`predict` then :func:`training.metrics.evaluate_scores`."""
     targets, scores = predict(model, dataset, **kwargs)
     if targets.shape[1] != scores.shape[1]:
-        raise ValueError(f"the data has {targets.shape[1]} classes, "
-                         f"the model {scores.shape[1]}")
+        raise ValueError(f"the data has {targets.shape[1]} classes, the model {scores.shape[1]}")
     return evaluate_scores(targets, scores)
 
 
@@ -140,47 +153,71 @@ def default_out(checkpoint: Path, data: str) -> Path:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The AudioSet-style summary block."""
+
     def number(key: str) -> str:
         value = summary.get(key)
         return "n/a (no class can be scored)" if value is None else f"{value:.4f}"
 
-    return "\n".join([
-        f"checkpoint  {summary['checkpoint']}",
-        f"data        {summary['data']}: {summary['clips']} clips, "
-        f"{summary['classes_scored']} of {summary['classes']} classes scored",
-        f"mAP         {number('mAP')}",
-        f"mean AUC    {number('mAUC')}",
-        f"d-prime     {number('d_prime')}",
-    ])
+    return "\n".join(
+        [
+            f"checkpoint  {summary['checkpoint']}",
+            f"data        {summary['data']}: {summary['clips']} clips, "
+            f"{summary['classes_scored']} of {summary['classes']} classes scored",
+            f"mAP         {number('mAP')}",
+            f"mean AUC    {number('mAUC')}",
+            f"d-prime     {number('d_prime')}",
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.pth)")
     parser.add_argument("--arch", default=None, help="architecture (official checkpoints)")
     parser.add_argument("--data", required=True, help="pack .h5, label folder or CSV")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for summary.json, per_class.csv and per_class.png "
-                             "(default: RUN/eval-<data name>)")
-    parser.add_argument("--csv", type=Path, default=None,
-                        help="also write the per-class table here")
-    parser.add_argument("--plot", action="store_true",
-                        help="write per_class.png: sorted per-class AP, best and worst named")
-    parser.add_argument("--json", action="store_true",
-                        help="print the summary as one JSON line instead of a table")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="clips per batch (default: 32)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for summary.json, per_class.csv and per_class.png "
+        "(default: RUN/eval-<data name>)",
+    )
+    parser.add_argument(
+        "--csv", type=Path, default=None, help="also write the per-class table here"
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="write per_class.png: sorted per-class AP, best and worst named",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON line instead of a table"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="data loader processes (default: 2)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="bfloat16 autocast on CUDA")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes (default: 2)")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bfloat16 autocast on CUDA",
+    )
     return parser
 
 
-def save(out: Path, summary: dict[str, Any], names: Sequence[str], result: Scores, *,
-         csv: Path | None, plot: bool) -> list[Path]:
+def save(
+    out: Path,
+    summary: dict[str, Any],
+    names: Sequence[str],
+    result: Scores,
+    *,
+    csv: Path | None,
+    plot: bool,
+) -> list[Path]:
     """Write summary.json, per_class.csv (and ``csv``, and with ``plot`` per_class.png)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -193,8 +230,9 @@ def save(out: Path, summary: dict[str, Any], names: Sequence[str], result: Score
         from training.plots import per_class_ap
 
         title = f"{summary['checkpoint']} on {summary['data']}: per-class AP"
-        written.append(per_class_ap(read_class_table(written[1]), out / "per_class.png",
-                                    title=title))
+        written.append(
+            per_class_ap(read_class_table(written[1]), out / "per_class.png", title=title)
+        )
     return written
 
 
@@ -211,13 +249,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = model_from_checkpoint(args.checkpoint, checkpoint, arch=args.arch).to(device)
     keys, names = model_labels(checkpoint, model.classes_num)
     dataset = align_dataset(open_dataset(args.data), keys)
-    targets, scores = predict(model, dataset, batch_size=args.batch_size, device=device,
-                              workers=args.workers, amp=args.amp)
+    targets, scores = predict(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        amp=args.amp,
+    )
     result = evaluate_scores(targets, scores)
     summary: dict[str, Any] = {
-        **result.summary(), "clips": int(targets.shape[0]),
-        "classes_scored": int(np.sum(~np.isnan(result.ap))), "classes": len(names),
-        "checkpoint": str(args.checkpoint), "data": str(args.data)}
+        **result.summary(),
+        "clips": int(targets.shape[0]),
+        "classes_scored": int(np.sum(~np.isnan(result.ap))),
+        "classes": len(names),
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+    }
     out = args.out or default_out(args.checkpoint, args.data)
     written = save(out, summary, names, result, csv=args.csv, plot=args.plot)
     if args.json:

@@ -89,24 +89,39 @@ def checkpoint_base(checkpoint: str, given: str | None) -> tuple[str, dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, help="pretrained checkpoint (.pth)")
     parser.add_argument("--data", required=True, help="label folders or path,labels CSV")
-    parser.add_argument("--holdout", type=float, default=0.1,
-                        help="fraction held out for evaluation when --eval is not given")
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="fraction held out for evaluation when --eval is not given",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     shown = {**FINETUNE_DEFAULTS, "arch": "the checkpoint's: its 'arch' entry or official name"}
-    add_config_arguments(parser, skip=("train", "pretrained", "pretrained_skip_head",
-                                       "model_args"), defaults=shown)
+    add_config_arguments(
+        parser, skip=("train", "pretrained", "pretrained_skip_head", "model_args"), defaults=shown
+    )
     return parser
 
 
 def build_config(args: argparse.Namespace, arch: str, model_args: dict[str, Any]) -> TrainConfig:
     """The fine-tuning defaults, then the flags given (``--arch`` is already in ``arch``)."""
-    base = TrainConfig(**{**FINETUNE_DEFAULTS, "arch": arch, "train": str(args.data),
-                          "pretrained": str(args.checkpoint), "pretrained_skip_head": True,
-                          "model_args": model_args})
+    base = TrainConfig(
+        **{
+            **FINETUNE_DEFAULTS,
+            "arch": arch,
+            "train": str(args.data),
+            "pretrained": str(args.checkpoint),
+            "pretrained_skip_head": True,
+            "model_args": model_args,
+        }
+    )
     vars(args).pop("arch", None)
     return config_from_args(args, base)
 
@@ -126,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_set, eval_set = split_holdout(data, args.holdout, config.seed)
     info = init_distributed(config.device)
     try:
-        trainer = Trainer(config, info, train_set=train_set, eval_set=eval_set,
-                          labels=data.labels)
+        trainer = Trainer(config, info, train_set=train_set, eval_set=eval_set, labels=data.labels)
         if args.resume:
             trainer.resume()
         result = trainer.fit()

@@ -129,8 +129,14 @@ def evaluate_scores(target: np.ndarray, scores: np.ndarray) -> Scores:
     auc = roc_auc(target, scores)
     mean_auc = _nanmean(auc)
     positives = np.atleast_1d((np.asarray(target) > 0.5).sum(axis=0)).astype(np.int64)
-    return Scores(mAP=_nanmean(ap), mAUC=mean_auc, d_prime=d_prime(mean_auc), ap=ap, auc=auc,
-                  positives=positives)
+    return Scores(
+        mAP=_nanmean(ap),
+        mAUC=mean_auc,
+        d_prime=d_prime(mean_auc),
+        ap=ap,
+        auc=auc,
+        positives=positives,
+    )
 
 
 # The per-class table of an evaluation: one row per model output class, empty cells where a
@@ -159,8 +165,15 @@ def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores) -
         writer = csv.writer(fh)
         writer.writerow(CLASS_TABLE_HEADER)
         for i, name in enumerate(labels):
-            writer.writerow([i, name, _cell(float(scores.ap[i])), _cell(float(scores.auc[i])),
-                             int(scores.positives[i])])
+            writer.writerow(
+                [
+                    i,
+                    name,
+                    _cell(float(scores.ap[i])),
+                    _cell(float(scores.auc[i])),
+                    int(scores.positives[i]),
+                ]
+            )
 
 
 def read_class_table(path: str | Path) -> list[ClassRow]:
@@ -168,10 +181,20 @@ def read_class_table(path: str | Path) -> list[ClassRow]:
     with Path(path).open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames != CLASS_TABLE_HEADER:
-            raise ValueError(f"{path}: not a per-class table (expected columns "
-                             f"{','.join(CLASS_TABLE_HEADER)}, got {reader.fieldnames})")
+            raise ValueError(
+                f"{path}: not a per-class table (expected columns "
+                f"{','.join(CLASS_TABLE_HEADER)}, got {reader.fieldnames})"
+            )
         try:
-            return [ClassRow(int(r["index"]), r["label"], float(r["ap"] or "nan"),
-                             float(r["auc"] or "nan"), int(r["positives"])) for r in reader]
+            return [
+                ClassRow(
+                    int(r["index"]),
+                    r["label"],
+                    float(r["ap"] or "nan"),
+                    float(r["auc"] or "nan"),
+                    int(r["positives"]),
+                )
+                for r in reader
+            ]
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}, line {reader.line_num}: {exc}") from None

@@ -84,13 +84,23 @@ def seed_everything(seed: int) -> None:
 def _numpy_state_to_plain(state: tuple[Any, ...] | dict[str, Any]) -> dict[str, Any]:
     assert isinstance(state, tuple), "np.random.get_state(legacy=True) is a tuple"
     name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss,
-            "cached": cached}
+    return {
+        "name": name,
+        "keys": keys.tolist(),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "cached": cached,
+    }
 
 
 def _plain_to_numpy_state(state: dict[str, Any]) -> tuple[Any, ...]:
-    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
-            state["has_gauss"], state["cached"])
+    return (
+        state["name"],
+        np.asarray(state["keys"], dtype=np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached"],
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -118,8 +128,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
         else:
-            log.warning("CUDA RNG state saved for %d devices, %d present: not restored",
-                        len(cuda_states), torch.cuda.device_count())
+            log.warning(
+                "CUDA RNG state saved for %d devices, %d present: not restored",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
 
 
 def gather_objects(obj: Any, info: Dist) -> list[Any]:

@@ -71,8 +71,13 @@ class _Sampler:
             yield self.next_batch()
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"kind": type(self).__name__, "seed": self.seed, "batches": self.batches,
-                "global_batch": self.batch_size * self.world_size, **self._counters()}
+        return {
+            "kind": type(self).__name__,
+            "seed": self.seed,
+            "batches": self.batches,
+            "global_batch": self.batch_size * self.world_size,
+            **self._counters(),
+        }
 
     def state_dict(self, batch: int | None = None) -> dict[str, Any]:
         """The state after ``batch`` batches (default: after every batch drawn so far)."""
@@ -101,8 +106,9 @@ class _Sampler:
 class RandomSampler(_Sampler):
     """Plain shuffling: a new permutation of every clip each epoch."""
 
-    def __init__(self, num_clips: int, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_clips: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         super().__init__(batch_size, seed, rank, world_size)
         if num_clips <= 0:
             raise ValueError("cannot sample from an empty data set")
@@ -137,17 +143,25 @@ class BalancedSampler(_Sampler):
     each of its classes.
     """
 
-    def __init__(self, targets: np.ndarray, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        targets: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         super().__init__(batch_size, seed, rank, world_size)
         targets = np.asarray(targets)
         if targets.ndim != 2 or targets.shape[0] == 0:
-            raise ValueError(f"targets must be a non-empty (clips, classes) matrix, "
-                             f"got shape {targets.shape}")
+            raise ValueError(
+                f"targets must be a non-empty (clips, classes) matrix, got shape {targets.shape}"
+            )
         clips, classes = np.nonzero(targets > 0.5)  # one pass, sorted by clip
         order = np.argsort(classes, kind="stable")
         bounds = np.searchsorted(classes[order], np.arange(targets.shape[1] + 1))
-        self.members = [clips[order[bounds[k]:bounds[k + 1]]] for k in range(targets.shape[1])]
+        self.members = [clips[order[bounds[k] : bounds[k + 1]]] for k in range(targets.shape[1])]
         self.classes = np.array([k for k, m in enumerate(self.members) if len(m)], dtype=np.int64)
         if not len(self.classes):
             raise ValueError("no clip has a positive label: nothing to balance")
@@ -182,14 +196,19 @@ class BalancedSampler(_Sampler):
         return index
 
     def _counters(self) -> dict[str, Any]:
-        return {"round": self.round, "round_position": self.round_position,
-                "class_epoch": self.class_epoch.tolist(),
-                "class_position": self.class_position.tolist()}
+        return {
+            "round": self.round,
+            "round_position": self.round_position,
+            "class_epoch": self.class_epoch.tolist(),
+            "class_position": self.class_position.tolist(),
+        }
 
     def _set_counters(self, state: dict[str, Any]) -> None:
         if len(state["class_epoch"]) != len(self.members):
-            raise ValueError(f"sampler state has {len(state['class_epoch'])} classes, "
-                             f"the data set has {len(self.members)}")
+            raise ValueError(
+                f"sampler state has {len(state['class_epoch'])} classes, "
+                f"the data set has {len(self.members)}"
+            )
         self.round, self.round_position = int(state["round"]), int(state["round_position"])
         self.class_epoch = np.asarray(state["class_epoch"], dtype=np.int64)
         self.class_position = np.asarray(state["class_position"], dtype=np.int64)
@@ -197,12 +216,18 @@ class BalancedSampler(_Sampler):
         self._class_order.clear()
 
 
-def make_sampler(kind: str, targets: np.ndarray, batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> BalancedSampler | RandomSampler:
+def make_sampler(
+    kind: str,
+    targets: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BalancedSampler | RandomSampler:
     """``kind`` is ``"balanced"`` or ``"random"``."""
     if kind == "balanced":
         return BalancedSampler(targets, batch_size, seed=seed, rank=rank, world_size=world_size)
     if kind == "random":
-        return RandomSampler(len(targets), batch_size, seed=seed, rank=rank,
-                             world_size=world_size)
+        return RandomSampler(len(targets), batch_size, seed=seed, rank=rank, world_size=world_size)
     raise ValueError(f"unknown sampler {kind!r}; choose 'balanced' or 'random'")

@@ -78,16 +78,18 @@ def is_audioset(labels: Sequence[str]) -> bool:
     return names in ([x.mid for x in table], [x.display_name for x in table])
 
 
-def open_data(path: str, sample_rate: int, clip_seconds: float,
-              labels: Sequence[str] | None = None) -> Any:
+def open_data(
+    path: str, sample_rate: int, clip_seconds: float, labels: Sequence[str] | None = None
+) -> Any:
     """A pack as it is; a label folder or CSV decoded at ``sample_rate`` into clips of
     ``clip_seconds`` (in the column order of ``labels`` when given)."""
     from training.data import open_dataset
 
     if path.lower().endswith((".h5", ".hdf5")):
         return open_dataset(path)
-    return open_dataset(path, sample_rate=sample_rate, labels=labels,
-                        clip_samples=round(clip_seconds * sample_rate))
+    return open_dataset(
+        path, sample_rate=sample_rate, labels=labels, clip_samples=round(clip_seconds * sample_rate)
+    )
 
 
 def model_sample_rate(config: TrainConfig) -> int:
@@ -97,16 +99,21 @@ def model_sample_rate(config: TrainConfig) -> int:
 class Trainer:
     """One process's share of a training run (rank 0 also evaluates, logs and saves)."""
 
-    def __init__(self, config: TrainConfig, info: Dist | None = None, *,
-                 train_set: Any = None, eval_set: Any = None,
-                 labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        info: Dist | None = None,
+        *,
+        train_set: Any = None,
+        eval_set: Any = None,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         self.info = info or Dist()
         self.run = RunDir(config.out)
         self.device = resolve_device(config.device, self.info)
         seed_everything(config.seed + self.info.rank)
         rate, clip = model_sample_rate(config), config.clip_seconds
-        self.train_set = train_set if train_set is not None else \
-            open_data(config.train, rate, clip)
+        self.train_set = train_set if train_set is not None else open_data(config.train, rate, clip)
         targets = np.asarray(self.train_set.targets)
         self.labels = list(labels or getattr(self.train_set, "labels", None) or [])
         self.config = self._resolve_classes(config, targets.shape[1])
@@ -121,8 +128,14 @@ class Trainer:
         fp16 = self.amp and self.config.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         rows = self.config.batch_size * (2 if self.config.mixup_alpha > 0 else 1)
-        self.sampler = make_sampler(self.config.sampler, targets, rows, seed=self.config.seed,
-                                    rank=self.info.rank, world_size=self.info.world_size)
+        self.sampler = make_sampler(
+            self.config.sampler,
+            targets,
+            rows,
+            seed=self.config.seed,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )
         seed = [self.config.seed, self.info.rank]
         alpha = self.config.mixup_alpha
         self.mixup = Mixup(alpha, seed=[*seed, 2]) if alpha > 0 else None
@@ -138,10 +151,15 @@ class Trainer:
         if wanted == classes:
             return config
         if "classes_num" in config.model_args:
-            raise ValueError(f"model_args classes_num={wanted} but the training data has "
-                             f"{classes} classes")
-        log.info("the data has %d classes: building %s with classes_num=%d",
-                 classes, config.arch, classes)
+            raise ValueError(
+                f"model_args classes_num={wanted} but the training data has {classes} classes"
+            )
+        log.info(
+            "the data has %d classes: building %s with classes_num=%d",
+            classes,
+            config.arch,
+            classes,
+        )
         args = {**config.model_args, "classes_num": classes}
         return TrainConfig.from_dict({**config.to_dict(), "model_args": args})
 
@@ -154,19 +172,23 @@ class Trainer:
         if not self.config.spec_augment and getattr(model, "spec_augmenter", None) is not None:
             model.spec_augmenter = None  # PannsModel.augment() skips a missing augmenter
         if self.config.pretrained:
-            load_pretrained(model, self.config.pretrained,
-                            skip_head=self.config.pretrained_skip_head)
+            load_pretrained(
+                model, self.config.pretrained, skip_head=self.config.pretrained_skip_head
+            )
         if self.config.freeze_base:
             trainable = freeze_base(model)
             log.info("frozen base: training %s", ", ".join(trainable))
         data_rate = getattr(self.train_set, "sample_rate", None)
         if data_rate is not None and int(data_rate) != int(model.sample_rate):
-            raise ValueError(f"the data is at {data_rate} Hz, {self.config.arch} "
-                             f"expects {model.sample_rate} Hz")
+            raise ValueError(
+                f"the data is at {data_rate} Hz, {self.config.arch} expects {model.sample_rate} Hz"
+            )
         crop = round(self.config.crop_seconds * model.sample_rate)
         if 0 < crop < model.min_samples:
-            raise ValueError(f"crop_seconds={self.config.crop_seconds} is shorter than the "
-                             f"{model.min_samples} samples {self.config.arch} needs")
+            raise ValueError(
+                f"crop_seconds={self.config.crop_seconds} is shorter than the "
+                f"{model.min_samples} samples {self.config.arch} needs"
+            )
         return model.to(self.device)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -174,20 +196,32 @@ class Trainer:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=self.config.arch in _UNUSED_PARAMETERS)
+            model, device_ids=ids, find_unused_parameters=self.config.arch in _UNUSED_PARAMETERS
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         c = self.config
-        return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps,
-                                weight_decay=c.weight_decay, amsgrad=c.amsgrad)
+        return torch.optim.Adam(
+            params,
+            lr=c.lr,
+            betas=c.betas,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            amsgrad=c.amsgrad,
+        )
 
     def _loader(self) -> DataLoader[Any]:
         workers = self.config.workers
         return DataLoader(
-            self.train_set, batch_sampler=self.sampler, num_workers=workers,
-            collate_fn=collate_padded, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(), prefetch_factor=4 if workers else None)
+            self.train_set,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_padded,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),
+            prefetch_factor=4 if workers else None,
+        )
 
     # ------------------------------------------------------------------ training
     def _crop(self, wave: torch.Tensor) -> torch.Tensor:
@@ -197,8 +231,9 @@ class Trainer:
         starts = self.crop_rng.integers(0, wave.shape[1] - samples + 1, size=wave.shape[0])
         return torch.stack([row[s : s + samples] for row, s in zip(wave, starts, strict=True)])
 
-    def _step(self, wave: torch.Tensor,
-              target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _step(
+        self, wave: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimisation step; the loss and (when clipping) the gradient norm, on the
         device."""
         set_lr(self.optimizer, lr_at(self.iteration, self.config))
@@ -228,19 +263,29 @@ class Trainer:
             self.run.root.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run.config)
         if self.iteration >= self.config.steps:
-            log.info("already at step %d of %d: nothing to train", self.iteration,
-                     self.config.steps)
+            log.info(
+                "already at step %d of %d: nothing to train", self.iteration, self.config.steps
+            )
             return {"iteration": self.iteration}
-        self.runlog = RunLog(self.run, self.labels, start_step=self.iteration,
-                             tensorboard=self.config.tensorboard and self.info.is_main)
+        self.runlog = RunLog(
+            self.run,
+            self.labels,
+            start_step=self.iteration,
+            tensorboard=self.config.tensorboard and self.info.is_main,
+        )
         with closing(self.runlog):
             return self._loop()
 
     def _loop(self) -> dict[str, Any]:
         steps = self.config.steps
         set_train_mode(self.net, self.config.freeze_base)
-        bar = tqdm(total=steps, initial=self.iteration, desc="train",
-                   disable=not self.info.is_main, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            initial=self.iteration,
+            desc="train",
+            disable=not self.info.is_main,
+            dynamic_ncols=True,
+        )
         postfix: dict[str, str] = {}  # always loss=, then mAP= too once there is one
         loss_sum, loss_count, started = torch.zeros((), device=self.device), 0, time.time()
         last: dict[str, Any] = {"iteration": self.iteration}
@@ -257,8 +302,11 @@ class Trainer:
                 bar.set_postfix(postfix, refresh=False)
             if self.iteration % self.config.eval_every == 0 or self.iteration >= steps:
                 elapsed = time.time() - started
-                last = self.checkpoint(float(loss_sum.item()) / loss_count,
-                                       loss_count * self.config.batch_size / elapsed, lr)
+                last = self.checkpoint(
+                    float(loss_sum.item()) / loss_count,
+                    loss_count * self.config.batch_size / elapsed,
+                    lr,
+                )
                 postfix["loss"] = f"{last['train_loss']:.4f}"
                 if last.get("mAP") is not None:
                     postfix["mAP"] = f"{last['mAP']:.4f}"
@@ -275,13 +323,22 @@ class Trainer:
     def evaluate(self) -> Scores | None:
         if self.eval_set is None:
             return None
-        return evaluate_model(self.model, self.eval_set, batch_size=self.config.eval_batch_size,
-                              device=self.device, workers=min(self.config.workers, 4),
-                              amp=self.amp, amp_dtype=self.config.amp_dtype)
+        return evaluate_model(
+            self.model,
+            self.eval_set,
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+            workers=min(self.config.workers, 4),
+            amp=self.amp,
+            amp_dtype=self.config.amp_dtype,
+        )
 
     def _rank_state(self) -> dict[str, Any]:
-        return {"rng": rng_state(), "mixup": self.mixup.state_dict() if self.mixup else None,
-                "crop": self.crop_rng.bit_generator.state}
+        return {
+            "rng": rng_state(),
+            "mixup": self.mixup.state_dict() if self.mixup else None,
+            "crop": self.crop_rng.bit_generator.state,
+        }
 
     def state_dict(self, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
         """The checkpoint: official keys plus everything an exact resume needs."""
@@ -301,15 +358,17 @@ class Trainer:
             state["labels"] = list(self.labels)
         return state
 
-    def checkpoint(self, train_loss: float, clips_per_second: float,
-                   lr: float) -> dict[str, Any]:
+    def checkpoint(self, train_loss: float, clips_per_second: float, lr: float) -> dict[str, Any]:
         """Evaluate (rank 0), append to the logs, save latest (and best)."""
         scores = self.evaluate() if self.info.is_main else None
         rank_states = gather_objects(self._rank_state(), self.info)
         record: dict[str, Any] = {
-            "iteration": self.iteration, "train_loss": train_loss, "lr": lr,
+            "iteration": self.iteration,
+            "train_loss": train_loss,
+            "lr": lr,
             "clips_per_second": clips_per_second * self.info.world_size,
-            **(scores.summary() if scores else {}), "time": time.time(),
+            **(scores.summary() if scores else {}),
+            "time": time.time(),
         }
         if self.info.is_main:
             improved = scores is not None and scores.mAP > self.best_map
@@ -342,8 +401,9 @@ class Trainer:
         self.best_map = float(state["best_mAP"])
         ranks = state["rank_states"]
         if len(ranks) != self.info.world_size:
-            raise ValueError(f"checkpoint written by {len(ranks)} ranks, "
-                             f"resuming with {self.info.world_size}")
+            raise ValueError(
+                f"checkpoint written by {len(ranks)} ranks, resuming with {self.info.world_size}"
+            )
         mine = ranks[self.info.rank]
         set_rng_state(mine["rng"])
         if self.mixup is not None and mine["mixup"] is not None:
@@ -353,12 +413,18 @@ class Trainer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from checkpoints/latest.pth; other "
-                             "flags override its saved config (e.g. a larger --steps)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoints/latest.pth; other "
+        "flags override its saved config (e.g. a larger --steps)",
+    )
     return parser
 
 

@@ -38,14 +38,19 @@ def load_pretrained(model: nn.Module, path: str | Path, *, skip_head: bool) -> l
     problems = state_dict_conflicts(wanted, given)
     if problems:
         hint = "" if skip_head else "\n  (fine-tuning to new classes needs skip_head)"
-        raise ValueError(f"{path} does not fit {type(model).__name__}:\n  "
-                         + "\n  ".join(problems) + hint)
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems) + hint
+        )
     with torch.no_grad():
         for key, value in wanted.items():
             value.copy_(given[key].reshape(value.shape))
     skipped = sorted(set(target) - set(wanted))
-    log.info("loaded %d tensors from %s; %d head tensors left initialised",
-             len(wanted), path, len(skipped))
+    log.info(
+        "loaded %d tensors from %s; %d head tensors left initialised",
+        len(wanted),
+        path,
+        len(skipped),
+    )
     return skipped
 
 
@@ -57,8 +62,9 @@ def freeze_base(model: nn.Module) -> list[str]:
         if is_head(name):
             trainable.append(name)
     if not trainable:
-        raise ValueError(f"{type(model).__name__} has no head parameters "
-                         f"({', '.join(HEAD_PREFIXES)}) to train")
+        raise ValueError(
+            f"{type(model).__name__} has no head parameters ({', '.join(HEAD_PREFIXES)}) to train"
+        )
     return trainable
 
 

@@ -18,9 +18,23 @@ def test_attack_cases_get_no_5xx_and_never_lock_out_a_normal_client(
     tagger_bundle: Path, sed_bundle: Path
 ) -> None:
     out = subprocess.run(
-        [sys.executable, "benchmarks/attack.py", "--bundle", str(tagger_bundle),
-         "--bundle", str(sed_bundle), "--seconds", "2", "--clients", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            "benchmarks/attack.py",
+            "--bundle",
+            str(tagger_bundle),
+            "--bundle",
+            str(sed_bundle),
+            "--seconds",
+            "2",
+            "--clients",
+            "2",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     report = json.loads(out.stdout)
     total, cases = report["total"], report["cases"]

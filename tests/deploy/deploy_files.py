@@ -193,8 +193,21 @@ def env_example_names() -> set[str]:
 
 
 _PROMQL_KEYWORDS = frozenset(
-    ("by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-     "unless", "offset", "inf", "nan")
+    (
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    )
 )
 _LABEL_CLAUSE = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 
@@ -225,8 +238,12 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 def grafana_to_promql(expr: str, rate_interval: str = "1m") -> str:
     """Substitute the dashboard's Grafana variables with values Prometheus parses
     (every model, every API endpoint)."""
-    for var, value in (("$__rate_interval", rate_interval), ("$__range", "1h"),
-                       ("$model", ".*"), ("$endpoint", "/v1/.*")):
+    for var, value in (
+        ("$__rate_interval", rate_interval),
+        ("$__range", "1h"),
+        ("$model", ".*"),
+        ("$endpoint", "/v1/.*"),
+    ):
         expr = expr.replace(var, value)
     assert "$" not in expr, expr
     return expr
@@ -247,7 +264,10 @@ def exposed_sample_names(families: dict[str, str]) -> set[str]:
     prometheus-client's parser names a counter family without ``_total``; a histogram
     family stores ``_bucket``, ``_sum`` and ``_count`` series.
     """
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",
-                                                                  "_created"),
-                "summary": ("", "_sum", "_count", "_created"), "gauge": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
     return {name + s for name, kind in families.items() for s in suffixes.get(kind, ("",))}

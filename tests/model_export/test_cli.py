@@ -23,15 +23,29 @@ LABELS = ["Dog", "Siren", "my doorbell"]
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=full_env, text=True,
-                          capture_output=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def fine_tuned_checkpoint(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model = seeded_model("LeeNet11", seed=seed, classes_num=len(LABELS))
-    torch.save({"model": model.state_dict(), "arch": "LeeNet11",
-                "model_args": {"classes_num": len(LABELS)}, "labels": LABELS}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "arch": "LeeNet11",
+            "model_args": {"classes_num": len(LABELS)},
+            "labels": LABELS,
+        },
+        path,
+    )
     return path
 
 
@@ -39,8 +53,22 @@ def test_cli_exports_a_fine_tuned_checkpoint(tmp_path: Path) -> None:
     ckpt = fine_tuned_checkpoint(tmp_path / "finetuned.pth")
     out = tmp_path / "bundle"
     calib = write_recordings(tmp_path / "recordings")
-    result = run(["-m", "model_export", "--checkpoint", str(ckpt), "--out", str(out), "--int8",
-                  "--calibration-dir", str(calib), "--name", "doorbells", "-q"])
+    result = run(
+        [
+            "-m",
+            "model_export",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibration-dir",
+            str(calib),
+            "--name",
+            "doorbells",
+            "-q",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     card = load_bundle(out)
     assert card.name == "doorbells" and card.arch == "LeeNet11"
@@ -63,8 +91,19 @@ def _mids() -> dict[str, int]:
 def test_cli_reports_a_bad_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not a checkpoint")
-    result = run(["-m", "model_export", "--checkpoint", str(bad), "--arch", "Cnn6",
-                  "--out", str(tmp_path / "out"), "-q"])
+    result = run(
+        [
+            "-m",
+            "model_export",
+            "--checkpoint",
+            str(bad),
+            "--arch",
+            "Cnn6",
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
     assert result.returncode == 1
     assert "broken.pth" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -78,13 +117,21 @@ def _closed_port() -> int:
 
 def test_ensure_offline_names_the_file_to_fetch(tmp_path: Path) -> None:
     entry = OFFICIAL["LeeNet11"]
-    env = {"PANNS_MODEL": "LeeNet11", "PANNS_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
-           "PANNS_MODELS": str(tmp_path / "bundle"),
-           "PANNS_CHECKPOINT_URL": f"http://127.0.0.1:{_closed_port()}/{{name}}"}
+    env = {
+        "PANNS_MODEL": "LeeNet11",
+        "PANNS_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "PANNS_MODELS": str(tmp_path / "bundle"),
+        "PANNS_CHECKPOINT_URL": f"http://127.0.0.1:{_closed_port()}/{{name}}",
+    }
     result = run(["-m", "model_export.ensure", "-q"], env)
     assert result.returncode == 1
-    for expected in (entry.file_name, str(entry.bytes), entry.sha256, "127.0.0.1",
-                     str(tmp_path / "ckpt")):
+    for expected in (
+        entry.file_name,
+        str(entry.bytes),
+        entry.sha256,
+        "127.0.0.1",
+        str(tmp_path / "ckpt"),
+    ):
         assert expected in result.stderr
     assert not (tmp_path / "bundle").exists()
 
@@ -122,14 +169,19 @@ def test_ensure_exports_once_then_does_nothing(
     assert (tmp_path / "b" / "model.onnx").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({}, "models/cnn14"),
-    ({"PANNS_MODEL": "Cnn14_DecisionLevelAtt"}, "models/cnn14_decisionlevelatt"),
-    ({"PANNS_CHECKPOINT": "/ckpt/My_Birds.pth"}, "models/my_birds"),
-    ({"PANNS_MODEL": "Cnn10", "PANNS_MODELS": "/srv/a, /srv/b"}, "/srv/a"),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "models/cnn14"),
+        ({"PANNS_MODEL": "Cnn14_DecisionLevelAtt"}, "models/cnn14_decisionlevelatt"),
+        ({"PANNS_CHECKPOINT": "/ckpt/My_Birds.pth"}, "models/my_birds"),
+        ({"PANNS_MODEL": "Cnn10", "PANNS_MODELS": "/srv/a, /srv/b"}, "/srv/a"),
+    ],
+)
 def test_print_dir_names_the_bundle_make_serve_loads(
-    env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`make serve` hands this directory to the service, so both agree on one bundle."""

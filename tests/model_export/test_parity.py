@@ -41,8 +41,13 @@ def assert_matches_fixture(arch: str, bundle: Path) -> None:
         for output in card.outputs:
             expected = fixture[f"{input_name}__{output.name}"]
             assert got[output.name].shape == expected.shape, (input_name, output.name)
-            np.testing.assert_allclose(got[output.name], expected, atol=ATOL[output.name],
-                                       rtol=1e-4, err_msg=f"{arch} {input_name} {output.name}")
+            np.testing.assert_allclose(
+                got[output.name],
+                expected,
+                atol=ATOL[output.name],
+                rtol=1e-4,
+                err_msg=f"{arch} {input_name} {output.name}",
+            )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +68,8 @@ def test_onnx_matches_reference_fixture(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "arch", ["Cnn6", "LeeNet11", pytest.param("Cnn14_DecisionLevelAtt", marks=pytest.mark.slow)])
+    "arch", ["Cnn6", "LeeNet11", pytest.param("Cnn14_DecisionLevelAtt", marks=pytest.mark.slow)]
+)
 def test_onnx_matches_pytorch_at_other_lengths(arch: str, tmp_path: Path) -> None:
     """Any batch and length, not only the verification inputs (odd lengths included)."""
     model = seeded_model(arch)
@@ -99,8 +105,11 @@ def test_fp16_and_int8_variants(tmp_path: Path) -> None:
     stft = [i.name for i in fp16.graph.initializer if "spectrogram_extractor" in i.name]
     assert stft and not set(stft) & halves and len(halves) > 10
     # one float16 cast, after the log: STFT, power, mel and log never pass through fp16
-    to_half = [n for n in fp16.graph.node if n.op_type == "Cast"
-               and n.attribute[0].i == onnx.TensorProto.FLOAT16]
+    to_half = [
+        n
+        for n in fp16.graph.node
+        if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16
+    ]
     assert [n.input[0] for n in to_half] == ["/model/logmel_extractor/Sub_output_0"]
     int8 = onnx.load(str(tmp_path / "cnn6" / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)

@@ -44,8 +44,13 @@ def test_pools_become_depthwise_convs_with_the_same_outputs() -> None:
     rewritten = _pool_graph()
     assert pools_as_depthwise_convs(rewritten) == 3
     kinds = {node.name: node.op_type for node in rewritten.graph.node}
-    assert kinds == {"halve": "Conv", "same_padded": "Conv", "uneven": "Conv",
-                     "ceil": "AveragePool", "pads_excluded": "AveragePool"}
+    assert kinds == {
+        "halve": "Conv",
+        "same_padded": "Conv",
+        "uneven": "Conv",
+        "ceil": "AveragePool",
+        "pads_excluded": "AveragePool",
+    }
     x = np.random.default_rng(0).standard_normal((2, 6, 9, 11)).astype(np.float32)
     for want, got in zip(_run(original, {"x": x}), _run(rewritten, {"x": x}), strict=True):
         assert want.shape == got.shape
@@ -80,7 +85,8 @@ def test_export_keeps_only_the_bins_the_mel_filterbank_weights(
 
 
 def test_waveform_models_and_exposed_spectra_are_left_alone(
-    cnn6_graph: tuple[onnx.ModelProto, np.ndarray], tmp_path: Path,
+    cnn6_graph: tuple[onnx.ModelProto, np.ndarray],
+    tmp_path: Path,
 ) -> None:
     leenet = export_onnx(seeded_model("LeeNet11"), tmp_path / "leenet.onnx", 16000)
     assert trim_spectrum(leenet) == 0
@@ -97,6 +103,7 @@ def test_waveform_models_and_exposed_spectra_are_left_alone(
             init.CopyFrom(numpy_helper.from_array(padded, init.name))
     power = next(n for n in graph.graph.node if n.name.endswith("spectrogram_extractor/Add"))
     graph.graph.output.append(  # ... and expose the power spectrum: it must keep every bin
-        helper.make_tensor_value_info(power.output[0], TensorProto.FLOAT, None))
+        helper.make_tensor_value_info(power.output[0], TensorProto.FLOAT, None)
+    )
     assert trim_spectrum(graph) == 0
     assert _weights(graph)[MEL_WEIGHT].shape == (513, 64)

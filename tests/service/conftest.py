@@ -56,8 +56,13 @@ def deterministic_model(arch: str):  # type: ignore[no-untyped-def]
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # cumulative average: the pass sets the statistics
     rate = model.sample_rate
-    audio = np.concatenate([generated_batch(rate, 2, 2 * rate, seed=100),
-                            noise(2.0, 0, rate)[None], noise(2.0, 1, rate)[None]])
+    audio = np.concatenate(
+        [
+            generated_batch(rate, 2, 2 * rate, seed=100),
+            noise(2.0, 0, rate)[None],
+            noise(2.0, 1, rate)[None],
+        ]
+    )
     model.train()
     with torch.no_grad():
         model(torch.from_numpy(audio))
@@ -73,18 +78,22 @@ def export(arch: str, root: Path, variants: bool = False) -> Path:
     name = arch.lower() + ("-variants" if variants else "")
     out = root / name
     if not (out / "model.json").is_file():
-        export_bundle(deterministic_model(arch), out, arch=arch, name=name, fp16=variants,
-                      int8=variants)
+        export_bundle(
+            deterministic_model(arch), out, arch=arch, name=name, fp16=variants, int8=variants
+        )
     return out
-
-
 
 
 def settings_for(*bundles: Path, **overrides: Any) -> Settings:
     """Test settings: 1 ORT thread, small limits, the given bundles."""
     values: dict[str, Any] = {
-        "models": ",".join(str(b) for b in bundles), "threads": 1, "max_batch": 8,
-        "max_delay_ms": 5, "warmup": "none", "max_audio_s": 130, "max_upload_mb": 20,
+        "models": ",".join(str(b) for b in bundles),
+        "threads": 1,
+        "max_batch": 8,
+        "max_delay_ms": 5,
+        "warmup": "none",
+        "max_audio_s": 130,
+        "max_upload_mb": 20,
         "timeout_s": 60,
     }
     values.update(overrides)
@@ -106,11 +115,13 @@ class LiveServer:
         self.sock = free_socket()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=10)
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def start(self, wait_ready: bool = True, timeout: float = 180) -> LiveServer:
         self.thread.start()
@@ -143,10 +154,21 @@ def wait_ready_url(url: str, deadline: float) -> None:
 
 def start_subprocess(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     """``python -m service`` in a subprocess with PANNS_* settings from ``env``."""
-    full = {**os.environ, "PANNS_HOST": "127.0.0.1", "PANNS_PORT": str(port),
-            "PANNS_THREADS": "1", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    full = {
+        **os.environ,
+        "PANNS_HOST": "127.0.0.1",
+        "PANNS_PORT": str(port),
+        "PANNS_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO_ROOT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +224,9 @@ def run_bundle(bundle: Path, waveform: np.ndarray) -> dict[str, np.ndarray]:
     from service.core.card import read_card
 
     card = read_card(bundle)
-    session = ort.InferenceSession(str(bundle / card.files["fp32"].path),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(bundle / card.files["fp32"].path), providers=["CPUExecutionProvider"]
+    )
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {session.get_inputs()[0].name: waveform[None, :]})
     kinds = {o.name: o.kind for o in card.outputs}

@@ -26,8 +26,9 @@ from tests.service.conftest import (
 )
 
 
-def test_scores_equal_the_bundle_on_a_10s_clip(tagger_server: LiveServer,
-                                               tagger_bundle: Path) -> None:
+def test_scores_equal_the_bundle_on_a_10s_clip(
+    tagger_server: LiveServer, tagger_bundle: Path
+) -> None:
     x = noise(10.0, seed=1)
     with tagger_server.client() as c:
         r = c.post("/v1/tag", files=files(("ten.wav", encode(x, RATE))))
@@ -42,55 +43,83 @@ def test_scores_equal_the_bundle_on_a_10s_clip(tagger_server: LiveServer,
     assert entry["top"][0]["index"] == best and len(entry["top"]) == 10
 
 
-def test_short_clip_without_padding_is_scored_at_its_length(tagger_server: LiveServer,
-                                                             tagger_bundle: Path) -> None:
+def test_short_clip_without_padding_is_scored_at_its_length(
+    tagger_server: LiveServer, tagger_bundle: Path
+) -> None:
     x = noise(1.5, seed=2)
     with tagger_server.client() as c:
-        r = c.post("/v1/tag", params={"pad": "false", "top_k": 3},
-                   files=files(("short.wav", encode(x, RATE))))
+        r = c.post(
+            "/v1/tag",
+            params={"pad": "false", "top_k": 3},
+            files=files(("short.wav", encode(x, RATE))),
+        )
     assert r.status_code == 200, r.text
     entry = r.json()["results"][0]
-    np.testing.assert_allclose(entry["scores"], run_bundle(tagger_bundle, x)["clipwise"],
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        entry["scores"], run_bundle(tagger_bundle, x)["clipwise"], atol=1e-4, rtol=0
+    )
     padded = np.zeros(10 * RATE, np.float32)
     padded[: x.shape[0]] = x
     with tagger_server.client() as c:
         r = c.post("/v1/tag", files=files(("short.wav", encode(x, RATE))))
-    np.testing.assert_allclose(r.json()["results"][0]["scores"],
-                               run_bundle(tagger_bundle, padded)["clipwise"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        r.json()["results"][0]["scores"],
+        run_bundle(tagger_bundle, padded)["clipwise"],
+        atol=1e-4,
+        rtol=0,
+    )
 
 
-def test_long_audio_is_windowed_and_aggregated(tagger_server: LiveServer,
-                                               tagger_bundle: Path) -> None:
+def test_long_audio_is_windowed_and_aggregated(
+    tagger_server: LiveServer, tagger_bundle: Path
+) -> None:
     x = noise(25.0, seed=3)
     with tagger_server.client() as c:
         r_max = c.post("/v1/tag", files=files(("long.wav", encode(x, RATE))))
-        r_mean = c.post("/v1/tag", params={"aggregate": "mean", "hop_s": 7.5},
-                        files=files(("long.wav", encode(x, RATE))))
+        r_mean = c.post(
+            "/v1/tag",
+            params={"aggregate": "mean", "hop_s": 7.5},
+            files=files(("long.wav", encode(x, RATE))),
+        )
     entry = r_max.json()["results"][0]
     tail = np.zeros(10 * RATE, np.float32)
     tail[: 5 * RATE] = x[20 * RATE :]
-    rows = [run_bundle(tagger_bundle, w)["clipwise"]
-            for w in (x[: 10 * RATE], x[10 * RATE : 20 * RATE], tail)]
+    rows = [
+        run_bundle(tagger_bundle, w)["clipwise"]
+        for w in (x[: 10 * RATE], x[10 * RATE : 20 * RATE], tail)
+    ]
     np.testing.assert_allclose(entry["scores"], np.max(rows, axis=0), atol=1e-4)
     assert [(w["start_s"], w["end_s"]) for w in entry["windows"]] == [
-        (0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
+        (0.0, 10.0),
+        (10.0, 20.0),
+        (20.0, 25.0),
+    ]
     assert entry["metrics"]["windows"] == 3 and len(entry["metrics"]["batch_sizes"]) == 3
     mean_entry = r_mean.json()["results"][0]
     assert [w["start_s"] for w in mean_entry["windows"]] == [0.0, 7.5, 15.0]
 
 
-@pytest.mark.parametrize(("fmt", "subtype", "rate", "channels"), [
-    ("WAV", "PCM_U8", 16000, 1), ("WAV", "PCM_16", 44100, 2), ("WAV", "PCM_24", 48000, 1),
-    ("WAV", "PCM_32", 22050, 1), ("WAV", "FLOAT", 8000, 3), ("FLAC", "PCM_16", 96000, 2),
-    ("OGG", "VORBIS", 44100, 2), ("OGG", "OPUS", 48000, 1), ("MP3", "MPEG_LAYER_III", 44100, 2),
-])
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate", "channels"),
+    [
+        ("WAV", "PCM_U8", 16000, 1),
+        ("WAV", "PCM_16", 44100, 2),
+        ("WAV", "PCM_24", 48000, 1),
+        ("WAV", "PCM_32", 22050, 1),
+        ("WAV", "FLOAT", 8000, 3),
+        ("FLAC", "PCM_16", 96000, 2),
+        ("OGG", "VORBIS", 44100, 2),
+        ("OGG", "OPUS", 48000, 1),
+        ("MP3", "MPEG_LAYER_III", 44100, 2),
+    ],
+)
 def test_every_format_rate_and_channel_count_over_http(
     tagger_server: LiveServer, fmt: str, subtype: str, rate: int, channels: int
 ) -> None:
     x = sine(440, 2.0, rate)
-    data = encode(np.repeat(x[:, None], channels, axis=1) if channels > 1 else x, rate,
-                  fmt, subtype)
+    data = encode(
+        np.repeat(x[:, None], channels, axis=1) if channels > 1 else x, rate, fmt, subtype
+    )
     with tagger_server.client() as c:
         r = c.post("/v1/tag", params={"pad": "false"}, files=files((f"a.{fmt}", data)))
     assert r.status_code == 200, r.text
@@ -118,8 +147,12 @@ def test_real_recordings_in_one_multi_file_request(tagger_server: LiveServer) ->
 def test_one_bad_file_fails_only_its_own_entry(tagger_server: LiveServer) -> None:
     good = encode(noise(1.0, seed=4), RATE)
     with tagger_server.client() as c:
-        r = c.post("/v1/tag", files=files(("a.wav", good), ("bad.bin", b"\x00" * 100),
-                                          ("empty.wav", b""), ("b.wav", good)))
+        r = c.post(
+            "/v1/tag",
+            files=files(
+                ("a.wav", good), ("bad.bin", b"\x00" * 100), ("empty.wav", b""), ("b.wav", good)
+            ),
+        )
         assert r.status_code == 200
         res = r.json()["results"]
         assert [e["error"] is None for e in res] == [True, False, False, True]
@@ -138,8 +171,9 @@ def test_embed_returns_the_mean_embedding(tagger_server: LiveServer, tagger_bund
     entry = r.json()["results"][0]
     padded = np.zeros(10 * RATE, np.float32)
     padded[: 2 * RATE] = x[10 * RATE :]
-    expected = np.mean([run_bundle(tagger_bundle, w)["embedding"]
-                        for w in (x[: 10 * RATE], padded)], axis=0)
+    expected = np.mean(
+        [run_bundle(tagger_bundle, w)["embedding"] for w in (x[: 10 * RATE], padded)], axis=0
+    )
     np.testing.assert_allclose(entry["embedding"], expected, atol=1e-4, rtol=1e-4)
 
 
@@ -170,8 +204,14 @@ def test_models_labels_and_openapi(tagger_server: LiveServer, tagger_bundle: Pat
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
     assert docs.status_code == 200
     names = set(schema["components"]["schemas"])
-    assert {"TagResponse", "EmbedResponse", "DetectResponse", "ModelsResponse",
-            "ErrorResponse", "Readiness"} <= names
+    assert {
+        "TagResponse",
+        "EmbedResponse",
+        "DetectResponse",
+        "ModelsResponse",
+        "ErrorResponse",
+        "Readiness",
+    } <= names
     tag_ok = schema["paths"]["/v1/tag"]["post"]["responses"]["200"]
     assert tag_ok["content"]["application/json"]["schema"]["$ref"].endswith("TagResponse")
     for path in ("/v1/tag", "/v1/embed", "/v1/detect"):
@@ -197,14 +237,18 @@ def test_metrics_parse_and_count(tagger_server: LiveServer, tagger_bundle: Path)
         c.get("/metrics")
         text = c.get("/metrics").text
     m = parse_metrics(text)
-    assert metric_total(m, "panns_requests_total", endpoint="/v1/tag", model=name,
-                        status="200") >= 1
+    assert (
+        metric_total(m, "panns_requests_total", endpoint="/v1/tag", model=name, status="200") >= 1
+    )
     assert metric_total(m, "panns_requests_total", endpoint="/v1/tag", status="415") >= 1
     assert metric_total(m, "panns_decode_failures_total", reason="unsupported_format") >= 1
     assert metric_total(m, "panns_audio_seconds_total", model=name) >= 3.0
     assert metric_total(m, "panns_batch_size_count", model=name) >= 1
-    for hist in ("panns_request_duration_seconds", "panns_queue_wait_seconds",
-                 "panns_compute_seconds"):
+    for hist in (
+        "panns_request_duration_seconds",
+        "panns_queue_wait_seconds",
+        "panns_compute_seconds",
+    ):
         assert metric_total(m, f"{hist}_count") >= 1, hist
     assert metric_total(m, "panns_queue_depth", model=name) == 0
     # The scrape is neither in flight nor counted, nor are the probes; latency has a status.
@@ -212,8 +256,10 @@ def test_metrics_parse_and_count(tagger_server: LiveServer, tagger_bundle: Path)
     for probe in ("/metrics", "/healthz", "/readyz"):
         assert metric_total(m, "panns_requests_total", endpoint=probe) == 0, probe
         assert metric_total(m, "panns_request_duration_seconds_count", endpoint=probe) == 0
-    assert metric_total(m, "panns_request_duration_seconds_count", endpoint="/v1/tag",
-                        status="415") >= 1
+    assert (
+        metric_total(m, "panns_request_duration_seconds_count", endpoint="/v1/tag", status="415")
+        >= 1
+    )
     # Each inference endpoint's 5xx series exist from the start (at 0 until an error).
     for endpoint in ("/v1/tag", "/v1/embed", "/v1/detect"):
         for status in ("500", "503", "504"):
@@ -246,9 +292,11 @@ def test_api_keys(tagger_bundle: Path) -> None:
 
 
 def test_service_never_imports_torch_or_training() -> None:
-    code = ("import sys, service.app, service.__main__; "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', "
-            "'training'))]; assert not bad, bad")
+    code = (
+        "import sys, service.app, service.__main__; "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', "
+        "'training'))]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
 
 
@@ -265,13 +313,23 @@ def test_model_as_form_field_raw_body_and_pcm(tagger_bundle: Path, sed_bundle: P
             query = c.post("/v1/tag", params={"model": sed}, files=files(("a.wav", wav)))
             raw = c.post("/v1/tag", content=wav, headers={"Content-Type": "audio/wav"})
             multi = c.post("/v1/tag", files=files(("a.wav", wav)))
-            pcm = c.post("/v1/tag", params={"sample_rate": RATE, "dtype": "int16"},
-                         content=pcm16.tobytes(),
-                         headers={"Content-Type": "application/octet-stream"})
-            no_rate = c.post("/v1/tag", content=pcm16.tobytes(),
-                             headers={"Content-Type": "application/octet-stream"})
-            odd = c.post("/v1/tag", params={"sample_rate": RATE}, content=b"\x00" * 3,
-                         headers={"Content-Type": "application/octet-stream"})
+            pcm = c.post(
+                "/v1/tag",
+                params={"sample_rate": RATE, "dtype": "int16"},
+                content=pcm16.tobytes(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            no_rate = c.post(
+                "/v1/tag",
+                content=pcm16.tobytes(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            odd = c.post(
+                "/v1/tag",
+                params={"sample_rate": RATE},
+                content=b"\x00" * 3,
+                headers={"Content-Type": "application/octet-stream"},
+            )
             slim = c.post("/v1/tag", params={"scores": "false"}, files=files(("a.wav", wav)))
     finally:
         server.stop()
@@ -280,8 +338,9 @@ def test_model_as_form_field_raw_body_and_pcm(tagger_bundle: Path, sed_bundle: P
     assert raw.status_code == 200 and raw.json()["results"][0]["filename"] == "body"
     assert raw.json()["results"][0]["scores"] == multi.json()["results"][0]["scores"]
     assert pcm.status_code == 200, pcm.text
-    np.testing.assert_allclose(pcm.json()["results"][0]["scores"],
-                               multi.json()["results"][0]["scores"], atol=2e-3)
+    np.testing.assert_allclose(
+        pcm.json()["results"][0]["scores"], multi.json()["results"][0]["scores"], atol=2e-3
+    )
     assert no_rate.status_code == 422 and "sample_rate" in no_rate.json()["error"]["message"]
     assert odd.status_code == 400, odd.text
     assert slim.json()["results"][0]["scores"] is None and slim.json()["results"][0]["top"]

@@ -275,23 +275,29 @@ def test_each_bad_file_says_what_was_wrong_with_it(server: LiveServer) -> None:
     assert "a.bin" in err["message"] and "b.wav" in err["message"]
 
 
-def test_detect_parameters_are_bounded_by_the_model(tagger_bundle: Path,
-                                                    sed_bundle: Path) -> None:
+def test_detect_parameters_are_bounded_by_the_model(tagger_bundle: Path, sed_bundle: Path) -> None:
     from service.core.card import read_card
 
     sed = read_card(sed_bundle).name
-    server = LiveServer(settings_for(tagger_bundle, sed_bundle,
-                                     max_response_values=1000)).start()
+    server = LiveServer(settings_for(tagger_bundle, sed_bundle, max_response_values=1000)).start()
     clip = encode(noise(20.0, seed=3), RATE)
     try:
         with server.client() as c:
-            tiny = c.post("/v1/detect", params={"model": sed, "frames_per_second": 1e-7},
-                          files=files(("a.wav", clip)))
-            denormal = c.post("/v1/detect", params={"model": sed, "frames_per_second": 5e-324},
-                              files=files(("a.wav", clip)))
-            everything = c.post("/v1/detect", params={"model": sed, "top_k": 1000,
-                                                      "threshold": 0, "min_duration_s": 0},
-                                files=files(("a.wav", clip)))
+            tiny = c.post(
+                "/v1/detect",
+                params={"model": sed, "frames_per_second": 1e-7},
+                files=files(("a.wav", clip)),
+            )
+            denormal = c.post(
+                "/v1/detect",
+                params={"model": sed, "frames_per_second": 5e-324},
+                files=files(("a.wav", clip)),
+            )
+            everything = c.post(
+                "/v1/detect",
+                params={"model": sed, "top_k": 1000, "threshold": 0, "min_duration_s": 0},
+                files=files(("a.wav", clip)),
+            )
             assert_still_serving(c)
     finally:
         server.stop()
@@ -307,14 +313,23 @@ def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> No
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_WARMUP": "none",
-                             "PANNS_IDLE_TIMEOUT_S": "1", "PANNS_MAX_HEADER_KB": "16"}, port)
+    proc = start_subprocess(
+        {
+            "PANNS_MODELS": str(tagger_bundle),
+            "PANNS_WARMUP": "none",
+            "PANNS_IDLE_TIMEOUT_S": "1",
+            "PANNS_MAX_HEADER_KB": "16",
+        },
+        port,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready_url(url, time.monotonic() + 120)
-        head = (b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                b"boundary=b\r\nContent-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: "
-                b'form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\x00" * 65536)
+        head = (
+            b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: "
+            b'form-data; name="file"; filename="a.wav"\r\n\r\n' + b"\x00" * 65536
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             started = time.monotonic()
             s.sendall(head)  # ... and then nothing more

@@ -25,14 +25,25 @@ def test_detect_matches_the_framewise_output(two_models: LiveServer, sed_bundle:
     card = read_card(sed_bundle)
     x = noise(3.0, seed=11)
     with two_models.client() as c:
-        r = c.post("/v1/detect", params={"model": card.name, "pad": "false", "top_k": 3,
-                                         "threshold": 0.2, "min_duration_s": 0.0},
-                   files=files(("d.wav", encode(x, RATE))))
-        slow = c.post("/v1/detect", params={"model": card.name, "pad": "false",
-                                            "frames_per_second": 10},
-                      files=files(("d.wav", encode(x, RATE))))
-        embed = c.post("/v1/embed", params={"model": card.name},
-                       files=files(("d.wav", encode(x, RATE))))
+        r = c.post(
+            "/v1/detect",
+            params={
+                "model": card.name,
+                "pad": "false",
+                "top_k": 3,
+                "threshold": 0.2,
+                "min_duration_s": 0.0,
+            },
+            files=files(("d.wav", encode(x, RATE))),
+        )
+        slow = c.post(
+            "/v1/detect",
+            params={"model": card.name, "pad": "false", "frames_per_second": 10},
+            files=files(("d.wav", encode(x, RATE))),
+        )
+        embed = c.post(
+            "/v1/embed", params={"model": card.name}, files=files(("d.wav", encode(x, RATE)))
+        )
     assert r.status_code == 200, r.text
     entry = r.json()["results"][0]
     fps = card.frames_per_second
@@ -45,8 +56,9 @@ def test_detect_matches_the_framewise_output(two_models: LiveServer, sed_bundle:
     for event in entry["events"]:
         start, end = round(event["start_s"] * fps), round(event["end_s"] * fps)
         column = frames[start:end, event["index"]]
-        assert (column >= 0.2 - 1e-4).all() and event["peak"] == pytest.approx(column.max(),
-                                                                               abs=1e-4)
+        assert (column >= 0.2 - 1e-4).all() and event["peak"] == pytest.approx(
+            column.max(), abs=1e-4
+        )
     assert len(entry["events"]) == sum(
         int(np.sum(np.diff(np.concatenate(([0], (frames[:, k] >= 0.2).astype(int), [0]))) == 1))
         for k in range(frames.shape[1])

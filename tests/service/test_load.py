@@ -33,8 +33,9 @@ def test_concurrent_clients_share_batches_and_get_their_own_results(
     server = LiveServer(settings_for(tagger_bundle, max_batch=8, max_delay_ms=50)).start()
 
     async def one(client: httpx.AsyncClient, i: int) -> list[float]:
-        r = await client.post("/v1/tag", params={"pad": "false"},
-                              files=files((f"c{i}.wav", encode(clips[i], RATE))))
+        r = await client.post(
+            "/v1/tag", params={"pad": "false"}, files=files((f"c{i}.wav", encode(clips[i], RATE)))
+        )
         assert r.status_code == 200, r.text
         scores: list[float] = r.json()["results"][0]["scores"]
         return scores
@@ -49,8 +50,9 @@ def test_concurrent_clients_share_batches_and_get_their_own_results(
     finally:
         server.stop()
     for clip, scores in zip(clips, results, strict=True):
-        np.testing.assert_allclose(scores, run_bundle(tagger_bundle, clip)["clipwise"],
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            scores, run_bundle(tagger_bundle, clip)["clipwise"], atol=1e-4, rtol=0
+        )
     assert len({round(r[0], 4) for r in results}) > clients // 2  # distinct clips, results
     name = read_card(tagger_bundle).name
     batches = metric_total(m, "panns_batch_size_count", model=name)
@@ -60,13 +62,15 @@ def test_concurrent_clients_share_batches_and_get_their_own_results(
 
 
 def _post_in_thread(url: str, data: bytes, out: list[httpx.Response], **params: str) -> None:
-    out.append(httpx.post(f"{url}/v1/tag", params=params, files=files(("x.wav", data)),
-                          timeout=120))
+    out.append(
+        httpx.post(f"{url}/v1/tag", params=params, files=files(("x.wav", data)), timeout=120)
+    )
 
 
 def _queue_depth(url: str, name: str) -> float:
-    return metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth",
-                        model=name)
+    return metric_total(
+        parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth", model=name
+    )
 
 
 def _wait_for_queue(url: str, name: str, at_least: float = 1) -> None:
@@ -82,8 +86,9 @@ def long_clip() -> bytes:
 
 
 def test_overload_answers_503_with_retry_after(tagger_bundle: Path, long_clip: bytes) -> None:
-    server = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0,
-                                     max_queue=12)).start()
+    server = LiveServer(
+        settings_for(tagger_bundle, max_batch=1, max_delay_ms=0, max_queue=12)
+    ).start()
     name = read_card(tagger_bundle).name
     first: list[httpx.Response] = []
     worker = threading.Thread(target=_post_in_thread, args=(server.url, long_clip, first))
@@ -92,8 +97,11 @@ def test_overload_answers_503_with_retry_after(tagger_bundle: Path, long_clip: b
         _wait_for_queue(server.url, name, at_least=9)
         with server.client() as c:  # 6 more windows do not fit beside the 9+ queued
             r = c.post("/v1/tag", files=files(("y.wav", encode(noise(60.0, 8), RATE))))
-            huge = c.post("/v1/tag", params={"window_s": 1, "hop_s": 1},
-                          files=files(("z.wav", encode(noise(20.0, 9), RATE))))
+            huge = c.post(
+                "/v1/tag",
+                params={"window_s": 1, "hop_s": 1},
+                files=files(("z.wav", encode(noise(20.0, 9), RATE))),
+            )
         worker.join()
         assert r.status_code == 503, r.text[:300]
         assert int(r.headers["retry-after"]) >= 1
@@ -117,19 +125,23 @@ def test_a_request_past_its_deadline_gets_504(tagger_bundle: Path, long_clip: by
             assert "PANNS_TIMEOUT_S" in r.json()["error"]["message"], r.text
             time.sleep(1.0)
             m = parse_metrics(c.get("/metrics").text)
-            ok = c.post("/v1/tag", params={"pad": "false"},
-                        files=files(("s.wav", encode(noise(1.0, 9), RATE))))
+            ok = c.post(
+                "/v1/tag",
+                params={"pad": "false"},
+                files=files(("s.wav", encode(noise(1.0, 9), RATE))),
+            )
     finally:
         server.stop()
     assert ok.status_code == 200
     # every window either ran before the deadline or was dropped from the queue
-    ran, dropped = (metric_total(m, "panns_batch_size_sum"),
-                    metric_total(m, "panns_dropped_windows_total"))
+    ran, dropped = (
+        metric_total(m, "panns_batch_size_sum"),
+        metric_total(m, "panns_dropped_windows_total"),
+    )
     assert dropped >= 1 and ran + dropped == 111
 
 
-def test_client_disconnect_drops_its_queued_windows(tagger_bundle: Path,
-                                                    long_clip: bytes) -> None:
+def test_client_disconnect_drops_its_queued_windows(tagger_bundle: Path, long_clip: bytes) -> None:
     """Two clients give up; every window they queued that had not started is dropped."""
     server = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0)).start()
     name = read_card(tagger_bundle).name
@@ -137,8 +149,12 @@ def test_client_disconnect_drops_its_queued_windows(tagger_bundle: Path,
 
     def impatient() -> None:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{server.url}/v1/tag", params={"hop_s": 1},
-                       files=files(("long.flac", long_clip)), timeout=3.0)
+            httpx.post(
+                f"{server.url}/v1/tag",
+                params={"hop_s": 1},
+                files=files(("long.flac", long_clip)),
+                timeout=3.0,
+            )
 
     worker = threading.Thread(target=impatient)
     try:

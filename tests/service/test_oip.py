@@ -82,9 +82,12 @@ def test_health_and_metadata(triton: Any, server: LiveServer, card: ModelCard) -
     assert model["name"] == card.name and model["versions"] == [version]
     assert model["platform"] == "onnxruntime_onnx"
     assert {i["name"]: (i["datatype"], i["shape"]) for i in model["inputs"]} == {
-        "waveform": ("FP32", [-1, -1]), "audio": ("BYTES", [-1])}
+        "waveform": ("FP32", [-1, -1]),
+        "audio": ("BYTES", [-1]),
+    }
     assert {o["name"]: (o["datatype"], o["shape"]) for o in model["outputs"]} == {
-        o.name: ("FP32", o.shape) for o in card.outputs}
+        o.name: ("FP32", o.shape) for o in card.outputs
+    }
     assert model["outputs"][0]["shape"] == [-1, 527]
     assert triton.get_model_metadata(card.name, model_version=version, headers=auth()) == model
     assert triton.is_model_ready(card.name, model_version=version)
@@ -97,15 +100,17 @@ def test_health_and_metadata(triton: Any, server: LiveServer, card: ModelCard) -
 
 
 @pytest.mark.parametrize(("seconds", "binary"), [(4.0, False), (15.0, True)])
-def test_fp32_waveforms_equal_v1(triton: Any, server: LiveServer, card: ModelCard,
-                                 seconds: float, binary: bool) -> None:
+def test_fp32_waveforms_equal_v1(
+    triton: Any, server: LiveServer, card: ModelCard, seconds: float, binary: bool
+) -> None:
     waves = np.stack([noise(seconds, 11), noise(seconds, 12)])  # 15 s: two windows per row
     tensor = tritonhttp.InferInput("waveform", list(waves.shape), "FP32")
     tensor.set_data_from_numpy(waves, binary_data=binary)
-    outputs = [tritonhttp.InferRequestedOutput(name, binary_data=binary)
-               for name in ("clipwise_output", "embedding")]
-    result = triton.infer(card.name, [tensor], outputs=outputs, request_id="req-7",
-                          headers=auth())
+    outputs = [
+        tritonhttp.InferRequestedOutput(name, binary_data=binary)
+        for name in ("clipwise_output", "embedding")
+    ]
+    result = triton.infer(card.name, [tensor], outputs=outputs, request_id="req-7", headers=auth())
     response = result.get_response()
     assert response["id"] == "req-7" and response["model_version"] == card.checksum[:16]
     clipwise, embedding = result.as_numpy("clipwise_output"), result.as_numpy("embedding")
@@ -118,8 +123,9 @@ def test_fp32_waveforms_equal_v1(triton: Any, server: LiveServer, card: ModelCar
     np.testing.assert_allclose(embedding, [e["embedding"] for e in embeds], atol=1e-6, rtol=0)
 
 
-def test_bytes_of_real_recordings_equal_v1(triton: Any, server: LiveServer,
-                                           card: ModelCard) -> None:
+def test_bytes_of_real_recordings_equal_v1(
+    triton: Any, server: LiveServer, card: ModelCard
+) -> None:
     paths = [shared_path("audio", "dog_howl.ogg"), shared_path("audio", "R9_ZSCveAHg_7s.mp3")]
     data = np.array([p.read_bytes() for p in paths], dtype=np.object_)
     tensor = tritonhttp.InferInput("audio", [len(paths)], "BYTES")
@@ -127,8 +133,9 @@ def test_bytes_of_real_recordings_equal_v1(triton: Any, server: LiveServer,
     result = triton.infer(card.name, [tensor], headers=auth())  # every output, as binary
     assert [o["name"] for o in result.get_response()["outputs"]] == [o.name for o in card.outputs]
     tags = v1(server, "/v1/tag", [(p.name, p.read_bytes()) for p in paths])
-    np.testing.assert_allclose(result.as_numpy("clipwise_output"), [t["scores"] for t in tags],
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        result.as_numpy("clipwise_output"), [t["scores"] for t in tags], atol=1e-6, rtol=0
+    )
 
 
 def error_of(response: httpx.Response) -> str:
@@ -138,8 +145,7 @@ def error_of(response: httpx.Response) -> str:
     return message
 
 
-def test_errors_have_the_protocol_shape(triton: Any, server: LiveServer,
-                                        card: ModelCard) -> None:
+def test_errors_have_the_protocol_shape(triton: Any, server: LiveServer, card: ModelCard) -> None:
     wave = noise(1.0, 3)[None]
     fp64 = tritonhttp.InferInput("waveform", [1, wave.shape[1]], "FP64")
     fp64.set_data_from_numpy(wave.astype(np.float64), binary_data=True)
@@ -167,20 +173,41 @@ def test_errors_have_the_protocol_shape(triton: Any, server: LiveServer,
         (body(data=[0.1, None] * 50), 400, "not FP32 numbers"),  # JSON has no NaN
         (body(shape=[33, 1], data=[0.1] * 33), 413, "at most 32 rows"),
         (b"not json", 400, "not valid JSON"),
-        (orjson.dumps({"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES",
-                                   "data": ["not audio"]}]}), 415, "audio[0]: "),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["not audio"]}
+                    ]
+                }
+            ),
+            415,
+            "audio[0]: ",
+        ),
     ]
     for content, status, message in cases:
         r = raw_infer(server, card.name, content)
         assert r.status_code == status and message in error_of(r), (message, r.text)
     nan = np.full((1, 100), np.nan, np.float32).tobytes()
-    head = orjson.dumps({"inputs": [{"name": "waveform", "shape": [1, 100], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(nan)}}]})
-    r = raw_infer(server, card.name, head + nan,
-                  **{"Inference-Header-Content-Length": str(len(head))})
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "waveform",
+                    "shape": [1, 100],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(nan)},
+                }
+            ]
+        }
+    )
+    r = raw_infer(
+        server, card.name, head + nan, **{"Inference-Header-Content-Length": str(len(head))}
+    )
     assert r.status_code == 400 and "waveform[0]: audio contains NaN" in error_of(r)
-    params = orjson.dumps({"inputs": [orjson.loads(body())["inputs"][0]],
-                           "parameters": {"window_s": 0.001}})
+    params = orjson.dumps(
+        {"inputs": [orjson.loads(body())["inputs"][0]], "parameters": {"window_s": 0.001}}
+    )
     r = raw_infer(server, card.name, params)
     assert r.status_code == 422 and "window_s must be at least" in error_of(r)
     unknown_output = orjson.dumps({**orjson.loads(body()), "outputs": [{"name": "logits"}]})
@@ -198,34 +225,52 @@ def test_errors_have_the_protocol_shape(triton: Any, server: LiveServer,
 
 
 def test_metrics_count_the_v2_routes(server: LiveServer, card: ModelCard) -> None:
-    wave = orjson.dumps({"inputs": [{"name": "waveform", "shape": [1, 3200], "datatype": "FP32",
-                                     "data": [0.0] * 3200}]})
+    wave = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "waveform", "shape": [1, 3200], "datatype": "FP32", "data": [0.0] * 3200}
+            ]
+        }
+    )
     assert raw_infer(server, card.name, wave).status_code == 200
     assert raw_infer(server, "nope", wave).status_code == 404
     with server.client() as c:
         m = parse_metrics(c.get("/metrics").text)
     route = "/v2/models/{name}/infer"
-    assert metric_total(m, "panns_requests_total", endpoint=route, model=card.name,
-                        status="200") >= 1
+    assert (
+        metric_total(m, "panns_requests_total", endpoint=route, model=card.name, status="200") >= 1
+    )
     assert metric_total(m, "panns_requests_total", endpoint=route, status="404") >= 1
     assert metric_total(m, "panns_audio_seconds_total", model=card.name) >= 0.1
 
 
 def test_overload_is_503_with_retry_after(tagger_bundle: Path) -> None:
     """A queue filled by a /v1 request refuses an OIP request: they share the batcher."""
-    live = LiveServer(settings_for(tagger_bundle, max_batch=1, max_delay_ms=0,
-                                   max_queue=12)).start()
+    live = LiveServer(
+        settings_for(tagger_bundle, max_batch=1, max_delay_ms=0, max_queue=12)
+    ).start()
     name = read_card(tagger_bundle).name
     wave = noise(45.0, 9)[None]  # 5 windows
-    head = orjson.dumps({"inputs": [{"name": "waveform", "shape": list(wave.shape),
-                                     "datatype": "FP32",
-                                     "parameters": {"binary_data_size": wave.nbytes}}]})
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "waveform",
+                    "shape": list(wave.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": wave.nbytes},
+                }
+            ]
+        }
+    )
     first: list[httpx.Response] = []
 
     def long_v1_request() -> None:
         with live.client() as c:  # 12 windows: the queue's whole size
-            first.append(c.post("/v1/tag", files=files(("long.wav", encode(noise(120.0, 7),
-                                                                            RATE)))))
+            first.append(
+                c.post("/v1/tag", files=files(("long.wav", encode(noise(120.0, 7), RATE))))
+            )
+
     try:
         waiting = threading.Thread(target=long_v1_request)
         waiting.start()
@@ -237,8 +282,9 @@ def test_overload_is_503_with_retry_after(tagger_bundle: Path) -> None:
                 break
             assert time.monotonic() < deadline, "the queue never filled"
             time.sleep(0.01)
-        refused = raw_infer(live, name, head + wave.tobytes(),
-                            **{"Inference-Header-Content-Length": str(len(head))})
+        refused = raw_infer(
+            live, name, head + wave.tobytes(), **{"Inference-Header-Content-Length": str(len(head))}
+        )
         waiting.join(60)
     finally:
         live.stop()

@@ -30,12 +30,20 @@ from tritonclient.http._utils import _get_inference_request  # noqa: E402
 LIMIT = 1 << 20
 
 
-def triton_body(inputs: list, outputs: list | None = None,
-                **params: object) -> tuple[bytes, int | None]:
+def triton_body(
+    inputs: list, outputs: list | None = None, **params: object
+) -> tuple[bytes, int | None]:
     """The body and JSON length tritonclient's InferenceServerClient.infer would send."""
     body, json_size = _get_inference_request(
-        inputs=inputs, request_id="r1", outputs=outputs, sequence_id=0, sequence_start=False,
-        sequence_end=False, priority=0, timeout=None, custom_parameters=params or None,
+        inputs=inputs,
+        request_id="r1",
+        outputs=outputs,
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=None,
+        custom_parameters=params or None,
     )
     return (body if isinstance(body, bytes) else body.encode()), json_size
 
@@ -71,30 +79,46 @@ def test_bytes_from_tritonclient_binary() -> None:
 
 
 def test_bytes_json_are_utf8_strings() -> None:
-    body = orjson.dumps({"inputs": [{"name": "audio", "shape": [2], "datatype": "BYTES",
-                                     "data": ["abc", "é"]}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "audio", "shape": [2], "datatype": "BYTES", "data": ["abc", "é"]}]}
+    )
     assert [bytes(x) for x in parse_request(body, None, LIMIT).inputs[0].data] == [
-        b"abc", "é".encode()]
+        b"abc",
+        "é".encode(),
+    ]
 
 
 def test_request_round_trip_and_nested_json() -> None:
     wave = np.arange(6, dtype=np.float32).reshape(2, 3)
     for binary in (True, False):
-        body, size = encode_request([Tensor("waveform", "FP32", (2, 3), wave)],
-                                    [RequestedOutput("x", True)], {"pad": False}, binary=binary)
+        body, size = encode_request(
+            [Tensor("waveform", "FP32", (2, 3), wave)],
+            [RequestedOutput("x", True)],
+            {"pad": False},
+            binary=binary,
+        )
         request = parse_request(body, size, LIMIT)
         np.testing.assert_array_equal(request.inputs[0].data, wave)
         assert request.parameters == {"pad": False}
-    nested = orjson.dumps({"inputs": [{"name": "w", "shape": [2, 3], "datatype": "FP32",
-                                       "data": [[0, 1, 2], [3, 4, 5]]}]})
+    nested = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "w", "shape": [2, 3], "datatype": "FP32", "data": [[0, 1, 2], [3, 4, 5]]}
+            ]
+        }
+    )
     np.testing.assert_array_equal(parse_request(nested, None, LIMIT).inputs[0].data, wave)
 
 
 def test_response_round_trip_mixed_json_and_binary() -> None:
     a = np.random.default_rng(1).random((2, 4)).astype(np.float32)
     b = np.random.default_rng(2).random((2, 3, 4)).astype(np.float32)
-    body, size = encode_response("m", "v1", "42", [(Tensor("a", "FP32", a.shape, a), False),
-                                                  (Tensor("b", "FP32", b.shape, b), True)])
+    body, size = encode_response(
+        "m",
+        "v1",
+        "42",
+        [(Tensor("a", "FP32", a.shape, a), False), (Tensor("b", "FP32", b.shape, b), True)],
+    )
     assert size is not None and orjson.loads(body[:size])["id"] == "42"
     out = decode_response(body, size)
     np.testing.assert_array_equal(out["a"].data, a)  # float32 survives JSON exactly
@@ -126,14 +150,35 @@ def wave_input(**fields: object) -> dict[str, object]:
         (bad(wave_input(parameters={"binary_data_size": 4}), b"\0" * 4), "needs 8 bytes"),
         (bad(wave_input(parameters={"binary_data_size": 8}), b"\0" * 4), "runs past"),
         (bad(wave_input(parameters={"binary_data_size": 8}), b"\0" * 12), "add up to 8"),
-        (bad({"inputs": [{"name": "a", "shape": [2], "datatype": "BYTES",
-                          "parameters": {"binary_data_size": 9}}]},
-             struct.pack("<I", 1) + b"x" + struct.pack("<I", 9)), "overruns"),
-        (bad({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [1]}]}),
-         "must be strings"),
-        (bad({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}],
-              "outputs": [{"name": "o", "parameters": {"binary_data": "yes"}}]}),
-         "binary_data must be true or false"),
+        (
+            bad(
+                {
+                    "inputs": [
+                        {
+                            "name": "a",
+                            "shape": [2],
+                            "datatype": "BYTES",
+                            "parameters": {"binary_data_size": 9},
+                        }
+                    ]
+                },
+                struct.pack("<I", 1) + b"x" + struct.pack("<I", 9),
+            ),
+            "overruns",
+        ),
+        (
+            bad({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [1]}]}),
+            "must be strings",
+        ),
+        (
+            bad(
+                {
+                    "inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["x"]}],
+                    "outputs": [{"name": "o", "parameters": {"binary_data": "yes"}}],
+                }
+            ),
+            "binary_data must be true or false",
+        ),
         ((b"{not json", None), "not valid JSON"),
     ],
 )

@@ -36,10 +36,19 @@ def browser(tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1100,1400",
-                 f"--user-data-dir={tmp / 'profile'}", *extra):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,1400",
+        f"--user-data-dir={tmp / 'profile'}",
+        *extra,
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
 
@@ -52,8 +61,12 @@ def wait_for(driver, script: str, timeout: float = 60):  # type: ignore[no-untyp
 
 def test_upload_shows_the_api_top_labels(server: LiveServer, tmp_path: Path) -> None:
     path = shared_path("audio", "speech_female_librispeech.ogg")
-    want = httpx.post(f"{server.url}/v1/tag", params={"top_k": 10},
-                      files={"file": (path.name, path.read_bytes())}, timeout=60)
+    want = httpx.post(
+        f"{server.url}/v1/tag",
+        params={"top_k": 10},
+        files={"file": (path.name, path.read_bytes())},
+        timeout=60,
+    )
     assert want.status_code == 200, want.text
     labels = [t["label"] for t in want.json()["results"][0]["top"]]
     driver = browser(tmp_path)
@@ -64,9 +77,11 @@ def test_upload_shows_the_api_top_labels(server: LiveServer, tmp_path: Path) -> 
         wait_for(driver, "return document.body.dataset.tagged === 'true'")
         shown = driver.execute_script(
             "return [...document.querySelectorAll('#toptable tbody tr td:first-child')]"
-            ".map(td => td.textContent)")
+            ".map(td => td.textContent)"
+        )
         bars = driver.execute_script(
-            "return [...document.querySelectorAll('#bars text.bar-label')].map(t => t.textContent)")
+            "return [...document.querySelectorAll('#bars text.bar-label')].map(t => t.textContent)"
+        )
         assert shown == bars == labels
         assert driver.find_element("id", "error").get_attribute("hidden") is not None
         driver.save_screenshot(str(tmp_path / "upload.png"))
@@ -77,16 +92,21 @@ def test_upload_shows_the_api_top_labels(server: LiveServer, tmp_path: Path) -> 
 def test_microphone_streams_live_results(server: LiveServer, tmp_path: Path) -> None:
     wav = tmp_path / "mic.wav"
     sf.write(wav, noise(4.0, 5, 48000), 48000, subtype="PCM_16")
-    driver = browser(tmp_path, "--use-fake-device-for-media-stream",
-                     "--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
-                     "--autoplay-policy=no-user-gesture-required")
+    driver = browser(
+        tmp_path,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    )
     try:
         driver.get(server.url + "/")
         wait_for(driver, "return document.getElementById('model').options.length > 0")
         driver.find_element("id", "mic").click()
         wait_for(driver, "return Number(document.body.dataset.liveResults || 0) >= 2", 45)
         items = driver.execute_script(
-            "return [...document.querySelectorAll('#live li')].map(li => li.textContent)")
+            "return [...document.querySelectorAll('#live li')].map(li => li.textContent)"
+        )
         assert len(items) == 5 and all(item.strip() for item in items)
         driver.find_element("id", "mic").click()
         driver.save_screenshot(str(tmp_path / "mic.png"))

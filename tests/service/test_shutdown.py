@@ -34,8 +34,9 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_MAX_BATCH": "1",
-                             "PANNS_WARMUP": "none"}, port)
+    proc = start_subprocess(
+        {"PANNS_MODELS": str(tagger_bundle), "PANNS_MAX_BATCH": "1", "PANNS_WARMUP": "none"}, port
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready_url(url, time.monotonic() + 120)
@@ -43,8 +44,12 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
         results: list[int] = []
 
         def post(index: int) -> None:
-            r = httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)), timeout=120,
-                           headers={"X-Request-ID": f"drain-{index}"})
+            r = httpx.post(
+                f"{url}/v1/tag",
+                files=files(("a.flac", data)),
+                timeout=120,
+                headers={"X-Request-ID": f"drain-{index}"},
+            )
             results.append(r.status_code)
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
@@ -68,8 +73,11 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
     assert results == [200, 200, 200, 200], output[-3000:]
     assert code == 0, output[-3000:]  # a clean drain exits 0, not by the signal
     assert "Application shutdown complete" in output
-    access = [json.loads(line) for line in output.splitlines()
-              if line.startswith("{") and '"service.access"' in line]
+    access = [
+        json.loads(line)
+        for line in output.splitlines()
+        if line.startswith("{") and '"service.access"' in line
+    ]
     ids = {entry["request_id"] for entry in access if entry["path"] == "/v1/tag"}
     assert ids == {f"drain-{i}" for i in range(4)}
     drained = [e for e in access if e["request_id"] in ids]
@@ -80,8 +88,15 @@ def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Pat
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_MAX_BATCH": "1",
-                             "PANNS_WARMUP": "none", "PANNS_GRACEFUL_TIMEOUT_S": "2"}, port)
+    proc = start_subprocess(
+        {
+            "PANNS_MODELS": str(tagger_bundle),
+            "PANNS_MAX_BATCH": "1",
+            "PANNS_WARMUP": "none",
+            "PANNS_GRACEFUL_TIMEOUT_S": "2",
+        },
+        port,
+    )
     url = f"http://127.0.0.1:{port}"
     answers: list[httpx.Response] = []
     try:
@@ -89,8 +104,7 @@ def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Pat
         data = encode(noise(120.0, seed=21), RATE, "FLAC", "PCM_16")  # 12 windows each
 
         def post() -> None:
-            answers.append(httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)),
-                                      timeout=120))
+            answers.append(httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)), timeout=120))
 
         threads = [threading.Thread(target=post) for _ in range(6)]
         for t in threads:

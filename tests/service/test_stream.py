@@ -24,8 +24,9 @@ KEY = "stream-key"
 
 @pytest.fixture(scope="module")
 def server(tagger_bundle: Path) -> Iterator[LiveServer]:
-    settings = settings_for(tagger_bundle, max_streams=9, max_frame_kb=64, stream_idle_s=1.5,
-                            api_keys=KEY)
+    settings = settings_for(
+        tagger_bundle, max_streams=9, max_frame_kb=64, stream_idle_s=1.5, api_keys=KEY
+    )
     live = LiveServer(settings).start()
     yield live
     live.stop()
@@ -41,18 +42,33 @@ def recording() -> tuple[np.ndarray, int]:
     return wave[: 30 * rate], rate
 
 
-async def stream_audio(url: str, wave: np.ndarray, rate: int, opening: dict[str, Any],
-                       frames: Iterator[int], paced: bool = False) -> tuple[list[dict], dict]:
+async def stream_audio(
+    url: str,
+    wave: np.ndarray,
+    rate: int,
+    opening: dict[str, Any],
+    frames: Iterator[int],
+    paced: bool = False,
+) -> tuple[list[dict], dict]:
     """Send ``wave`` as float32 frames of the sizes ``frames`` gives (in bytes); the
     results and the final message. ``paced``: never more than one window ahead of the
     results (as a real-time source is), so that none is skipped."""
     data = np.ascontiguousarray(wave, dtype="<f4").tobytes()
     results: list[dict] = []
     data_rate = 4 * wave.shape[1] * rate
-    async with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"},
-                       max_size=None) as ws:
-        await ws.send(json.dumps({"sample_rate": rate, "channels": wave.shape[1],
-                                  "sample_format": "float32", **opening}))
+    async with connect(
+        url, additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None
+    ) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "sample_rate": rate,
+                    "channels": wave.shape[1],
+                    "sample_format": "float32",
+                    **opening,
+                }
+            )
+        )
         ready = json.loads(await ws.recv())
         assert ready["type"] == "ready"
 
@@ -87,12 +103,16 @@ def random_frames(seed: int, low: int = 1, high: int = 60_000) -> Iterator[int]:
 def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
     wave, rate = recording()
     opening = {"window_s": 10, "hop_s": 1, "top_k": 5}
-    results, end = asyncio.run(stream_audio(ws_url(server), wave, rate, opening,
-                                            random_frames(0), paced=True))
+    results, end = asyncio.run(
+        stream_audio(ws_url(server), wave, rate, opening, random_frames(0), paced=True)
+    )
     with server.client(headers={"Authorization": f"Bearer {KEY}"}) as client:
         body = encode(wave, rate)
-        r = client.post("/v1/tag", params={"window_s": 10, "hop_s": 1, "top_k": 5},
-                        files={"file": ("clip.wav", body)})
+        r = client.post(
+            "/v1/tag",
+            params={"window_s": 10, "hop_s": 1, "top_k": 5},
+            files={"file": ("clip.wav", body)},
+        )
     assert r.status_code == 200, r.text
     windows = r.json()["results"][0]["windows"]
     assert end == {"type": "end", "windows": len(windows), "skipped": 0}
@@ -102,8 +122,9 @@ def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
         assert got["start_s"] == pytest.approx(want["start_s"], abs=1e-6)
         assert got["end_s"] == pytest.approx(want["end_s"], abs=1e-6)
         assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
-        np.testing.assert_allclose([t["score"] for t in got["top"]],
-                                   [t["score"] for t in want["top"]], atol=1e-5)
+        np.testing.assert_allclose(
+            [t["score"] for t in got["top"]], [t["score"] for t in want["top"]], atol=1e-5
+        )
 
 
 def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> None:
@@ -111,9 +132,15 @@ def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> N
     live = LiveServer(settings).start()
     try:
         wave = noise(30.0, 3, RATE)[:, None]
-        results, end = asyncio.run(stream_audio(
-            ws_url(live), wave, RATE, {"window_s": 2, "hop_s": 0.1}, random_frames(1, 20_000),
-        ))
+        results, end = asyncio.run(
+            stream_audio(
+                ws_url(live),
+                wave,
+                RATE,
+                {"window_s": 2, "hop_s": 0.1},
+                random_frames(1, 20_000),
+            )
+        )
         total = len(results) + sum(r["skipped"] for r in results)
         assert end["skipped"] == sum(r["skipped"] for r in results) > 0
         assert end["windows"] == len(results)
@@ -132,14 +159,18 @@ def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> N
 
 def test_eight_concurrent_streams(server: LiveServer) -> None:
     """Silent and noisy streams at once: each gets its own windows' results."""
-    clips = [np.zeros(6 * 16000, np.float32) if i % 2 else noise(6.0, 7, 16000)
-             for i in range(8)]
+    clips = [np.zeros(6 * 16000, np.float32) if i % 2 else noise(6.0, 7, 16000) for i in range(8)]
 
     async def run_all() -> list[tuple[list[dict], dict]]:
         jobs = [
-            stream_audio(ws_url(server), clip[:, None], 16000,
-                         {"window_s": 2, "hop_s": 1, "top_k": 3}, random_frames(i, 100, 9000),
-                         paced=True)
+            stream_audio(
+                ws_url(server),
+                clip[:, None],
+                16000,
+                {"window_s": 2, "hop_s": 1, "top_k": 3},
+                random_frames(i, 100, 9000),
+                paced=True,
+            )
             for i, clip in enumerate(clips)
         ]
         return await asyncio.gather(*jobs)
@@ -155,8 +186,9 @@ def test_eight_concurrent_streams(server: LiveServer) -> None:
     assert [r["top"] for r in silent] != [r["top"] for r in noisy]
 
 
-async def closed_with(url: str, first: str | bytes | None, *more: bytes | str,
-                      headers: dict[str, str] | None = None) -> tuple[int, str]:
+async def closed_with(
+    url: str, first: str | bytes | None, *more: bytes | str, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Send ``first`` (and ``more``); the close code and reason the service answers."""
     async with connect(url, additional_headers=headers or {}, max_size=None) as ws:
         try:
@@ -187,15 +219,15 @@ def opening(**extra: Any) -> str:
         (opening(model="nope"), (), 1007, "no model named"),
         (opening(hop_s=0.001), (), 1007, "hop_s"),
         (opening(colour="red"), (), 1007, "unknown field"),
-        (opening(sample_format="float32"),
-         (np.full(64, np.nan, "<f4").tobytes(),), 1007, "NaN"),
+        (opening(sample_format="float32"), (np.full(64, np.nan, "<f4").tobytes(),), 1007, "NaN"),
         (opening(), (b"\x00" * (65 * 1024),), 1009, "limit"),
         (opening(), ("hello",), 1007, "end"),
         (None, (), 1001, "no message"),
     ],
 )
-def test_bad_streams_close_with_a_reason(server: LiveServer, first: Any, more: tuple,
-                                         code: int, reason: str) -> None:
+def test_bad_streams_close_with_a_reason(
+    server: LiveServer, first: Any, more: tuple, code: int, reason: str
+) -> None:
     got, why = asyncio.run(closed_with(ws_url(server), first, *more))
     assert got == code
     assert reason in why
@@ -215,6 +247,6 @@ def test_api_key_in_header_and_too_many_streams(server: LiveServer) -> None:
                 await ws.close()
 
     code, reason = asyncio.run(scenario())
-    assert (code, "streams are open") == (1013, reason[reason.find("streams"):][:16])
+    assert (code, "streams are open") == (1013, reason[reason.find("streams") :][:16])
     # a broken or refused stream leaves the service serving the others
     assert httpx.get(server.url + "/readyz").status_code == 200

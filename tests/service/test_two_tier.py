@@ -37,8 +37,11 @@ KEY = "engine-key"
 @pytest.fixture(scope="module")
 def tiers(tagger_bundle: Path, sed_bundle: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
     engine = LiveServer(settings_for(tagger_bundle, sed_bundle, api_keys=KEY)).start()
-    front = LiveServer(settings_for(tagger_bundle, sed_bundle, backend="oip",
-                                    engine_url=engine.url, engine_api_key=KEY)).start()
+    front = LiveServer(
+        settings_for(
+            tagger_bundle, sed_bundle, backend="oip", engine_url=engine.url, engine_api_key=KEY
+        )
+    ).start()
     yield engine, front
     front.stop()
     engine.stop()
@@ -53,9 +56,9 @@ def post(server: LiveServer, path: str, audio: bytes, **params: Any) -> dict[str
 
 
 @pytest.mark.parametrize("params", [{}, {"window_s": 4, "hop_s": 3, "pad": "false"}])
-def test_front_tags_and_embeds_like_one_process(tiers: tuple[LiveServer, LiveServer],
-                                                tagger_bundle: Path,
-                                                params: dict[str, Any]) -> None:
+def test_front_tags_and_embeds_like_one_process(
+    tiers: tuple[LiveServer, LiveServer], tagger_bundle: Path, params: dict[str, Any]
+) -> None:
     engine, front = tiers
     name = read_card(tagger_bundle).name
     audio = encode(noise(25.0, 21), RATE)  # 3 windows; with a 4 s window, a short last one
@@ -71,12 +74,21 @@ def test_front_tags_and_embeds_like_one_process(tiers: tuple[LiveServer, LiveSer
     assert models[name]["provider"] == "oip:CPUExecutionProvider"
     with engine.client() as c:
         m = parse_metrics(c.get("/metrics").text)
-    assert metric_total(m, "panns_requests_total", model=name, status="200",
-                        endpoint="/v2/models/{name}/versions/{version}/infer") >= 1
+    assert (
+        metric_total(
+            m,
+            "panns_requests_total",
+            model=name,
+            status="200",
+            endpoint="/v2/models/{name}/versions/{version}/infer",
+        )
+        >= 1
+    )
 
 
-def test_front_detects_like_one_process(tiers: tuple[LiveServer, LiveServer],
-                                        sed_bundle: Path) -> None:
+def test_front_detects_like_one_process(
+    tiers: tuple[LiveServer, LiveServer], sed_bundle: Path
+) -> None:
     engine, front = tiers
     name = read_card(sed_bundle).name
     x = noise(12.0, 22) + sine(440.0, 12.0, RATE, 0.3)
@@ -88,18 +100,32 @@ def test_front_detects_like_one_process(tiers: tuple[LiveServer, LiveServer],
     assert two["events"] == one["events"]
 
 
-def test_engine_framewise_is_the_graphs(tiers: tuple[LiveServer, LiveServer],
-                                        sed_bundle: Path) -> None:
+def test_engine_framewise_is_the_graphs(
+    tiers: tuple[LiveServer, LiveServer], sed_bundle: Path
+) -> None:
     """OIP framewise_output of a 10 s row: the graph's frames, cut to the clip's 10 s."""
     engine, _ = tiers
     card = read_card(sed_bundle)
     x = noise(10.0, 23)
-    head = orjson.dumps({"inputs": [{"name": "waveform", "shape": [1, x.size], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "framewise_output"}]})
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "waveform",
+                    "shape": [1, x.size],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "framewise_output"}],
+        }
+    )
     with engine.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
-        r = c.post(f"/v2/models/{card.name}/infer", content=head + x.tobytes(),
-                   headers={"Inference-Header-Content-Length": str(len(head))})
+        r = c.post(
+            f"/v2/models/{card.name}/infer",
+            content=head + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
     frames = np.asarray(out["data"], np.float32).reshape(out["shape"])
@@ -108,9 +134,9 @@ def test_engine_framewise_is_the_graphs(tiers: tuple[LiveServer, LiveServer],
     np.testing.assert_allclose(frames[0], expected[:1000], atol=1e-5, rtol=0)
 
 
-def test_front_refuses_an_engine_with_other_weights_or_key(tiers: tuple[LiveServer, LiveServer],
-                                                           tagger_bundle: Path,
-                                                           tmp_path: Path) -> None:
+def test_front_refuses_an_engine_with_other_weights_or_key(
+    tiers: tuple[LiveServer, LiveServer], tagger_bundle: Path, tmp_path: Path
+) -> None:
     engine, _ = tiers
     card = json.loads((tagger_bundle / "model.json").read_text())
     card["files"]["fp32"]["sha256"] = "0" * 64  # a model.json of other weights

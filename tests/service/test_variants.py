@@ -33,11 +33,18 @@ def test_auto_precision_on_cpu_is_fp32_even_with_variants(variants_bundle: Path)
 
 
 @pytest.mark.parametrize(("precision", "atol"), [("fp16", 0.02), ("int8", 0.25)])
-def test_explicit_variant_runs_and_stays_close_to_fp32(variants_bundle: Path, precision: str,
-                                                       atol: float) -> None:
+def test_explicit_variant_runs_and_stays_close_to_fp32(
+    variants_bundle: Path, precision: str, atol: float
+) -> None:
     fp32 = OrtBackend(variants_bundle, BackendOptions(device="cpu", threads=1))
-    other = OrtBackend(variants_bundle, BackendOptions(device="cpu", precision=precision,  # type: ignore[arg-type]
-                   threads=1))
+    other = OrtBackend(
+        variants_bundle,
+        BackendOptions(
+            device="cpu",
+            precision=precision,  # type: ignore[arg-type]
+            threads=1,
+        ),
+    )
     assert other.precision == precision
     x = np.stack([noise(3.0, seed=s) for s in (1, 2)])
     a, b = fp32.run(x)["clipwise"], other.run(x)["clipwise"]

@@ -45,17 +45,27 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    proc = start_subprocess({"PANNS_MODELS": str(tagger_bundle), "PANNS_WORKERS": "2",
-                             "PANNS_WARMUP": "none", "PANNS_MAX_DELAY_MS": "20"}, port)
+    proc = start_subprocess(
+        {
+            "PANNS_MODELS": str(tagger_bundle),
+            "PANNS_WORKERS": "2",
+            "PANNS_WARMUP": "none",
+            "PANNS_MAX_DELAY_MS": "20",
+        },
+        port,
+    )
     url = f"http://127.0.0.1:{port}"
     clip = encode(noise(3.0, seed=41), RATE)
     try:
         wait_ready_url(url, time.monotonic() + 120)
         assert len(_fronts(proc.pid)) == 2
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(
-                lambda _: httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60),
-                range(16)))
+            answers = list(
+                pool.map(
+                    lambda _: httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60),
+                    range(16),
+                )
+            )
         assert all(r.status_code == 200 for r in answers), answers[0].text
         scores = {tuple(r.json()["results"][0]["scores"]) for r in answers}
         assert len(scores) == 1  # the same numbers whichever front answered

@@ -28,8 +28,9 @@ from training.checkpoints.registry import BASE_URL_ENV, OFFICIAL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = random.Random(0).randbytes(300_000)
-ENTRY = OfficialCheckpoint("Cnn6", "Fake_mAP=0.123.pth", 0.123, len(PAYLOAD),
-                           hashlib.sha256(PAYLOAD).hexdigest())
+ENTRY = OfficialCheckpoint(
+    "Cnn6", "Fake_mAP=0.123.pth", 0.123, len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest()
+)
 
 
 @dataclass
@@ -60,7 +61,7 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if state.cut_after is not None:
-                body, state.cut_after = body[:state.cut_after], None
+                body, state.cut_after = body[: state.cut_after], None
                 self.close_connection = True
             self.wfile.write(body)
             state.bytes_sent += len(body)
@@ -132,8 +133,7 @@ def test_hash_mismatch_is_rejected_and_removed(server: FileServer, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_partial_file_that_is_not_a_prefix_is_rejected(server: FileServer,
-                                                       tmp_path: Path) -> None:
+def test_partial_file_that_is_not_a_prefix_is_rejected(server: FileServer, tmp_path: Path) -> None:
     (tmp_path / (ENTRY.file_name + ".part")).write_bytes(b"x" * 1000)
     with pytest.raises(CheckpointError, match="SHA-256"):
         download(ENTRY, tmp_path, base_url=server.url, progress=False)
@@ -148,8 +148,9 @@ def test_wrong_length_is_refused_before_writing(server: FileServer, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_present_verified_file_is_reused_without_network(server: FileServer,
-                                                         tmp_path: Path) -> None:
+def test_present_verified_file_is_reused_without_network(
+    server: FileServer, tmp_path: Path
+) -> None:
     (tmp_path / ENTRY.file_name).write_bytes(PAYLOAD)
     dead = f"http://127.0.0.1:{_closed_port()}"
     assert download(ENTRY, tmp_path, base_url=dead, progress=False).read_bytes() == PAYLOAD
@@ -163,8 +164,13 @@ def test_present_wrong_file_is_replaced(server: FileServer, tmp_path: Path) -> N
 
 
 def _assert_hand_placement(message: str, dest_dir: Path, url: str) -> None:
-    for needed in (ENTRY.file_name, str(dest_dir / ENTRY.file_name), str(ENTRY.bytes),
-                   ENTRY.sha256, url):
+    for needed in (
+        ENTRY.file_name,
+        str(dest_dir / ENTRY.file_name),
+        str(ENTRY.bytes),
+        ENTRY.sha256,
+        url,
+    ):
         assert needed in message
 
 
@@ -188,8 +194,9 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
 
 
-def test_environment_overrides_base_url(server: FileServer, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_base_url(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(BASE_URL_ENV, server.url + "/{name}?download=1")
     assert download(ENTRY, tmp_path, progress=False).read_bytes() == PAYLOAD
     assert server.requests == [("/files/Fake_mAP%3D0.123.pth?download=1", None)]
@@ -215,9 +222,14 @@ def test_verify(tmp_path: Path) -> None:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "training.checkpoints", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "training.checkpoints", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.slow
@@ -227,16 +239,21 @@ def test_cli_download_without_network(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     entry = OFFICIAL["Cnn6"]
-    for needed in (str(tmp_path / entry.file_name), entry.sha256, str(entry.bytes),
-                   f"{base}/Cnn6_mAP%3D0.343.pth"):
+    for needed in (
+        str(tmp_path / entry.file_name),
+        entry.sha256,
+        str(entry.bytes),
+        f"{base}/Cnn6_mAP%3D0.343.pth",
+    ):
         assert needed in result.stderr
 
 
 @pytest.mark.slow
 def test_cli_download_rejects_a_wrong_file(server: FileServer, tmp_path: Path) -> None:
     server.payload = b"wrong" * 10
-    result = _cli("download", "cnn6_mAP=0.343.pth", "--dir", str(tmp_path),
-                  env={BASE_URL_ENV: server.url})
+    result = _cli(
+        "download", "cnn6_mAP=0.343.pth", "--dir", str(tmp_path), env={BASE_URL_ENV: server.url}
+    )
     assert result.returncode == 1, result.stderr
     assert "sends 50 bytes" in result.stderr and "Traceback" not in result.stderr
     assert server.requests == [("/files/Cnn6_mAP%3D0.343.pth", None)]

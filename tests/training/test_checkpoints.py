@@ -28,6 +28,7 @@ CNN6_FILE = "Cnn6_mAP=0.343.pth"
 
 # --- registry -----------------------------------------------------------------------------------
 
+
 def test_registry_matches_published_table() -> None:
     with shared_path("data", "panns_checkpoints.tsv").open() as fh:
         rows = {row["checkpoint"]: row for row in csv.DictReader(fh, delimiter="\t")}
@@ -48,23 +49,28 @@ def test_registry_matches_manifest() -> None:
         assert entry.mAP == spec["checkpoint_mAP"]
 
 
-@pytest.mark.parametrize(("name", "arch"), [
-    ("Cnn14", "Cnn14"),
-    ("cnn14_16k", "Cnn14_16k"),
-    ("CNN14_emb128_mAP=0.412.pth", "Cnn14_emb128"),
-    ("/some/dir/Cnn14_mAP=0.431.pth", "Cnn14"),
-    ("Cnn14_mAP=0.431 (1).pth", "Cnn14"),
-    ("Cnn14_mAP=0.431-2.pth", "Cnn14"),
-    ("Cnn14_8k.pth", "Cnn14_8k"),
-    ("Wavegram_Logmel_Cnn14_mAP=0.439.pth", "Wavegram_Logmel_Cnn14"),
-])
+@pytest.mark.parametrize(
+    ("name", "arch"),
+    [
+        ("Cnn14", "Cnn14"),
+        ("cnn14_16k", "Cnn14_16k"),
+        ("CNN14_emb128_mAP=0.412.pth", "Cnn14_emb128"),
+        ("/some/dir/Cnn14_mAP=0.431.pth", "Cnn14"),
+        ("Cnn14_mAP=0.431 (1).pth", "Cnn14"),
+        ("Cnn14_mAP=0.431-2.pth", "Cnn14"),
+        ("Cnn14_8k.pth", "Cnn14_8k"),
+        ("Wavegram_Logmel_Cnn14_mAP=0.439.pth", "Wavegram_Logmel_Cnn14"),
+    ],
+)
 def test_find_official(name: str, arch: str) -> None:
     entry = find_official(name)
     assert entry is not None and entry.arch == arch
 
 
-@pytest.mark.parametrize("name", ["Cnn14_16.pth", "model.pth", "Cnn14_mAP=0.431.pth.bak",
-                                  "Cnn14_mel32", "Cnn14_mAP=0.432.pth"])
+@pytest.mark.parametrize(
+    "name",
+    ["Cnn14_16.pth", "model.pth", "Cnn14_mAP=0.431.pth.bak", "Cnn14_mel32", "Cnn14_mAP=0.432.pth"],
+)
 def test_find_official_rejects(name: str) -> None:
     assert find_official(name) is None
     with pytest.raises(CheckpointError, match="Wavegram_Logmel_Cnn14"):
@@ -72,6 +78,7 @@ def test_find_official_rejects(name: str) -> None:
 
 
 # --- loading ------------------------------------------------------------------------------------
+
 
 def _model(arch: str = "Cnn6", seed: int = 0, **overrides: int) -> torch.nn.Module:
     """A model whose weights AND BatchNorm statistics are deterministic and non-trivial."""
@@ -142,8 +149,11 @@ def test_legacy_format_numpy_sampler_and_dataparallel_prefix(tmp_path: Path) -> 
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     sampler = {"indexes_per_class": [np.arange(5), np.arange(3)], "pointer": np.int64(2)}
     path = tmp_path / CNN6_FILE
-    torch.save({"model": state, "iteration": 10, "sampler": sampler}, path,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"model": state, "iteration": 10, "sampler": sampler},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     assert read_checkpoint(path)["sampler"]["pointer"] == 2
     _assert_same(_outputs(model), _outputs(load_checkpoint(path)))
 
@@ -152,8 +162,15 @@ def test_model_args_arch_and_labels_round_trip(tmp_path: Path) -> None:
     model = _model(classes_num=10)
     labels = [f"class {i}" for i in range(10)]
     path = tmp_path / "finetuned.pth"
-    torch.save({"model": model.state_dict(), "arch": "Cnn6", "model_args": {"classes_num": 10},
-                "labels": labels}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "arch": "Cnn6",
+            "model_args": {"classes_num": 10},
+            "labels": labels,
+        },
+        path,
+    )
     loaded = load_checkpoint(path)
     assert loaded.classes_num == 10
     assert read_checkpoint(path)["labels"] == labels
@@ -227,10 +244,12 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         path = tmp_path / f"{kind}_{CNN6_FILE}"
         path.write_bytes(data)
         out[kind] = (path, expected)
-    for kind, obj, expected in [("code", {"model": _RunsCode()}, "disallowed global"),
-                                ("notensors", {"a": 1}, "a dict without tensors"),
-                                ("list", [1, 2], "holds a list"),
-                                ("modelnotsd", {"model": {"w": 1}}, "not a state_dict")]:
+    for kind, obj, expected in [
+        ("code", {"model": _RunsCode()}, "disallowed global"),
+        ("notensors", {"a": 1}, "a dict without tensors"),
+        ("list", [1, 2], "holds a list"),
+        ("modelnotsd", {"model": {"w": 1}}, "not a state_dict"),
+    ]:
         path = tmp_path / f"{kind}_{CNN6_FILE}"
         torch.save(obj, path)
         out[kind] = (path, expected)

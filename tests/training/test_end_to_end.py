@@ -41,8 +41,7 @@ MODEL_ARGS = '{"mel_bins": 32, "hop_size": 640, "window_size": 512}'
 # over "Siren" for the test siren: 200 steps pass on both.
 MIN_MAP = 0.45
 # Fine-tuning data: synthetic classes renamed to labels AudioSet does not have.
-CUSTOM = {"Siren": "alarm", "Beep, bleep": "beeper", "Sine wave": "hum-tone",
-          "White noise": "hiss"}
+CUSTOM = {"Siren": "alarm", "Beep, bleep": "beeper", "Sine wave": "hum-tone", "White noise": "hiss"}
 
 
 def _run(*args: str, timeout: float = 300) -> str:
@@ -52,19 +51,49 @@ def _run(*args: str, timeout: float = 300) -> str:
     training several times slower through oversubscription.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}"
     return proc.stdout
 
 
 def _synth_and_pack(root: Path, name: str, clips: int, seed: int) -> Path:
-    _run("training.synth", "--out", str(root / name), "--clips", str(clips), "--seed", str(seed),
-         "--clip-seconds", CLIP_SECONDS, "--no-speech", "--no-progress")
+    _run(
+        "training.synth",
+        "--out",
+        str(root / name),
+        "--clips",
+        str(clips),
+        "--seed",
+        str(seed),
+        "--clip-seconds",
+        CLIP_SECONDS,
+        "--no-speech",
+        "--no-progress",
+    )
     pack = root / f"{name}.h5"
-    _run("training.data", "pack", "--csv", str(root / name / "segments.csv"), "--audio-dir",
-         str(root / name / "audio"), "--out", str(pack), "--clip-seconds", CLIP_SECONDS,
-         "--workers", "0", "--no-progress")
+    _run(
+        "training.data",
+        "pack",
+        "--csv",
+        str(root / name / "segments.csv"),
+        "--audio-dir",
+        str(root / name / "audio"),
+        "--out",
+        str(pack),
+        "--clip-seconds",
+        CLIP_SECONDS,
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     return pack
 
 
@@ -92,13 +121,24 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         import httpx
 
         port = _free_port()
-        env = {**os.environ, "PANNS_MODELS": str(bundle), "PANNS_HOST": "127.0.0.1",
-               "PANNS_PORT": str(port), "PANNS_DEVICE": "cpu", "PANNS_WARMUP": "none",
-               "PANNS_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "PANNS_MODELS": str(bundle),
+            "PANNS_HOST": "127.0.0.1",
+            "PANNS_PORT": str(port),
+            "PANNS_DEVICE": "cpu",
+            "PANNS_WARMUP": "none",
+            "PANNS_LOG_LEVEL": "warning",
+        }
         log = tmp_path / f"service-{port}.log"
         with log.open("wb") as sink:
-            proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
-                                    stdout=sink, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -124,8 +164,12 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 def _tag(url: str, wav: bytes) -> dict:
     import httpx
 
-    response = httpx.post(f"{url}/v1/tag", params={"pad": "false", "top_k": 5},
-                          files={"file": ("siren.wav", wav, "audio/wav")}, timeout=60)
+    response = httpx.post(
+        f"{url}/v1/tag",
+        params={"pad": "false", "top_k": 5},
+        files={"file": ("siren.wav", wav, "audio/wav")},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     return response.json()["results"][0]
 
@@ -136,11 +180,37 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train = _synth_and_pack(root, "train", clips=160, seed=1)
     held_out = _synth_and_pack(root, "eval", clips=48, seed=2)
     run = root / "run"
-    _run("training.train", "--arch", "MobileNetV1", "--train", str(train), "--eval",
-         str(held_out), "--out", str(run), "--steps", "200", "--eval-every", "40",
-         "--batch-size", "16", "--crop-seconds", "1.5", "--no-spec-augment",
-         "--mixup-alpha", "0", "--model-args", MODEL_ARGS,
-         "--workers", "0", "--device", "cpu", "--seed", "1", timeout=600)
+    _run(
+        "training.train",
+        "--arch",
+        "MobileNetV1",
+        "--train",
+        str(train),
+        "--eval",
+        str(held_out),
+        "--out",
+        str(run),
+        "--steps",
+        "200",
+        "--eval-every",
+        "40",
+        "--batch-size",
+        "16",
+        "--crop-seconds",
+        "1.5",
+        "--no-spec-augment",
+        "--mixup-alpha",
+        "0",
+        "--model-args",
+        MODEL_ARGS,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        timeout=600,
+    )
     return {"root": root, "run": run, "eval": held_out}
 
 
@@ -150,9 +220,22 @@ def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> 
     assert [x["iteration"] for x in log] == [40, 80, 120, 160, 200]
     best = run / "checkpoints" / "best.pth"
     table = root / "per_class.csv"
-    summary = json.loads(_run("training.evaluate", "--checkpoint", str(best), "--data",
-                              str(trained["eval"]), "--device", "cpu", "--workers", "0",
-                              "--csv", str(table), "--json"))
+    summary = json.loads(
+        _run(
+            "training.evaluate",
+            "--checkpoint",
+            str(best),
+            "--data",
+            str(trained["eval"]),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--csv",
+            str(table),
+            "--json",
+        )
+    )
     assert summary["mAP"] == pytest.approx(max(x["mAP"] for x in log), abs=1e-6)
     assert summary["mAP"] > MIN_MAP, summary
     assert summary["classes_scored"] == 8
@@ -172,17 +255,57 @@ def test_train_evaluate_export_serve(trained: dict[str, Path], serve: Serve) -> 
 def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) -> None:
     root = trained["root"]
     synth = root / "folder_all"
-    _run("training.synth", "--out", str(synth), "--clips", "48", "--seed", "3", "--layout",
-         "folder", "--clip-seconds", CLIP_SECONDS, "--no-speech", "--no-progress")
+    _run(
+        "training.synth",
+        "--out",
+        str(synth),
+        "--clips",
+        "48",
+        "--seed",
+        "3",
+        "--layout",
+        "folder",
+        "--clip-seconds",
+        CLIP_SECONDS,
+        "--no-speech",
+        "--no-progress",
+    )
     data = root / "folder"
     for original, custom in CUSTOM.items():
         shutil.copytree(synth / original, data / custom)
     run = root / "finetune"
-    out = _run("training.finetune", "--checkpoint", str(trained["run"] / "checkpoints/best.pth"),
-               "--data", str(data), "--out", str(run), "--freeze-base", "--steps", "60",
-               "--eval-every", "20", "--batch-size", "8", "--lr", "1e-3", "--clip-seconds",
-               CLIP_SECONDS, "--crop-seconds", "1.5", "--no-spec-augment", "--mixup-alpha", "0",
-               "--holdout", "0.25", "--workers", "0", "--device", "cpu", timeout=400)
+    out = _run(
+        "training.finetune",
+        "--checkpoint",
+        str(trained["run"] / "checkpoints/best.pth"),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--freeze-base",
+        "--steps",
+        "60",
+        "--eval-every",
+        "20",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--clip-seconds",
+        CLIP_SECONDS,
+        "--crop-seconds",
+        "1.5",
+        "--no-spec-augment",
+        "--mixup-alpha",
+        "0",
+        "--holdout",
+        "0.25",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        timeout=400,
+    )
     result = json.loads(out.strip().splitlines()[-1])
     labels = sorted(CUSTOM.values())
     assert result["labels"] == labels

@@ -47,19 +47,24 @@ def test_load_pretrained_skips_only_the_head(official_like: Path) -> None:
 
 def test_load_pretrained_refuses_a_mismatch(official_like: Path) -> None:
     with pytest.raises(ValueError, match="needs skip_head"):
-        load_pretrained(create_model("MobileNetV1", classes_num=5, **SMALL), official_like,
-                        skip_head=False)
+        load_pretrained(
+            create_model("MobileNetV1", classes_num=5, **SMALL), official_like, skip_head=False
+        )
     with pytest.raises(ValueError, match="does not fit"):
-        load_pretrained(create_model("MobileNetV2", classes_num=5), official_like,
-                        skip_head=True)
-    with pytest.raises(ValueError, match=r"fc_audioset.weight: expected \(5, 1024\) vs got "
-                                         r"\(527, 1024\)"):
-        load_pretrained(create_model("MobileNetV1", classes_num=5, **SMALL), official_like,
-                        skip_head=False)
+        load_pretrained(create_model("MobileNetV2", classes_num=5), official_like, skip_head=True)
+    with pytest.raises(
+        ValueError,
+        match=r"fc_audioset.weight: expected \(5, 1024\) vs got "
+        r"\(527, 1024\)",
+    ):
+        load_pretrained(
+            create_model("MobileNetV1", classes_num=5, **SMALL), official_like, skip_head=False
+        )
 
 
 def test_load_pretrained_takes_a_one_element_num_batches_tracked(
-        official_like: Path, tmp_path: Path) -> None:
+    official_like: Path, tmp_path: Path
+) -> None:
     """Strict loading and export accept a (1,)-shaped num_batches_tracked (numpy-made
     checkpoints have them); fine-tuning must too."""
     state = torch.load(official_like, weights_only=True)["model"]
@@ -71,8 +76,9 @@ def test_load_pretrained_takes_a_one_element_num_batches_tracked(
     torch.save({"model": state}, path)
     model = create_model("MobileNetV1", classes_num=5, **SMALL)
     load_pretrained(model, path, skip_head=True)
-    assert all(model.state_dict()[k].shape == () and int(model.state_dict()[k]) == 7
-               for k in counters)
+    assert all(
+        model.state_dict()[k].shape == () and int(model.state_dict()[k]) == 7 for k in counters
+    )
 
 
 def test_load_pretrained_error_shows_the_shapes(official_like: Path) -> None:
@@ -129,8 +135,9 @@ def test_split_holdout_is_seeded_and_disjoint() -> None:
         split_holdout(data, 1.0, seed=3)
 
 
-def test_evaluate_cli_on_a_label_folder(official_like: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_cli_on_a_label_folder(
+    official_like: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A fine-tuned checkpoint (labels, model_args) scored on folders whose order differs:
     the summary printed and saved with the per-class table and figure."""
     from PIL import Image
@@ -141,24 +148,52 @@ def test_evaluate_cli_on_a_label_folder(official_like: Path, tmp_path: Path,
     model = create_model("MobileNetV1", classes_num=2, **SMALL)
     ckpt = tmp_path / "run" / "checkpoints" / "best.pth"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "arch": "MobileNetV1",
-                "model_args": {"classes_num": 2, **SMALL}, "labels": ["zeta", "alpha"]}, ckpt)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "arch": "MobileNetV1",
+            "model_args": {"classes_num": 2, **SMALL},
+            "labels": ["zeta", "alpha"],
+        },
+        ckpt,
+    )
     rng = np.random.default_rng(0)
     for label in ("alpha", "zeta"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(3):
-            sf.write(tmp_path / "data" / label / f"{i}.wav",
-                     0.1 * rng.standard_normal(16000), 32000)
+            sf.write(
+                tmp_path / "data" / label / f"{i}.wav", 0.1 * rng.standard_normal(16000), 32000
+            )
     table = tmp_path / "table.csv"
-    assert main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--device", "cpu",
-                 "--workers", "0", "--csv", str(table), "--plot"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "data"),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--csv",
+                str(table),
+                "--plot",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     saved = tmp_path / "run" / "eval-data"  # inside the run, named after the data
     summary = json.loads((saved / "summary.json").read_text())
     assert summary["clips"] == 6 and summary["classes_scored"] == 2 == summary["classes"]
     assert 0 <= summary["mAP"] <= 1
-    for line in (f"mAP         {summary['mAP']:.4f}", f"mean AUC    {summary['mAUC']:.4f}",
-                 f"d-prime     {summary['d_prime']:.4f}", "6 clips, 2 of 2 classes scored"):
+    for line in (
+        f"mAP         {summary['mAP']:.4f}",
+        f"mean AUC    {summary['mAUC']:.4f}",
+        f"d-prime     {summary['d_prime']:.4f}",
+        "6 clips, 2 of 2 classes scored",
+    ):
         assert line in printed, printed
     rows = table.read_text().splitlines()
     assert rows[1].startswith("0,zeta,") and rows[2].startswith("1,alpha,")

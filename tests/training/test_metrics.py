@@ -63,8 +63,9 @@ def test_against_sklearn_with_ties() -> None:
     scores = np.round(rng.random((300, 20)) * 0.5 + 0.5 * target * rng.random((300, 20)), 2)
     ap, auc = average_precision(target, scores), roc_auc(target, scores)
     for k in range(20):
-        assert ap[k] == pytest.approx(average_precision_score(target[:, k], scores[:, k]),
-                                      abs=1e-12)
+        assert ap[k] == pytest.approx(
+            average_precision_score(target[:, k], scores[:, k]), abs=1e-12
+        )
         assert auc[k] == pytest.approx(roc_auc_score(target[:, k], scores[:, k]), abs=1e-12)
     expected = average_precision_score(target, scores, average="macro")
     assert evaluate_scores(target, scores).mAP == pytest.approx(expected, abs=1e-12)

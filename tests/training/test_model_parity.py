@@ -66,7 +66,9 @@ def _compare(model: nn.Module, reference: Any, input_name: str) -> None:
     assert set(outputs) == expected
     for key, value in outputs.items():
         np.testing.assert_allclose(
-            value.numpy(), reference[f"{input_name}__{key}"], err_msg=f"{input_name} {key}",
+            value.numpy(),
+            reference[f"{input_name}__{key}"],
+            err_msg=f"{input_name} {key}",
             **TOLERANCES[key],
         )
 
@@ -92,14 +94,16 @@ def test_frontend_buffers_and_logmel(name: str) -> None:
     model = create_model(name).eval()
     state = model.state_dict()
     for key in entry["frontend_keys"]:
-        np.testing.assert_allclose(state[key].numpy(), reference[key], atol=1e-6, rtol=0,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            state[key].numpy(), reference[key], atol=1e-6, rtol=0, err_msg=key
+        )
     inputs = fill_module().make_inputs(model.sample_rate)
     with torch.no_grad():
         for input_name, waveform in inputs.items():
             logmel = model.raw_logmel(torch.from_numpy(waveform)).numpy()
-            np.testing.assert_allclose(logmel, reference[f"logmel__{input_name}"], atol=1e-3,
-                                       rtol=1e-5, err_msg=input_name)
+            np.testing.assert_allclose(
+                logmel, reference[f"logmel__{input_name}"], atol=1e-3, rtol=1e-5, err_msg=input_name
+            )
 
 
 @pytest.mark.parametrize("name", ["Cnn6", "Wavegram_Cnn14"])

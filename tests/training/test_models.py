@@ -182,6 +182,7 @@ WAVEGRAM_LENGTHS = [10236, 10239, 10560, 10877, 10880, 11205, 48001, 64319]
 
 def test_wavegram_lengths_include_branch_mismatch() -> None:
     """Sanity check of the lengths below: some of them give branches of different length."""
+
     def logmel_steps(length: int) -> int:
         return (length // 320 + 1) // 2
 
@@ -204,8 +205,12 @@ def test_wavegram_logmel_odd_lengths(name: str, length: int) -> None:
 
 @pytest.mark.parametrize(
     ("name", "override"),
-    [("Cnn14_16k", {"sample_rate": 32000}), ("Cnn14_8k", {"hop_size": 160}),
-     ("Cnn14_mel32", {"mel_bins": 64}), ("Wavegram_Logmel_Cnn14", {"mel_bins": 128})],
+    [
+        ("Cnn14_16k", {"sample_rate": 32000}),
+        ("Cnn14_8k", {"hop_size": 160}),
+        ("Cnn14_mel32", {"mel_bins": 64}),
+        ("Wavegram_Logmel_Cnn14", {"mel_bins": 128}),
+    ],
 )
 def test_fixed_config_variants_refuse_other_configs(name: str, override: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=r"requires|needs"):

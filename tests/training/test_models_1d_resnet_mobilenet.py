@@ -24,9 +24,16 @@ from training.models.wave1d import BasicBlockWav1d
 SMALL = ["LeeNet11", "DaiNet19", "MobileNetV1", "MobileNetV2", "ResNet22"]
 BIG = ["LeeNet24", "Res1dNet31", "Res1dNet51", "ResNet38", "ResNet54"]
 MIN_SAMPLES = {  # at 32 kHz / hop 320; derivations in the model modules
-    "LeeNet11": 1, "LeeNet24": 1, "DaiNet19": 80 + 4 * 63, "Res1dNet31": 1 + 5 * 4095,
-    "Res1dNet51": 1 + 5 * 4095, "ResNet22": 31 * 320, "ResNet38": 31 * 320,
-    "ResNet54": 31 * 320, "MobileNetV1": 31 * 320, "MobileNetV2": 31 * 320,
+    "LeeNet11": 1,
+    "LeeNet24": 1,
+    "DaiNet19": 80 + 4 * 63,
+    "Res1dNet31": 1 + 5 * 4095,
+    "Res1dNet51": 1 + 5 * 4095,
+    "ResNet22": 31 * 320,
+    "ResNet38": 31 * 320,
+    "ResNet54": 31 * 320,
+    "MobileNetV1": 31 * 320,
+    "MobileNetV2": 31 * 320,
 }
 ALL = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in MIN_SAMPLES]
 
@@ -53,8 +60,10 @@ def test_parity_with_reference_fixture(name: str, fill: ModuleType) -> None:
         with torch.no_grad():
             out = model(torch.from_numpy(waveform))
         np.testing.assert_allclose(
-            out["clipwise_output"].numpy(), fixture[f"{input_name}__clipwise_output"],
-            atol=2e-5, rtol=0,
+            out["clipwise_output"].numpy(),
+            fixture[f"{input_name}__clipwise_output"],
+            atol=2e-5,
+            rtol=0,
         )
         np.testing.assert_allclose(
             out["embedding"].numpy(), fixture[f"{input_name}__embedding"], atol=1e-4, rtol=1e-4

@@ -83,8 +83,10 @@ def test_state_dict_rejects_other_settings() -> None:
 def test_ranks_get_disjoint_slices_of_the_global_batch(kind: str) -> None:
     targets = _skewed_targets()
     single = _draw(make_sampler(kind, targets, batch_size=8, seed=5), 10)
-    shards = [_draw(make_sampler(kind, targets, batch_size=4, seed=5, rank=r, world_size=2), 10)
-              for r in range(2)]
+    shards = [
+        _draw(make_sampler(kind, targets, batch_size=4, seed=5, rank=r, world_size=2), 10)
+        for r in range(2)
+    ]
     for step in range(10):
         assert shards[0][step] + shards[1][step] == single[step]
 

@@ -63,9 +63,19 @@ class CrashingToneSet(ToneSet):
 
 
 def _config(out: Path, steps: int, **overrides: object) -> TrainConfig:
-    base = {"arch": "MobileNetV1", "out": str(out), "steps": steps, "batch_size": 2,
-            "eval_every": 2, "workers": 0, "device": "cpu", "seed": 7, "eval_batch_size": 4,
-            "crop_seconds": 0.35, **RECIPE}
+    base = {
+        "arch": "MobileNetV1",
+        "out": str(out),
+        "steps": steps,
+        "batch_size": 2,
+        "eval_every": 2,
+        "workers": 0,
+        "device": "cpu",
+        "seed": 7,
+        "eval_batch_size": 4,
+        "crop_seconds": 0.35,
+        **RECIPE,
+    }
     base.update(overrides)
     return TrainConfig.from_dict(base)
 
@@ -81,19 +91,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     straight = _trainer(_config(root / "straight", steps=4))
     straight.fit()
     # Dies loading batch 4 (4 clips a batch with mixup): checkpointed at step 2, step 3 logged.
-    first = Trainer(_config(root / "split", steps=4),
-                    train_set=CrashingToneSet(12, seed=1, crash_after=12),
-                    eval_set=ToneSet(6, seed=2))
+    first = Trainer(
+        _config(root / "split", steps=4),
+        train_set=CrashingToneSet(12, seed=1, crash_after=12),
+        eval_set=ToneSet(6, seed=2),
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         first.fit()
     second = _trainer(_config(root / "split", steps=4))
     second.resume()
     batch_after_resume = second.sampler.next_batch()
-    second.sampler.load_state_dict(torch.load(root / "split/checkpoints/latest.pth",
-                                              weights_only=True)["sampler"])
+    second.sampler.load_state_dict(
+        torch.load(root / "split/checkpoints/latest.pth", weights_only=True)["sampler"]
+    )
     second.fit()
-    return {"straight": root / "straight", "split": root / "split",
-            "batch_after_resume": batch_after_resume}  # type: ignore[dict-item]
+    return {
+        "straight": root / "straight",
+        "split": root / "split",
+        "batch_after_resume": batch_after_resume,
+    }  # type: ignore[dict-item]
 
 
 def _load(run: Path, name: str = "latest") -> dict:
@@ -155,8 +171,15 @@ def test_tensorboard_events_read_back(runs: dict[str, Path]) -> None:
     run = runs["straight"]
     events = _events(run)
     tags = events.Tags()
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/clips_per_second", "eval/mAP",
-            "eval/mAUC", "eval/d_prime"} <= set(tags["scalars"])
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/clips_per_second",
+        "eval/mAP",
+        "eval/mAUC",
+        "eval/d_prime",
+    } <= set(tags["scalars"])
     assert tags["histograms"] == ["eval/class_AP"]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     config = TrainConfig.load(run / "config.json")
@@ -178,7 +201,8 @@ def test_resumed_run_has_one_clean_curve(runs: dict[str, Path]) -> None:
     split, straight = _events(runs["split"]), _events(runs["straight"])
     assert [e.step for e in split.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.value for e in split.Scalars("train/loss")] == pytest.approx(
-        [e.value for e in straight.Scalars("train/loss")], rel=1e-6)
+        [e.value for e in straight.Scalars("train/loss")], rel=1e-6
+    )
 
 
 def test_report_plots_two_runs(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,8 +226,9 @@ def test_report_plots_two_runs(runs: dict[str, Path], capsys: pytest.CaptureFixt
         assert re.search(rf"^\s+\d\s+\d\.\d{{3}}\s+\S*\s+\d+\s+{label}$", out, re.MULTILINE)
 
 
-def test_report_names_the_best_and_worst_classes(runs: dict[str, Path],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_names_the_best_and_worst_classes(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from training.report import main as report
 
     assert report([str(runs["straight"]), "--top", "1"]) == 0
@@ -221,8 +246,9 @@ def test_report_explains_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
         report([str(tmp_path)])
 
 
-def test_progress_bar_and_no_tensorboard(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_and_no_tensorboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """One loss key in the progress bar throughout (it was loss=, then train_loss=)."""
     _trainer(_config(tmp_path / "quiet", steps=2, tensorboard=False)).fit()
     bar = capsys.readouterr().err
@@ -275,15 +301,44 @@ def test_torchrun_two_ranks_train_and_resume(tmp_path: Path) -> None:
     pack = tmp_path / "tones.h5"
     _write_pack(pack)
     out = tmp_path / "ddp"
-    common = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-              "--nproc-per-node", "2", "-m", "training.train", "--out", str(out)]
+    common = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.train",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = [*common, "--arch", "MobileNetV1", "--train", str(pack), "--eval", str(pack),
-                      "--steps", "2", "--eval-every", "2", "--batch-size", "2", "--workers",
-                      "0", "--device", "cpu", "--crop-seconds", "0.35"]
+    first = [
+        *common,
+        "--arch",
+        "MobileNetV1",
+        "--train",
+        str(pack),
+        "--eval",
+        str(pack),
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--crop-seconds",
+        "0.35",
+    ]
     for cmd in (first, [*common, "--resume", "--steps", "3"]):
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [2, 3]  # one writer: no duplicate lines

@@ -30,8 +30,10 @@ def cmd_list(directory: Path) -> int:
         path = directory / entry.file_name
         problem = verify(path, entry, progress=True)  # "missing" when there is no file
         rate = default_args(arch)["sample_rate"]
-        print(f"{arch:<24} {entry.file_name:<38} {entry.mAP:>5.3f} {entry.size_mb:>8.1f} "
-              f"{rate:>6}  {_status(path, entry.bytes, problem)}")
+        print(
+            f"{arch:<24} {entry.file_name:<38} {entry.mAP:>5.3f} {entry.size_mb:>8.1f} "
+            f"{rate:>6}  {_status(path, entry.bytes, problem)}"
+        )
     return 0
 
 
@@ -47,14 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="table of the official checkpoints")
     listing.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="checkpoint directory")
     fetch = sub.add_parser("download", help="download, verify and keep official checkpoints")
-    fetch.add_argument("names", nargs="+", metavar="NAME",
-                       help="architecture (Cnn14) or official file name (Cnn14_mAP=0.431.pth)")
+    fetch.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="architecture (Cnn14) or official file name (Cnn14_mAP=0.431.pth)",
+    )
     fetch.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where to put the files")
-    fetch.add_argument("--url", default=None,
-                       help=f"base URL of a mirror (default ${BASE_URL_ENV}, then Zenodo); "
-                       "'{name}' in it is replaced by the file name, else the name is appended")
-    fetch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                       help="seconds to wait for the server (connect and each read)")
+    fetch.add_argument(
+        "--url",
+        default=None,
+        help=f"base URL of a mirror (default ${BASE_URL_ENV}, then Zenodo); "
+        "'{name}' in it is replaced by the file name, else the name is appended",
+    )
+    fetch.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for the server (connect and each read)",
+    )
     return parser
 
 

@@ -40,8 +40,17 @@ def sha256_file(path: Path, progress: bool = False) -> str:
     """The hex SHA-256 of a file, with a progress bar when asked (big checkpoints take a while)."""
     digest = hashlib.sha256()
     size = path.stat().st_size
-    with path.open("rb") as fh, tqdm(total=size, unit="B", unit_scale=True, leave=False,
-                                     desc=f"sha256 {path.name}", disable=not progress) as bar:
+    with (
+        path.open("rb") as fh,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            leave=False,
+            desc=f"sha256 {path.name}",
+            disable=not progress,
+        ) as bar,
+    ):
         while block := fh.read(_CHUNK):
             digest.update(block)
             bar.update(len(block))
@@ -64,15 +73,22 @@ def verify(path: str | Path, entry: OfficialCheckpoint, progress: bool = False) 
 
 def hand_placement_help(entry: OfficialCheckpoint, dest: Path, url: str) -> str:
     """Instructions to fetch ``entry`` by hand when this machine cannot."""
-    return (f"Download it by hand and put it at {dest}\n"
-            f"  file:   {entry.file_name}\n  url:    {url}\n"
-            f"  size:   {entry.bytes} bytes\n  sha256: {entry.sha256}\n"
-            "A file with that size and SHA-256 is then used without network.")
+    return (
+        f"Download it by hand and put it at {dest}\n"
+        f"  file:   {entry.file_name}\n  url:    {url}\n"
+        f"  size:   {entry.bytes} bytes\n  sha256: {entry.sha256}\n"
+        "A file with that size and SHA-256 is then used without network."
+    )
 
 
-def download(name: str | OfficialCheckpoint, dest_dir: str | Path = DEFAULT_DIR, *,
-             base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-             progress: bool = True) -> Path:
+def download(
+    name: str | OfficialCheckpoint,
+    dest_dir: str | Path = DEFAULT_DIR,
+    *,
+    base_url: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> Path:
     """Make sure the verified official file ``name`` is in ``dest_dir`` and return its path.
 
     ``name`` is an architecture, an official file name or an :class:`OfficialCheckpoint`
@@ -92,17 +108,20 @@ def download(name: str | OfficialCheckpoint, dest_dir: str | Path = DEFAULT_DIR,
     except _NETWORK_ERRORS as exc:
         size = part.stat().st_size if part.is_file() else 0
         kept = f" ({size} bytes received are kept in {part.name}; rerun to resume)" if size else ""
-        raise CheckpointError(f"could not download {entry.file_name} from {url}: "
-                              f"{_reason(exc)}{kept}.\n"
-                              + hand_placement_help(entry, dest, url)) from None
+        raise CheckpointError(
+            f"could not download {entry.file_name} from {url}: "
+            f"{_reason(exc)}{kept}.\n" + hand_placement_help(entry, dest, url)
+        ) from None
     except CheckpointError as exc:
         part.unlink(missing_ok=True)
         raise CheckpointError(f"{exc}\n{hand_placement_help(entry, dest, url)}") from None
     problem = verify(part, entry, progress)
     if problem is not None:
         part.unlink()
-        raise CheckpointError(f"downloaded {entry.file_name} from {url} is corrupt ({problem}); "
-                              "the download was deleted.\n" + hand_placement_help(entry, dest, url))
+        raise CheckpointError(
+            f"downloaded {entry.file_name} from {url} is corrupt ({problem}); "
+            "the download was deleted.\n" + hand_placement_help(entry, dest, url)
+        )
     os.replace(part, dest)
     log.info("%s: downloaded and verified", dest)
     return dest
@@ -152,8 +171,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _fetch(url: str, part: Path, entry: OfficialCheckpoint, timeout: float,
-           progress: bool) -> None:
+def _fetch(url: str, part: Path, entry: OfficialCheckpoint, timeout: float, progress: bool) -> None:
     """Fill ``part`` up to ``entry.bytes``, resuming what is there when the server allows it."""
     have = part.stat().st_size if part.is_file() else 0
     if have >= entry.bytes:  # complete or overlong: check it, restart from zero when wrong
@@ -187,7 +205,8 @@ def _resume_offset(response: http.client.HTTPResponse, have: int) -> int:
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
     if not match or int(match.group(1)) != have:
         raise http.client.HTTPException(
-            f"bad Content-Range {response.headers.get('Content-Range')!r} for offset {have}")
+            f"bad Content-Range {response.headers.get('Content-Range')!r} for offset {have}"
+        )
     return have
 
 
@@ -195,23 +214,41 @@ def _check_length(response: http.client.HTTPResponse, expected: int, url: str) -
     length = response.headers.get("Content-Length")
     if length is not None and int(length) != expected:
         kind = response.headers.get("Content-Type", "unknown type")
-        raise CheckpointError(f"{url} sends {length} bytes of {kind}, expected {expected}: "
-                              "not the official file (an error page or a wrong mirror?)")
+        raise CheckpointError(
+            f"{url} sends {length} bytes of {kind}, expected {expected}: "
+            "not the official file (an error page or a wrong mirror?)"
+        )
 
 
-def _stream(response: http.client.HTTPResponse, part: Path, start: int,
-            entry: OfficialCheckpoint, progress: bool) -> None:
-    with part.open("r+b" if start else "wb") as fh, tqdm(
-            total=entry.bytes, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=entry.file_name, disable=not progress) as bar:
+def _stream(
+    response: http.client.HTTPResponse,
+    part: Path,
+    start: int,
+    entry: OfficialCheckpoint,
+    progress: bool,
+) -> None:
+    with (
+        part.open("r+b" if start else "wb") as fh,
+        tqdm(
+            total=entry.bytes,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=entry.file_name,
+            disable=not progress,
+        ) as bar,
+    ):
         fh.seek(start)
         fh.truncate()
         received = start
         while block := response.read(_CHUNK):
             received += len(block)
             if received > entry.bytes:
-                raise CheckpointError(f"{response.geturl()} sends more than the expected "
-                                      f"{entry.bytes} bytes: not the official file")
+                raise CheckpointError(
+                    f"{response.geturl()} sends more than the expected "
+                    f"{entry.bytes} bytes: not the official file"
+                )
             fh.write(block)
             bar.update(len(block))
         fh.flush()

@@ -28,13 +28,34 @@ log = logging.getLogger(__name__)
 # arrays) beside "model"; the official Cnn14_16k/Cnn14_8k files are ~34 MB larger than their
 # weights, which suggests such state. Rebuilding a plain array runs no user code, so these are
 # allowed, under both the numpy 1.x and 2.x module paths a pickle may name.
-_NUMPY_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8",
-                 "c8", "c16", "U1", "S1")
+_NUMPY_DTYPES = (
+    "?",
+    "i1",
+    "i2",
+    "i4",
+    "i8",
+    "u1",
+    "u2",
+    "u4",
+    "u8",
+    "f2",
+    "f4",
+    "f8",
+    "c8",
+    "c16",
+    "U1",
+    "S1",
+)
 _NUMPY_BUILDERS: tuple[Any, ...] = (np.ndarray(0).__reduce__()[0], np.int64(0).__reduce__()[0])
 _NUMPY_GLOBALS: list[Any] = [
-    np.ndarray, np.dtype, *(type(np.dtype(code)) for code in _NUMPY_DTYPES),
-    *((fn, f"{module}.{fn.__name__}") for fn in _NUMPY_BUILDERS
-      for module in ("numpy.core.multiarray", "numpy._core.multiarray")),
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(code)) for code in _NUMPY_DTYPES),
+    *(
+        (fn, f"{module}.{fn.__name__}")
+        for fn in _NUMPY_BUILDERS
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    ),
 ]
 _MAX_LISTED = 8
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
@@ -69,8 +90,10 @@ def _why_not_loadable(path: Path, exc: Exception) -> str:
     banned = _GLOBAL_RE.search(message)
     if banned:
         name = banned.group(1) or banned.group(2)
-        return (f"is a pickle that needs the disallowed global {name!r} "
-                "(refused: checkpoints are read with weights_only=True)")
+        return (
+            f"is a pickle that needs the disallowed global {name!r} "
+            "(refused: checkpoints are read with weights_only=True)"
+        )
     return describe_file(path)
 
 
@@ -94,8 +117,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _is_state_dict(obj: object) -> bool:
-    return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _as_checkpoint(path: Path, raw: object) -> dict[str, Any]:
@@ -116,7 +142,7 @@ def _as_checkpoint(path: Path, raw: object) -> dict[str, Any]:
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Drop the ``module.`` prefix a ``DataParallel`` wrapper puts on every key."""
     if all(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items()}
+        return {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 
@@ -126,13 +152,17 @@ def resolve_arch(path: Path, checkpoint: Mapping[str, Any], arch: str | None) ->
     if arch is not None and isinstance(stored, str) and stored != arch:
         log.warning("%s: loading as %s although the checkpoint says %s", path, arch, stored)
     official = find_official(path.name)
-    chosen = arch or (stored if isinstance(stored, str) else None) or (
-        official.arch if official else None)
+    chosen = (
+        arch
+        or (stored if isinstance(stored, str) else None)
+        or (official.arch if official else None)
+    )
     known = list_models()
     if chosen is None:
         raise CheckpointError(
             f"{path}: cannot tell the architecture (no 'arch' entry and not an official file "
-            f"name); pass arch= one of: {', '.join(known)}")
+            f"name); pass arch= one of: {', '.join(known)}"
+        )
     if chosen not in known:
         raise CheckpointError(f"{path}: unknown architecture {chosen!r}; valid: {', '.join(known)}")
     return chosen
@@ -152,13 +182,17 @@ def shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
     return expected.dim() == 0 and tuple(got.shape) == (1,)
 
 
-def state_dict_conflicts(expected: Mapping[str, torch.Tensor],
-                         got: Mapping[str, torch.Tensor]) -> list[str]:
+def state_dict_conflicts(
+    expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]
+) -> list[str]:
     """Human-readable differences between two state_dicts (empty when they match)."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
-    shapes = [f"{k}: expected {tuple(v.shape)} vs got {tuple(got[k].shape)}"
-              for k, v in expected.items() if k in got and not shapes_fit(v, got[k])]
+    shapes = [
+        f"{k}: expected {tuple(v.shape)} vs got {tuple(got[k].shape)}"
+        for k, v in expected.items()
+        if k in got and not shapes_fit(v, got[k])
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys: {_listed(missing)}")
@@ -179,8 +213,9 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> PannsModel:
     return model_from_checkpoint(path, read_checkpoint(path), arch)
 
 
-def model_from_checkpoint(path: Path, checkpoint: Mapping[str, Any],
-                          arch: str | None = None) -> PannsModel:
+def model_from_checkpoint(
+    path: Path, checkpoint: Mapping[str, Any], arch: str | None = None
+) -> PannsModel:
     """:func:`load_checkpoint` on a dict already read by :func:`read_checkpoint` (``path``
     names the file in errors): callers that need its other entries read the file once."""
     name = resolve_arch(path, checkpoint, arch)
@@ -191,16 +226,20 @@ def model_from_checkpoint(path: Path, checkpoint: Mapping[str, Any],
         model = create_model(name, **model_args)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: cannot build {name} with {dict(model_args)}: {exc}") from None
+            f"{path}: cannot build {name} with {dict(model_args)}: {exc}"
+        ) from None
     state = checkpoint["model"]
     problems = state_dict_conflicts(model.state_dict(), state)
     head = state.get("fc_audioset.weight")
     if problems and head is not None and head.shape[0] != getattr(model, "classes_num", None):
-        problems.append(f"hint: the weights have {head.shape[0]} classes; store "
-                        f"'model_args': {{'classes_num': {head.shape[0]}}} in the checkpoint")
+        problems.append(
+            f"hint: the weights have {head.shape[0]} classes; store "
+            f"'model_args': {{'classes_num': {head.shape[0]}}} in the checkpoint"
+        )
     if problems:
         args = f" with {dict(model_args)}" if model_args else ""
-        raise CheckpointError(f"{path}: the weights do not fit {name}{args}:\n  "
-                              + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{path}: the weights do not fit {name}{args}:\n  " + "\n  ".join(problems)
+        )
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -50,8 +50,14 @@ def test_main_refuses_a_missing_bundle_with_a_clear_message(tmp_path: Path) -> N
     from tests.conftest import REPO_ROOT
 
     env = {"PANNS_MODELS": str(tmp_path / "nothing"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "not a model bundle" in proc.stderr and "make bundle" in proc.stderr
     assert settings_for(tmp_path).model_dirs == [tmp_path]
@@ -71,8 +77,9 @@ def test_two_runs_at_once_on_cpu_give_the_sequential_results(tagger_bundle: Path
         np.testing.assert_array_equal(a, b)
 
 
-def test_gpu_options_on_cpu_warn_and_serve_plainly(tagger_bundle: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_gpu_options_on_cpu_warn_and_serve_plainly(
+    tagger_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     plain = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
     asked = BackendOptions(device="cpu", threads=1, tensorrt=True, cuda_graph=True, max_batch=4)
     with caplog.at_level("WARNING", logger="service.core.backends.ort"):
@@ -117,8 +124,16 @@ def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
     from service.core.models import backend_options
     from service.core.pipeline import MAX_WINDOW_S
 
-    opts = backend_options(settings_for(tmp_path, inflight_batches=2, ort_cuda_graph=True,
-                                        ort_tensorrt=True, ort_trt_cache_dir="/c", max_batch=32))
+    opts = backend_options(
+        settings_for(
+            tmp_path,
+            inflight_batches=2,
+            ort_cuda_graph=True,
+            ort_tensorrt=True,
+            ort_trt_cache_dir="/c",
+            max_batch=32,
+        )
+    )
     assert (opts.inflight, opts.cuda_graph, opts.tensorrt) == (2, True, True)
     assert (opts.trt_cache_dir, opts.max_batch) == ("/c", 32)
     assert BackendOptions().max_window_s == MAX_WINDOW_S  # TensorRT's profile covers every window

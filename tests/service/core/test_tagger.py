@@ -76,7 +76,12 @@ def test_domain_errors(tagger_bundle: Path) -> None:
 
 def test_window_fan_out_is_bounded(tagger_bundle: Path) -> None:
     with SyncTagger(settings=settings_for(tagger_bundle, max_windows=20)) as tagger:
-        result = next(iter(tagger.map([encode(noise(30.0, 2), RATE)],
-                                      window=WindowSpec(window_s=1.0, hop_s=1.0))))
+        result = next(
+            iter(
+                tagger.map(
+                    [encode(noise(30.0, 2), RATE)], window=WindowSpec(window_s=1.0, hop_s=1.0)
+                )
+            )
+        )
     assert result.error is not None and result.error.code == "request_too_large"
     assert "limit is 20" in result.error.message
