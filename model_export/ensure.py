@@ -28,14 +28,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_export.__main__ import checkpoint_dir, describe, export_checkpoint
 from model_export.card import EXPORT_RECIPE
+from model_export.checkpoint import checkpoint_dir, describe, export_checkpoint
 from model_export.graph import ExportError
-from service.core.card import BundleError, ModelCard, load_bundle
+from service.core.card import EXTRA_VARIANTS, BundleError, ModelCard, load_bundle
+from service.settings import Settings
 
 log = logging.getLogger("model_export.ensure")
 
@@ -86,11 +88,16 @@ class Request:
 
 # File names our training gives every run's checkpoints: they say nothing about the model.
 RUN_CHECKPOINT_STEMS = frozenset({"best", "latest"})
+# The authors' file names: <architecture>_mAP=<score>.pth
+OFFICIAL_FILE = re.compile(r"^(.+?)_mAP=[0-9.]+$")
 
 
 def checkpoint_model_name(checkpoint: Path) -> str:
     """A checkpoint's file name without its extension, except that a training run's
     ``RUN/checkpoints/best.pth`` (or ``latest.pth``) is named after ``RUN``."""
+    official = OFFICIAL_FILE.match(checkpoint.stem)
+    if official:  # Cnn14_mAP=0.431.pth serves as "Cnn14", what users type in ?model=
+        return official.group(1)
     if checkpoint.stem.lower() not in RUN_CHECKPOINT_STEMS:
         return checkpoint.stem
     folder = checkpoint.absolute().parent
@@ -107,12 +114,13 @@ def request_from_env(env: dict[str, str], variants: set[str], name: str | None =
     chosen = (name or env.get("PANNS_MODEL_NAME") or "").strip() or None
     default = checkpoint_model_name(Path(checkpoint)) if checkpoint else str(official)
     name = chosen or default
-    first = (env.get("PANNS_MODELS") or "").split(",")[0].strip()
-    bundle = Path(first) if first else Path("models") / name.lower()
+    dirs = Settings(models=env.get("PANNS_MODELS") or "").model_dirs
+    bundle = dirs[0] if dirs else Path("models") / name.lower()
     extra = {v.strip() for v in (env.get("PANNS_EXPORT_VARIANTS") or "").split(",") if v.strip()}
-    unknown = extra - {"fp16", "int8"}
+    unknown = extra - set(EXTRA_VARIANTS)
     if unknown:
-        raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} (fp16, int8)")
+        known = ", ".join(EXTRA_VARIANTS)
+        raise ValueError(f"PANNS_EXPORT_VARIANTS: unknown variants {sorted(unknown)} ({known})")
     return Request(
         official=official,
         checkpoint=Path(checkpoint) if checkpoint else None,

@@ -74,3 +74,14 @@ def test_a_runs_best_checkpoint_is_served_under_the_runs_name(
     stamp = (tmp_path / "served" / "model.onnx").stat().st_mtime_ns
     assert main(["-q", "--name", "front-door"]) == 0  # as asked already: kept
     assert (tmp_path / "served" / "model.onnx").stat().st_mtime_ns == stamp
+
+
+def test_an_official_file_given_as_a_checkpoint_is_named_by_its_model() -> None:
+    from model_export.ensure import checkpoint_model_name, request_from_env
+
+    """``PANNS_CHECKPOINT=.../Cnn14_mAP=0.431.pth`` serves as ``cnn14``, what ?model= takes."""
+    request = request_from_env({"PANNS_CHECKPOINT": "/in/Cnn14_mAP=0.431.pth"}, set())
+    assert request.bundle == Path("models/cnn14")
+    assert checkpoint_model_name(Path("x/Wavegram_Logmel_Cnn14_mAP=0.439.pth")) == (
+        "Wavegram_Logmel_Cnn14"
+    )
