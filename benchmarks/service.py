@@ -74,6 +74,7 @@ def start_service(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         "PANNS_PRECISION": args.precision,
         "PANNS_MAX_QUEUE": str(max(512, 4 * args.clients)),
         "PANNS_LOG_LEVEL": "warning",
+        "PANNS_WORKERS": str(args.workers),
     }
     return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
 
@@ -148,26 +149,58 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
     p.add_argument("--port", type=int, default=8790)
+    p.add_argument("--workers", type=int, default=1, help="PANNS_WORKERS of the service")
+    p.add_argument("--lone", type=int, default=20, help="sequential lone requests timed")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
 
 def run_service(
     args: argparse.Namespace, clips: list[np.ndarray], rate: int
-) -> tuple[list[float], dict[int, int], float, float]:
+) -> tuple[list[float], dict[int, int], float, float, list[float]]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
     url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args)
     try:
         wait_ready(url, proc)
         bodies = [wav_bytes(c, rate) for c in clips]
+        lone = lone_latencies(url, bodies, args.lone)
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(60)
-    return lat, statuses, elapsed, rss
+    return lat, statuses, elapsed, rss, lone
+
+
+def lone_latencies(url: str, bodies: list[bytes], count: int) -> list[float]:
+    """One client, one request at a time (after one warm-up): what an idle service adds."""
+    out = []
+    with httpx.Client(base_url=url, timeout=300) as http:
+        for n in range(count + 1):
+            t0 = time.perf_counter()
+            r = http.post("/v1/tag", files=[("file", ("clip.wav", bodies[n % len(bodies)]))])
+            if r.status_code == 200 and n:
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+def engine_and_decode_ms(
+    engine: OrtBackend, clips: list[np.ndarray], rate: int
+) -> tuple[float, float]:
+    """Median ms of the engine on one clip (batch 1) and of decoding one 10 s WAV."""
+    one, runs, decodes = clips[0][None, :], [], []
+    engine.run(one)
+    for clip in clips * 2:
+        t0 = time.perf_counter()
+        engine.run(one)
+        runs.append(time.perf_counter() - t0)
+        body = wav_bytes(clip, rate)
+        t0 = time.perf_counter()
+        decode(body, rate, 60)
+        decodes.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(runs)), 1000 * float(np.median(decodes))
 
 
 def report(result: dict[str, object]) -> None:
@@ -184,6 +217,9 @@ def report(result: dict[str, object]) -> None:
         "p50_ms",
         "p95_ms",
         "p99_ms",
+        "lone_p50_ms",
+        "engine_b1_ms",
+        "decode_ms",
         "statuses",
         "peak_rss_mb",
     ]
@@ -204,8 +240,9 @@ def main() -> None:
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
     raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
+    b1_ms, decode_ms = engine_and_decode_ms(engine, clips, card.sample_rate)
     del engine  # free its memory and threads before the service starts
-    lat, statuses, elapsed, rss = run_service(args, clips, card.sample_rate)
+    lat, statuses, elapsed, rss, lone = run_service(args, clips, card.sample_rate)
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (
         float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
@@ -223,6 +260,10 @@ def main() -> None:
         "p50_ms": round(p50, 1),
         "p95_ms": round(p95, 1),
         "p99_ms": round(p99, 1),
+        "lone_p50_ms": round(float(np.median(lone)) * 1000, 1) if lone else float("nan"),
+        "engine_b1_ms": round(b1_ms, 1),
+        "decode_ms": round(decode_ms, 2),
+        "workers": args.workers,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "peak_rss_mb": round(rss, 1),
         "cpus": os.cpu_count(),
