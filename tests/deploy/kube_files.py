@@ -23,7 +23,10 @@ import yaml
 from tests.conftest import REPO_ROOT
 
 KUBE_DIR = REPO_ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu")  # one Deployment each (component api)
+TWO_TIER = "two-tier"  # two Deployments: components engine and front
+ALL_OVERLAYS = (*OVERLAYS, TWO_TIER)
+COMPONENT = "app.kubernetes.io/component"
 KSERVE_DIR = KUBE_DIR / "kserve"
 ADAPTER_VALUES = KUBE_DIR / "prometheus-adapter" / "values.yaml"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -76,8 +79,21 @@ def find(objects: tuple[Obj, ...], kind: str, name: str | None = None) -> Obj:
     return hits[0]
 
 
-def pod_spec(objects: tuple[Obj, ...]) -> Obj:
-    spec: Obj = find(objects, "Deployment")["spec"]["template"]["spec"]
+def deployment(objects: tuple[Obj, ...], component: str | None = None) -> Obj:
+    """The one Deployment (of ``component``, when an overlay has several)."""
+    if component is None:
+        return find(objects, "Deployment")
+    hits = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["labels"].get(COMPONENT) == component
+    ]
+    assert len(hits) == 1, f"{len(hits)} Deployments of component {component!r}"
+    return hits[0]
+
+
+def pod_spec(objects: tuple[Obj, ...], component: str | None = None) -> Obj:
+    spec: Obj = deployment(objects, component)["spec"]["template"]["spec"]
     return spec
 
 
