@@ -33,7 +33,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _MODEL = ("model",)
 
 # The endpoints that run inference: the only requests counted in flight.
-INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect", "/v2/models/{name}/infer")
+INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect")
+OIP_INFER = "/v2/models/{name}/infer"
 # Probes and scrapes: not counted in panns_requests_total nor the latency histogram.
 UNCOUNTED_PATHS = frozenset(
     {"/metrics", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
@@ -151,7 +152,7 @@ class Metrics:
 
     def model_registered(self, model: str) -> None:
         """Start the model's server-error series of the inference endpoints at 0."""
-        for endpoint in INFERENCE_ENDPOINTS:
+        for endpoint in (*INFERENCE_ENDPOINTS, OIP_INFER):
             for status in SERVER_ERRORS:
                 self.requests.labels(endpoint, model, status)
         for reason in DROP_REASONS:
