@@ -68,6 +68,9 @@ class OipBackend:
         self.outputs = [RequestedOutput(name, binary=True) for name in self.kinds]
         self.provider, self.precision = self._engine_runtime()
         self.device = "remote"
+        # batches in flight to the engine at once: the engine batches again, and two keep
+        # its queue fed while one travels
+        self.inflight = max(1, options.inflight or 2)
         log.info(
             "model %s served by the engine at %s (%s)", self.card.name, self.url, self.provider
         )
