@@ -222,6 +222,49 @@ def _undecodable(name: str, exc: Exception) -> AudioError:
     return UndecodableAudio(f"cannot decode this {name} file: {_reason(exc)}")
 
 
+# WAV sample formats read with numpy alone (format tag, bits) -> dtype and scale; the rest
+# (24-bit, 8-bit, A-law, ...) go through libsndfile.
+_PLAIN_WAV = {(1, 16): ("<i2", 1 / 32768), (3, 32): ("<f4", 1.0)}
+_EXTENSIBLE = 0xFFFE
+
+
+def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | None:
+    """16-bit PCM and 32-bit float WAV decoded straight from the body with numpy (no
+    libsndfile, no per-block callbacks into Python): the most common upload costs a tenth.
+    Same numbers as libsndfile (int16 / 32768). None when the file needs libsndfile."""
+    chunks = _riff_chunks(data)
+    if bytes(data[8:12]) != b"WAVE" or b"fmt " not in chunks or b"data" not in chunks:
+        return None
+    at, fmt_size = chunks[b"fmt "]
+    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", data[at : at + 16])
+    if tag == _EXTENSIBLE and fmt_size >= 40:
+        tag = struct.unpack("<H", data[at + 24 : at + 26])[0]  # the sub-format GUID's tag
+    plain = _PLAIN_WAV.get((tag, bits))
+    if plain is None or align != channels * bits // 8 or not 1 <= channels <= MAX_CHANNELS:
+        return None
+    check_rate(rate)
+    start, size = chunks[b"data"]
+    held = len(data) - start
+    if size in (0, 0xFFFFFFFF) or size > held:  # streamed: what the file holds
+        size = held
+    frames = size // align
+    if frames == 0:
+        raise EmptyAudio("the file contains no audio samples")
+    limit = decode_limit_s(rate, channels, max_seconds)
+    if frames > limit * rate:
+        raise _too_long(frames / rate, limit, max_seconds)
+    dtype, scale = plain
+    samples = np.frombuffer(data, dtype, frames * channels, start).reshape(frames, channels)
+    sink = MonoSink(rate, target_rate, frames)
+    for first in range(0, frames, BLOCK_FRAMES):
+        block = samples[first : first + BLOCK_FRAMES]
+        if tag == 3:
+            check_samples(block)
+        sink.push(block, scale)
+    wave = sink.finish()
+    return Decoded(wave, rate, channels, "WAV", wave.shape[0] / target_rate)
+
+
 def _open(data: Buffer, max_seconds: float) -> tuple[sf.SoundFile, str]:
     sniffed = _sniff(data)
     if sniffed is not None and sniffed not in SUPPORTED.values():
@@ -326,6 +369,11 @@ def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
     """Decode an upload; raise an ``AudioError`` subclass naming what is wrong."""
     if not len(data):
         raise EmptyAudio("the file is empty (0 bytes)")
+    if bytes(data[:4]) == b"RIFF":
+        _check_wav_header(data, max_seconds)  # the clear answers for lying headers
+        plain = _plain_wav(data, target_rate, max_seconds)
+        if plain is not None:
+            return plain
     handle, name = _open(data, max_seconds)
     with handle:
         max_seconds = _check_header(handle, max_seconds)

@@ -395,3 +395,34 @@ def test_decode_cost_is_bounded_by_rate_and_channels() -> None:
     sf.write(buf, np.zeros((frames, 8), np.int16), 384_000, format="FLAC")
     with pytest.raises(AudioTooLong, match="at this sample rate and channel count"):
         decode(buf.getvalue(), 32_000, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "subtype"),
+    [
+        (32000, 1, "PCM_16"),
+        (44100, 2, "PCM_16"),
+        (48000, 6, "FLOAT"),
+        (16000, 1, "FLOAT"),
+        (44100, 2, "PCM_24"),
+    ],
+)
+def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype: str) -> None:
+    """16-bit and float WAV are read with numpy: the very numbers libsndfile gives."""
+    from service.core import audio
+
+    rng = np.random.default_rng(rate + channels)
+    x = (0.3 * rng.standard_normal((rate * 3, channels))).clip(-1, 1).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype=subtype)
+    data = buf.getvalue()
+    fast = audio.decode(data, 32000, 60.0)
+    handle, name = audio._open(data, 60.0)  # the libsndfile path, forced
+    with handle:
+        sink = audio.MonoSink(rate, 32000, handle.frames)
+        for block in audio._blocks(handle, name, 60.0):
+            sink.push(block)
+    slow = sink.finish()
+    assert (audio._plain_wav(data, 32000, 60.0) is None) == (subtype == "PCM_24")
+    np.testing.assert_array_equal(fast.waveform, slow)
+    assert fast.channels == channels and fast.source_rate == rate and fast.format == "WAV"
