@@ -131,3 +131,48 @@ def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Pat
         else:
             assert r.status_code == 200
     assert code == 0, output[-3000:]
+
+
+def test_a_model_that_cannot_load_fails_liveness_and_exits_1(
+    tagger_bundle: Path, tmp_path: Path
+) -> None:
+    """The card reads, but the graph is damaged: the load fails in the background; /healthz
+    then says 503 (liveness fails) and the process ends with status 1 for its supervisor."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tagger_bundle, broken)
+    graph = broken / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])  # truncated: the SHA-256 check fails
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = start_subprocess({"PANNS_MODELS": str(broken), "PANNS_WORKERS": "1"}, port)
+    try:
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 1, output[-2000:]
+    assert "loading models failed" in output and "truncated" in output
+
+
+def test_liveness_fails_once_loading_failed(tagger_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.service.conftest import LiveServer, settings_for
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tagger_bundle, broken)
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    server = LiveServer(settings_for(broken)).start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/healthz").status_code != 503:
+            assert time.monotonic() < deadline, "liveness never failed"
+            time.sleep(0.05)
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+    finally:
+        server.stop()
