@@ -24,37 +24,32 @@ FIELD = "file"
 # python-multipart refuses longer boundaries (RFC 2046 allows 70 characters).
 MAX_BOUNDARY = 256
 MAX_FIELD_BYTES = 1024  # a text field (model=...) longer than this is refused
-RAW_TYPES = ("audio/", "application/octet-stream")
 
 
 @dataclass
 class Part:
     """One uploaded file or form field. Its bytes grow in place in one buffer as they arrive
-    (``chunks`` holds that buffer): a list of network chunks joined at the end held the body
-    twice."""
+    (a list of network chunks joined at the end held the body twice)."""
 
     name: str = ""
     filename: str = ""
-    chunks: list[bytearray] = field(default_factory=list)
+    buffer: bytearray = field(default_factory=bytearray)
 
     def append(self, data: bytes | memoryview) -> None:
-        if not self.chunks:
-            self.chunks.append(bytearray())
-        self.chunks[0] += data
+        self.buffer += data
 
     @property
     def data(self) -> bytearray:
-        """The body itself, not a copy (clear ``chunks`` or use ``take`` to let it go)."""
-        return self.chunks[0] if self.chunks else bytearray()
+        """The body itself, not a copy (use ``take`` to let it go)."""
+        return self.buffer
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.buffer)
 
     def take(self) -> bytearray:
         """The body; the part forgets it, so the caller holds the only reference."""
-        data = self.data
-        self.chunks.clear()
+        data, self.buffer = self.buffer, bytearray()
         return data
 
 
@@ -64,7 +59,7 @@ class Body:
 
     files: list[Part]
     fields: dict[str, str] = field(default_factory=dict)
-    raw: bool = False  # the body itself was the file (audio/* or raw PCM)
+    pcm: bool = False  # the body itself was raw PCM (application/octet-stream)
 
 
 class _Collector:
@@ -133,9 +128,12 @@ def _media_type(request: Request) -> tuple[bytes, dict[bytes, bytes]]:
     return parse_options_header(request.headers.get("content-type", ""))
 
 
-def is_raw(request: Request) -> bool:
+def raw_kind(request: Request) -> str | None:
+    """``audio`` or ``pcm`` when the body itself is the file, else None (multipart)."""
     kind = _media_type(request)[0].decode("latin-1").lower()
-    return kind.startswith(RAW_TYPES)
+    if kind.startswith("audio/"):
+        return "audio"
+    return "pcm" if kind == "application/octet-stream" else None
 
 
 def _boundary(request: Request) -> bytes:
@@ -197,12 +195,13 @@ async def read_bytes(request: Request, limits: BodyLimits) -> bytearray:
 
 async def read_body(request: Request, limits: BodyLimits) -> Body:
     """The uploaded files (and form fields) of a request, whatever its shape."""
-    if is_raw(request):
+    kind = raw_kind(request)
+    if kind is not None:
         name = request.query_params.get("filename") or "body"
         part = Part(FIELD, name[:255])
         async for chunk in _chunks(request, limits):
             part.append(chunk)
-        return Body([part], raw=True)
+        return Body([part], pcm=kind == "pcm")
     return await _read_multipart(request, limits)
 
 

@@ -40,6 +40,8 @@ class ModelRuntime:
                 f"model {self.name!r} has no {kind} output, so {purpose} cannot use it; "
                 "pick a model with one",
             )
+        if kind == "framewise" and self.card.frames_per_second is None:
+            raise MissingOutput(kind, f"model {self.name!r} states no frame rate")
 
 
 def backend_options(settings: Settings) -> BackendOptions:

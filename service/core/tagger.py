@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from service.core.batcher import DeadlineExceeded
 from service.core.card import OutputKind
-from service.core.errors import MissingOutput, TimedOut
+from service.core.errors import TimedOut
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.models import ModelRuntime, Models, ObserverFactory, check_bundles
 from service.core.pipeline import FileWork, Limits, WindowSpec, infer, prepare
@@ -159,8 +161,6 @@ class Tagger:
         runtime = self.model(model)
         opts = options or DetectOptions(max_values=self.settings.max_response_values)
         runtime.require("framewise", "detect")
-        if runtime.card.frames_per_second is None:
-            raise MissingOutput("framewise", f"model {runtime.name!r} states no frame rate")
         opts.factor(runtime.card)  # parameter errors before any decoding
         return await self.run(
             runtime,
@@ -184,8 +184,6 @@ class Tagger:
         wanted = list(kinds) if kinds is not None else list(runtime.backend.kinds.values())
         for kind in wanted:
             runtime.require(kind, "the call")
-        if "framewise" in wanted and runtime.card.frames_per_second is None:
-            raise MissingOutput("framewise", f"model {runtime.name!r} states no frame rate")
         return await self.run(
             runtime,
             sources,
@@ -246,10 +244,20 @@ class Tagger:
             ) from exc
 
 
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
 def release_memory() -> None:
     """Hand freed heap back to the OS after a large request (glibc keeps it otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = _libc()
+    with contextlib.suppress(AttributeError):
+        if libc is not None:
+            libc.malloc_trim(0)
 
 
 def _one(results: list[R]) -> R:
@@ -292,12 +300,12 @@ class SyncTagger:
 
         A bad source yields a result with ``error`` set; it never stops the others."""
         method = getattr(self.tagger, f"{task}_many")
-        pending: list[Any] = []
+        pending: deque[Any] = deque()
         for index, source in enumerate(sources):
             item = as_input(source, index)
             pending.append(asyncio.run_coroutine_threadsafe(method([item], **kwargs), self._loop))
             if len(pending) >= concurrency:
-                yield pending.pop(0).result()[0]
+                yield pending.popleft().result()[0]
         for future in pending:
             yield future.result()[0]
 

@@ -108,9 +108,7 @@ def detect_result(
         return DetectResult(work.filename, error=work.error)
     fps, factor = card.frames_per_second, opts.factor(card)
     assert fps is not None
-    rows = [r.outputs["framewise"] for r in work.results]
-    n = work.decoded.waveform.shape[0]
-    frames = stitch_frames(rows, work.windows, card.sample_rate, fps, n)
+    frames = _framewise(work, card)
     kept = decimate(frames, factor)
     duration = work.decoded.duration_s
     if kept.shape[0] * min(opts.top_k, kept.shape[1]) > opts.max_values:
@@ -142,17 +140,21 @@ def tensor_result(
         elif kind == "embedding":
             outputs[kind] = work.stack(kind).mean(axis=0)
         else:
-            fps = card.frames_per_second
-            assert fps is not None
-            rows = [r.outputs[kind] for r in work.results]
-            n = work.decoded.waveform.shape[0]
-            outputs[kind] = stitch_frames(rows, work.windows, card.sample_rate, fps, n)
+            outputs[kind] = _framewise(work, card)
     return TensorResult(
         work.filename,
         duration_s=work.decoded.duration_s,
         metrics=work.metrics(started),
         outputs=outputs,
     )
+
+
+def _framewise(work: FileWork, card: ModelCard) -> np.ndarray:
+    """The windows' frame scores on one timeline (max where windows overlap)."""
+    assert work.decoded is not None and card.frames_per_second is not None
+    rows = [r.outputs["framewise"] for r in work.results]
+    n = work.decoded.waveform.shape[0]
+    return stitch_frames(rows, work.windows, card.sample_rate, card.frames_per_second, n)
 
 
 def count_runs(frames: np.ndarray, threshold: float) -> int:

@@ -37,23 +37,16 @@ def pcm_params(
 PcmDep = Annotated[PcmFormat | None, Depends(pcm_params)]
 
 
-def _inputs(request: Request, body: Body, pcm: PcmFormat | None) -> list[AudioInput]:
-    raw_pcm = body.raw and request.headers.get("content-type", "").lower().startswith(
-        "application/octet-stream"
-    )
-    if raw_pcm and pcm is None:
+def _inputs(body: Body, pcm: PcmFormat | None) -> list[AudioInput]:
+    if body.pcm and pcm is None:
         raise ApiError(
             422,
             "invalid_parameters",
             "a raw PCM body needs ?sample_rate= (and channels=, dtype=int16|float32)",
         )
-    fmt = pcm if raw_pcm else None
-    inputs = []
-    for part in body.files:
-        data = part.data
-        part.chunks.clear()  # the request keeps no second copy of the upload
-        inputs.append(AudioInput(part.filename, data=data, pcm=fmt))
-    return inputs
+    fmt = pcm if body.pcm else None
+    # take(): the request keeps no second reference to the upload
+    return [AudioInput(part.filename, data=part.take(), pcm=fmt) for part in body.files]
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -113,7 +106,7 @@ async def run_upload(
     body = await read_body(request, limits)
     runtime = tagger.model(model or body.fields.get("model") or None)
     request.state.model = runtime.name
-    inputs = _inputs(request, body, pcm)
+    inputs = _inputs(body, pcm)
     results = await watch(request, call(tagger, runtime.name, inputs))
     raise_if_all_failed(results)
     content = {"model": model_ref(runtime), "results": [present(r) for r in results]}
