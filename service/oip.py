@@ -293,15 +293,17 @@ def parse_request(
     )
 
 
-def _binary_bytes(tensor: Tensor) -> bytes:
+def _binary_bytes(tensor: Tensor) -> bytes | memoryview:
+    """The tensor's binary data: numeric tensors as a view of their array (the body's one
+    join is then their only copy)."""
     if tensor.datatype == BYTES:
         items = [bytes(item) for item in tensor.data]
         return b"".join(struct.pack("<I", len(item)) + item for item in items)
     assert isinstance(tensor.data, np.ndarray)
-    return np.ascontiguousarray(tensor.data, NUMERIC[tensor.datatype]).tobytes()
+    return np.ascontiguousarray(tensor.data, NUMERIC[tensor.datatype]).data.cast("B")
 
 
-def _tensor_json(tensor: Tensor, binary: bool, chunks: list[bytes]) -> dict[str, Any]:
+def _tensor_json(tensor: Tensor, binary: bool, chunks: list[bytes | memoryview]) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "name": tensor.name,
         "shape": list(tensor.shape),
@@ -321,7 +323,7 @@ def _tensor_json(tensor: Tensor, binary: bool, chunks: list[bytes]) -> dict[str,
     return obj
 
 
-def _body(obj: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, int | None]:
+def _body(obj: dict[str, Any], chunks: list[bytes | memoryview]) -> tuple[bytes, int | None]:
     header = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
@@ -335,7 +337,7 @@ def encode_response(
     outputs: Sequence[tuple[Tensor, bool]],
 ) -> tuple[bytes, int | None]:
     """An inference response body and its JSON length (None: no binary data, all JSON)."""
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     obj: dict[str, Any] = {"model_name": model_name}
     if model_version is not None:
         obj["model_version"] = model_version
@@ -352,7 +354,7 @@ def encode_request(
     binary: bool = True,
 ) -> tuple[bytes, int | None]:
     """An inference request body (inputs as binary data by default) and its JSON length."""
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     obj: dict[str, Any] = {"inputs": [_tensor_json(t, binary, chunks) for t in inputs]}
     obj["outputs"] = [
         {"name": o.name, **({} if o.binary is None else {"parameters": {"binary_data": o.binary}})}

@@ -90,7 +90,7 @@ def _from_waveform(
     channels = 1 if wave.ndim == 1 else wave.shape[1]
     samples = np.ascontiguousarray(wave, dtype=np.float32)
     return decode_pcm(
-        samples.tobytes(),
+        samples.data.cast("B"),  # a view: decode_pcm makes the one copy
         sample_rate=rate,
         channels=channels,
         dtype="float32",

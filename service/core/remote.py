@@ -19,13 +19,20 @@ import json
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
+from service.core.batcher import (
+    BatcherStopped,
+    DeadlineExceeded,
+    QueueFull,
+    TooManyWindows,
+    WindowResult,
+)
 from service.core.card import ModelCard, OutputKind, read_card
-from service.core.errors import NotReady, TaggingError
+from service.core.errors import NotReady, TaggingError, UnknownModel
 from service.core.models import ModelRuntime, Models
 
 log = logging.getLogger("service.core.remote")
@@ -50,29 +57,31 @@ async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+# The errors an engine can answer a front with, and the arguments that rebuild each one on
+# the front's side (so the front's door gives them the statuses of a one-process service).
+_WIRE_ERRORS: dict[str, tuple[type[Exception], Callable[[Any], list[Any]]]] = {
+    cls.__name__: (cls, args)
+    for cls, args in (
+        (QueueFull, lambda e: [e.retry_after_s]),
+        (TooManyWindows, lambda e: [e.windows, e.limit]),
+        (NotReady, lambda e: [e.message, e.retry_after_s]),
+        (DeadlineExceeded, lambda e: [str(e)]),
+        (BatcherStopped, lambda e: [str(e)]),
+        (UnknownModel, lambda e: [e.message]),
+    )
+}
+
+
 def _error_header(rid: int, exc: BaseException) -> dict[str, Any]:
-    header: dict[str, Any] = {
-        "id": rid,
-        "ok": False,
-        "error": type(exc).__name__,
-        "message": str(exc),
-    }
-    if isinstance(exc, QueueFull):
-        header["retry_after"] = exc.retry_after_s
-    return header
+    name = type(exc).__name__
+    args = _WIRE_ERRORS[name][1](exc) if name in _WIRE_ERRORS else [str(exc)]
+    return {"id": rid, "ok": False, "error": name, "args": args}
 
 
 def _raise_remote(header: dict[str, Any]) -> None:
-    kind, message = header.get("error"), str(header.get("message", "engine error"))
-    if kind == "QueueFull":
-        raise QueueFull(int(header.get("retry_after", 1)))
-    if kind == "DeadlineExceeded":
-        raise DeadlineExceeded(message)
-    if kind == "BatcherStopped":
-        raise BatcherStopped(message)
-    if kind == "NotReady":
-        raise NotReady(message)
-    raise TaggingError(message)
+    name, args = str(header.get("error")), list(header.get("args") or ["engine error"])
+    cls = _WIRE_ERRORS[name][0] if name in _WIRE_ERRORS else TaggingError
+    raise cls(*args)
 
 
 def _encode_results(rid: int, results: list[WindowResult]) -> tuple[dict[str, Any], bytes]:
@@ -80,7 +89,7 @@ def _encode_results(rid: int, results: list[WindowResult]) -> tuple[dict[str, An
     shapes = [[list(r.outputs[k].shape) for k in kinds] for r in results]
     meta = [[r.queue_s, r.compute_s, r.batch_size, r.batch_id] for r in results]
     payload = b"".join(
-        np.ascontiguousarray(r.outputs[k], np.float32).tobytes() for r in results for k in kinds
+        np.ascontiguousarray(r.outputs[k], np.float32).data for r in results for k in kinds
     )
     return {"id": rid, "ok": True, "kinds": kinds, "shapes": shapes, "meta": meta}, payload
 
@@ -226,10 +235,7 @@ class EngineClient:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(BatcherStopped("the engine process went away"))
-            self._pending.clear()
+            self.fail_pending("the engine process went away")
 
     async def _call(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         if self._writer is None or self._reader_task is None or self._reader_task.done():
@@ -254,7 +260,8 @@ class EngineClient:
         self, model: str, windows: list[np.ndarray], deadline: float
     ) -> list[WindowResult]:
         lengths = [int(w.shape[0]) for w in windows]
-        payload = b"".join(np.ascontiguousarray(w, np.float32).tobytes() for w in windows)
+        # views joined once: the payload is the windows' only copy
+        payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
         header = {
             "op": "submit",
             "model": model,
@@ -301,7 +308,6 @@ class RemoteQueue:
 
     def __init__(self, client: EngineClient, model: str) -> None:
         self.client, self.model = client, model
-        self.depth = 0
 
     async def submit(self, windows: list[np.ndarray], deadline: float) -> list[WindowResult]:
         return await self.client.submit(self.model, windows, deadline)
