@@ -67,6 +67,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._shared: CollectorRegistry | None = None  # every process's, built at 1st scrape
         # Process CPU, memory and open files, the Python version and GC (as the default
         # registry has them), on this app's own registry.
         ProcessCollector(registry=self.registry)
@@ -106,6 +107,8 @@ class Metrics:
         self.decode_failures = self._counter(
             "panns_decode_failures", "Uploads that could not be decoded, by reason", ("reason",)
         )
+        for code in DECODE_FAILURES:
+            self.decode_failures.labels(code)
         self.model_info = self._gauge(
             "panns_model_info",
             "Loaded model (value 1)",
@@ -157,8 +160,6 @@ class Metrics:
                 self.requests.labels(endpoint, model, status)
         for reason in DROP_REASONS:
             self.dropped_windows.labels(model, reason)
-        for code in DECODE_FAILURES:
-            self.decode_failures.labels(code)
 
     def file_done(self, model: str, seconds: float) -> None:
         self.audio_seconds.labels(model).inc(seconds)
@@ -168,12 +169,14 @@ class Metrics:
 
     def render(self) -> bytes:
         """This process's metrics, or every process's when several serve (multiprocess)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            registry.register(ServiceProcesses(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry)
+        if self._shared is None:
+            self._shared = CollectorRegistry()
+            MultiProcessCollector(self._shared, path=directory)
+            self._shared.register(ServiceProcesses(directory))
+        return generate_latest(self._shared)
 
 
 class ServiceProcesses(Collector):
@@ -215,21 +218,26 @@ _SUMMED = {
 
 
 class BatchMetrics:
-    """Feeds one model's batcher events into the Prometheus metrics (a ``BatchObserver``)."""
+    """Feeds one model's batcher events into the Prometheus metrics (a ``BatchObserver``).
+
+    The model's labelled series are looked up once, not at every batch."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.metrics, self.model = metrics, model
-        metrics.queue_depth.labels(model).set(0)
+        self.sizes = metrics.batch_size.labels(model)
+        self.computes = metrics.compute.labels(model)
+        self.waits = metrics.queue_wait.labels(model)
+        self.depth = metrics.queue_depth.labels(model)
+        self.depth.set(0)
 
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
-        self.metrics.batch_size.labels(self.model).observe(size)
-        self.metrics.compute.labels(self.model).observe(compute_s)
-        hist = self.metrics.queue_wait.labels(self.model)
+        self.sizes.observe(size)
+        self.computes.observe(compute_s)
         for wait in waits:
-            hist.observe(wait)
+            self.waits.observe(wait)
 
     def depth_changed(self, depth: int) -> None:
-        self.metrics.queue_depth.labels(self.model).set(depth)
+        self.depth.set(depth)
 
     def dropped(self, reason: str, count: int) -> None:
         self.metrics.dropped_windows.labels(self.model, reason).inc(count)
