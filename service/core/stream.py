@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 import soxr
 
-from service.core.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, check_samples
+from service.core.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
 from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
 from service.core.card import ModelCard
 from service.core.errors import InvalidParameters
 from service.core.mixdown import mix_into
 from service.core.models import ModelRuntime
-from service.core.pipeline import MAX_WINDOW_S, WindowSpec
+from service.core.pipeline import WindowSpec
 from service.core.results import Event, FrameTrack, Top, events, top_entries, tracks
+from service.core.windows import window_starts
 
-FORMATS = {"int16": "<i2", "float32": "<f4"}
 _KNOWN = {
     "type",
     "model",
@@ -76,7 +76,7 @@ class StreamConfig:
         if channels is None or not 1 <= channels <= MAX_CHANNELS:
             raise InvalidParameters(f"channels must be in 1..{MAX_CHANNELS}")
         fmt = message.get("sample_format", "int16")
-        if fmt not in FORMATS:
+        if fmt not in PCM_DTYPES:
             raise InvalidParameters("sample_format must be 'int16' or 'float32'")
         model = message.get("model")
         if model is not None and not (isinstance(model, str) and len(model) <= 200):
@@ -93,14 +93,14 @@ class StreamConfig:
             channels,
             fmt,
             _number(message, "window_s", float, None),
-            _number(message, "hop_s", float, 1.0) or 1.0,
+            _number(message, "hop_s", float, 1.0),
             top_k,
             threshold,
         )
 
     @property
     def frame_bytes(self) -> int:
-        return self.channels * (2 if self.sample_format == "int16" else 4)
+        return self.channels * np.dtype(PCM_DTYPES[self.sample_format][0]).itemsize
 
 
 def _number(message: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -121,7 +121,7 @@ class PcmDecoder:
 
     def __init__(self, config: StreamConfig, target_rate: int) -> None:
         self.config = config
-        self._dtype = FORMATS[config.sample_format]
+        self._dtype, self._scale = PCM_DTYPES[config.sample_format]
         self._rest = b""
         self._resampler = (
             None
@@ -140,9 +140,8 @@ class PcmDecoder:
         block = raw.reshape(-1, self.config.channels)
         if self.config.sample_format != "int16":
             check_samples(block)  # NaN, infinities and absurd magnitudes, as for uploads
-        scale = 1 / 32768 if self.config.sample_format == "int16" else 1.0
         mono = np.empty(block.shape[0], np.float32)
-        mix_into(block, mono, scale)
+        mix_into(block, mono, self._scale)
         return mono if self._resampler is None else self._resampler.resample_chunk(mono)
 
     def finish(self) -> np.ndarray:
@@ -153,47 +152,54 @@ class PcmDecoder:
 
 
 class WindowCutter:
-    """A buffer from which windows are cut at 0, hop, 2*hop, ... as ``windows.cut`` does."""
+    """A buffer from which windows are cut at 0, hop, 2*hop, ... as ``windows.cut`` does.
+
+    Frames are kept as they come and joined only when a window completes (once per hop),
+    not at every frame: a 20 ms frame does not copy a 10 s buffer."""
 
     def __init__(self, window: int, hop: int) -> None:
         self.window, self.hop = window, hop
         self.total = 0  # samples received
         self.next_start = 0  # start of the next window not yet cut
-        self._buffer = np.zeros(0, np.float32)
-        self._offset = 0  # absolute index of _buffer[0]
-        self._cut_any = False
+        self._pieces: list[np.ndarray] = []
+        self._offset = 0  # absolute index of the first kept sample
 
     def push(self, samples: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """Every whole window the new samples complete: (start, end, samples)."""
-        self._buffer = np.concatenate([self._buffer, samples])
+        self._pieces.append(samples)
         self.total += samples.shape[0]
         out = []
         while self.next_start + self.window <= self.total:
             out.append(self._take(self.next_start, self.next_start + self.window))
-        self._trim()
+        if out:
+            self._trim()
         return out
 
     def finish(self) -> list[tuple[int, int, np.ndarray]]:
-        """The last windows, zero-padded (the starts ``window_starts`` adds past the end)."""
-        out: list[tuple[int, int, np.ndarray]] = []
+        """The last windows, zero-padded: the starts ``window_starts`` gives past what was cut."""
         if self.total == 0:
-            return out
-        while not self._cut_any or self.next_start - self.hop + self.window < self.total:
-            out.append(self._take(self.next_start, min(self.next_start + self.window, self.total)))
-        return out
+            return []
+        starts = window_starts(self.total, self.window, self.hop)
+        return [
+            self._take(s, min(s + self.window, self.total)) for s in starts if s >= self.next_start
+        ]
+
+    def _buffer(self) -> np.ndarray:
+        if len(self._pieces) > 1:
+            self._pieces = [np.concatenate(self._pieces)]
+        return self._pieces[0] if self._pieces else np.zeros(0, np.float32)
 
     def _take(self, start: int, end: int) -> tuple[int, int, np.ndarray]:
         samples = np.zeros(self.window, np.float32)
-        piece = self._buffer[start - self._offset : end - self._offset]
+        piece = self._buffer()[start - self._offset : end - self._offset]
         samples[: piece.shape[0]] = piece
         self.next_start = start + self.hop
-        self._cut_any = True
         return start, end, samples
 
     def _trim(self) -> None:
         drop = min(self.next_start, self.total) - self._offset
         if drop > 0:
-            self._buffer = self._buffer[drop:]
+            self._pieces = [self._buffer()[drop:]]
             self._offset += drop
 
 
@@ -240,8 +246,6 @@ class LiveStream:
         card = self.runtime.card
         spec = WindowSpec(self.config.window_s, self.config.hop_s, pad=True)
         window, hop = spec.samples(card, self.min_hop_s)
-        if window > MAX_WINDOW_S * card.sample_rate:
-            raise InvalidParameters(f"window_s must be at most {MAX_WINDOW_S:g} s")
         self.decoder = PcmDecoder(self.config, card.sample_rate)
         self.cutter = WindowCutter(window, hop)
 
