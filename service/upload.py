@@ -19,6 +19,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from service.errors import ApiError
+from service.settings import Settings
 
 FIELD = "file"
 # python-multipart refuses longer boundaries (RFC 2046 allows 70 characters).
@@ -122,6 +123,16 @@ class BodyLimits:
     max_files: int
     idle_s: float  # longest pause between two chunks
     total_s: float  # longest time the whole body may take
+
+    @classmethod
+    def of(cls, settings: Settings) -> BodyLimits:
+        """The limits the settings put on every request body."""
+        return cls(
+            settings.max_upload_bytes,
+            settings.max_files,
+            settings.idle_timeout_s,
+            settings.upload_timeout_s,
+        )
 
 
 def _media_type(request: Request) -> tuple[bytes, dict[bytes, bytes]]:

@@ -97,12 +97,7 @@ async def run_upload(
     """Read the body, resolve the model (query or form field), run ``call``, present results."""
     tagger, settings = tagger_of(request), settings_of(request)
     tagger.models.get(model) if model else tagger.model()  # 503/404 before reading the body
-    limits = BodyLimits(
-        settings.max_upload_bytes,
-        settings.max_files,
-        settings.idle_timeout_s,
-        settings.upload_timeout_s,
-    )
+    limits = BodyLimits.of(settings)
     body = await read_body(request, limits)
     runtime = tagger.model(model or body.fields.get("model") or None)
     request.state.model = runtime.name

@@ -32,7 +32,7 @@ from service.core.pipeline import WindowSpec
 from service.core.results import TensorResult
 from service.core.tagger import Tagger
 from service.deps import settings_of, tagger_of
-from service.errors import ApiError, code_of, headers_of, message_of, status_of
+from service.errors import ApiError, to_api_error
 from service.oip import (
     BINARY_EXTENSION,
     HEADER,
@@ -67,11 +67,12 @@ def oip_error(exc: Exception) -> JSONResponse:
         status, message = 400, "; ".join(str(e.get("msg", "invalid")) for e in exc.errors())
     elif isinstance(exc, StarletteHTTPException):
         status, message = exc.status_code, str(exc.detail)
-    elif status_of(exc) != 500:
-        status, message, headers = status_of(exc), message_of(exc), headers_of(exc)
     else:
-        log.exception("unhandled error in the OIP door", exc_info=exc)
-        status, message = 500, "internal server error"
+        err = to_api_error(exc)
+        status, message, headers = err.status, err.message, err.headers
+        if status == 500:
+            log.exception("unhandled error in the OIP door", exc_info=exc)
+            message = "internal server error"
     return JSONResponse({"error": message}, status, headers=headers or None)
 
 
@@ -221,9 +222,9 @@ def _raise_first_error(results: list[TensorResult]) -> None:
     """The protocol has no per-row errors: the first bad row fails the request."""
     for result in results:
         if result.error is not None:
-            err = result.error
-            message = f"{result.filename}: {message_of(err)}"
-            raise ApiError(status_of(err), code_of(err), message, headers_of(err))
+            err = to_api_error(result.error)
+            err.message = f"{result.filename}: {err.message}"
+            raise err
 
 
 def _batch(results: list[TensorResult], kind: OutputKind) -> np.ndarray:
@@ -241,12 +242,7 @@ async def _read(request: Request) -> InferRequest:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ApiError(415, "unsupported_media_type", f"Content-Encoding {encoding} is refused")
-    limits = BodyLimits(
-        settings.max_upload_bytes,
-        settings.max_files,
-        settings.idle_timeout_s,
-        settings.upload_timeout_s,
-    )
+    limits = BodyLimits.of(settings)
     body = await read_bytes(request, limits)
     header = header_length(request.headers.get(HEADER), len(body))
     return parse_request(body, header, min(MAX_JSON_BYTES, settings.max_upload_bytes))
