@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.metrics import Scores, evaluate_scores, read_class_table, write_class_table
+from training.metrics import Scores, class_rows, evaluate_scores, write_class_table
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +225,13 @@ def save(
     written = [out / "summary.json", out / "per_class.csv"]
     write_class_table(written[1], names, result)
     if csv is not None:
-        write_class_table(csv, names, result)
+        shutil.copyfile(written[1], csv)
         written.append(csv)
     if plot and summary["classes_scored"]:
         from training.plots import per_class_ap
 
         title = f"{summary['checkpoint']} on {summary['data']}: per-class AP"
-        written.append(
-            per_class_ap(read_class_table(written[1]), out / "per_class.png", title=title)
-        )
+        written.append(per_class_ap(class_rows(names, result), out / "per_class.png", title=title))
     return written
 
 

@@ -157,6 +157,16 @@ def _cell(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.6f}"
 
 
+def class_rows(labels: Sequence[str], scores: Scores) -> list[ClassRow]:
+    """The per-class table in memory (what :func:`write_class_table` writes)."""
+    if len(labels) != len(scores.ap):
+        raise ValueError(f"{len(labels)} labels for {len(scores.ap)} scored classes")
+    return [
+        ClassRow(i, name, float(scores.ap[i]), float(scores.auc[i]), int(scores.positives[i]))
+        for i, name in enumerate(labels)
+    ]
+
+
 def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores) -> None:
     """``index, label, ap, auc, positives`` per class, in the model's output order."""
     if len(labels) != len(scores.ap):

@@ -124,6 +124,8 @@ class Trainer:
             self.eval_set = align_dataset(self.eval_set, self.labels)
         self.model = self._build_model()
         self.net = self._wrap(self.model)
+        # what the optimizer updates and gradient clipping clips
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer()
         fp16 = self.amp and self.config.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -200,10 +202,9 @@ class Trainer:
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
         c = self.config
         return torch.optim.Adam(
-            params,
+            self.trainable,
             lr=c.lr,
             betas=c.betas,
             eps=c.eps,
@@ -251,8 +252,7 @@ class Trainer:
         norm = None
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip).detach()
+            norm = nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), norm
