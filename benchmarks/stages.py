@@ -11,14 +11,12 @@ is left unaccounted. The service modules are imported from ``service.core`` when
 from __future__ import annotations
 
 import asyncio
-import importlib
 import io
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,36 +24,17 @@ import soundfile as sf
 import soxr
 
 from benchmarks.formats import BOUNDARY, Format, multipart_body
+from service import schemas, upload
+from service.core import audio, windows
+from service.core.backends import BackendOptions, Device, Precision
+from service.core.backends.ort import OrtBackend
 
 CHUNK = 1 << 16  # what one ASGI body message typically holds
 
 
-def _first_module(*names: str) -> ModuleType:
-    """The first of ``names`` that exists (an import error inside one is raised)."""
-    for candidate in names:
-        try:
-            return importlib.import_module(candidate)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not candidate.startswith(exc.name):
-                raise
-    raise ModuleNotFoundError(f"none of {', '.join(names)}")
-
-
-def service_module(name: str) -> ModuleType:
-    """``service.core.<name>`` if it exists, else ``service.<name>``."""
-    return _first_module(f"service.core.{name}", f"service.{name}")
-
-
-def load_engine(bundle: Path, device: str, precision: str, threads: int = 0) -> Any:
-    """The service's ONNX Runtime engine on ``bundle`` (``run(batch) -> {kind: array}``),
-    whichever of its layouts this checkout has."""
-    ort_module = _first_module("service.core.backends.ort", "service.backend")
-    if hasattr(ort_module, "OrtBackend"):
-        options = importlib.import_module("service.core.backends").BackendOptions
-        return ort_module.OrtBackend(
-            bundle, options(device=device, precision=precision, threads=threads)
-        )
-    return ort_module.Engine(bundle, device=device, precision=precision, threads=threads)
+def load_engine(bundle: Path, device: Device, precision: Precision, threads: int = 0) -> OrtBackend:
+    """The service's ONNX Runtime backend on ``bundle`` (``run(batch) -> {kind: array}``)."""
+    return OrtBackend(bundle, BackendOptions(device=device, precision=precision, threads=threads))
 
 
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -80,8 +59,7 @@ def _blocks(data: bytes, block_frames: int) -> tuple[list[np.ndarray], int]:
 
 def decode_stages(data: bytes, target_rate: int, repeats: int) -> dict[str, Any]:
     """The decoder's total and its stages, for one encoded file."""
-    audio = service_module("audio")
-    frames = getattr(audio, "BLOCK_FRAMES", 1 << 16)
+    frames = audio.BLOCK_FRAMES
     blocks, rate = _blocks(data, frames)
     mono = [b.mean(axis=1) if b.shape[1] > 1 else b[:, 0] for b in blocks]
 
@@ -123,7 +101,6 @@ def pcm_stage(data: bytes, repeats: int) -> dict[str, float]:
 
 def window_stage(wave: np.ndarray, clip: int, max_batch: int, repeats: int) -> dict[str, float]:
     """Cutting one clip into windows, and its share of stacking a full batch."""
-    windows = service_module("windows")
     cut = windows.cut(wave, clip, clip, True, 1)
     rows = [w.samples for w in cut] * max_batch
     return {
@@ -134,27 +111,17 @@ def window_stage(wave: np.ndarray, clip: int, max_batch: int, repeats: int) -> d
     }
 
 
-def _body_reader(upload: ModuleType) -> Callable[[Any], Awaitable[bytes]]:
-    """The service's body reader, in whichever form this checkout has: the first file's bytes."""
-    if hasattr(upload, "read_body"):  # one reader for multipart and raw bodies
-        limits = upload.BodyLimits(max_bytes=1 << 30, max_files=32, idle_s=60.0, total_s=600.0)
-
-        async def read_body(request: Any) -> bytes:
-            return bytes((await upload.read_body(request, limits)).files[0].data)
-
-        return read_body
-
-    async def read_files(request: Any) -> bytes:
-        return bytes((await upload.read_files(request, 1 << 30, 32))[0].data)
-
-    return read_files
+async def _first_file(request: Any) -> bytes:
+    """The service's body reader on ``request``: the first file's bytes."""
+    limits = upload.BodyLimits(max_bytes=1 << 30, max_files=32, idle_s=60.0, total_s=600.0)
+    return bytes((await upload.read_body(request, limits)).files[0].data)
 
 
 def body_stage(fmt: Format, data: bytes, repeats: int) -> dict[str, Any]:
     """The service's upload reader on a real Starlette request fed 64 KiB body messages."""
     from starlette.requests import Request
 
-    read_with = _body_reader(_first_module("service.upload", "service.http.upload"))
+    read_with = _first_file
     if fmt.container is None:
         body, ctype = data, "application/octet-stream"
         query = b"sample_rate=32000&channels=1&dtype=int16"
@@ -235,7 +202,6 @@ def json_stage(labels: list[Any], repeats: int) -> dict[str, Any]:
     encoders of the same dict."""
     from pydantic import TypeAdapter
 
-    schemas = _first_module("service.schemas", "service.core.schemas")
     scores = np.random.default_rng(0).uniform(size=len(labels)).astype(np.float32)
     doc = _tag_response(labels, scores)
     adapter = TypeAdapter(schemas.TagResponse)
@@ -277,10 +243,7 @@ def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def pcm_door_stage(data: bytes, model_rate: int, repeats: int) -> dict[str, Any]:
-    """The service's own raw PCM decoder, where it has one."""
-    audio = service_module("audio")
-    if not hasattr(audio, "decode_pcm"):
-        return {"decode_pcm": None}
+    """The service's own raw PCM decoder."""
 
     def run() -> object:
         return audio.decode_pcm(
@@ -298,16 +261,14 @@ def pcm_door_stage(data: bytes, model_rate: int, repeats: int) -> dict[str, Any]
 def _format_stages(
     fmt: Format, data: bytes, model_rate: int, clip: int, max_batch: int, repeats: int
 ) -> dict[str, Any]:
-    stages: dict[str, Any] = {}
+    stages = _guarded("body", lambda: body_stage(fmt, data, repeats))
     wave = np.zeros(clip, np.float32)
     if fmt.container is None:
-        stages.update(_guarded("body", lambda: body_stage(fmt, data, repeats)))
         stages.update(pcm_stage(data, repeats))
         stages.update(_guarded("decode_pcm", lambda: pcm_door_stage(data, model_rate, repeats)))
     else:
-        stages.update(_guarded("body", lambda: body_stage(fmt, data, repeats)))
         stages.update(_guarded("decode", lambda: decode_stages(data, model_rate, repeats)))
-        wave = service_module("audio").decode(data, model_rate, 600.0).waveform
+        wave = audio.decode(data, model_rate, 600.0).waveform
     stages.update(_guarded("windows", lambda: window_stage(wave, clip, max_batch, repeats)))
     return stages
 
