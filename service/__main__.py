@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.core.card import BundleError
 from service.core.models import check_bundles
+from service.guards import bounded_http
 from service.logs import configure_logging
 from service.settings import Settings, get_settings
 
@@ -49,10 +50,9 @@ def uvicorn_config(settings: Settings) -> dict[str, object]:
         "log_config": None,
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "timeout_keep_alive": 5,
-        # h11 (not httptools) because it bounds the request line + headers: a 300 MB header
-        # must be refused, not parsed.
-        "http": "h11",
-        "h11_max_incomplete_event_size": settings.max_header_kb * 1024,
+        # httptools with a bound on the request line + headers: a 300 MB header must be
+        # refused, not parsed.
+        "http": bounded_http(settings.max_header_kb * 1024),
         "ws_max_size": settings.max_frame_kb * 1024 + 1024,
     }
 

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: settings, the tagger, API keys, window and model parameters."""
+"""FastAPI dependencies: settings, the tagger, API keys, window and model parameters.
+
+Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+a thread hand-off (and GIL ping-pong) per dependency per request for a few dict lookups."""
 
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def _sent(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> s
     return (bearer.credentials if bearer else "") or api_key or ""
 
 
-def require_api_key(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> None:
+async def require_api_key(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> None:
     """401 unless a configured key is sent as ``Authorization: Bearer`` or ``X-API-Key``.
 
     The two security schemes parse the headers and declare them in the OpenAPI document."""
@@ -79,7 +82,7 @@ async def is_authenticated(conn: HTTPConnection) -> bool:
     return not keys or key_matches(_sent(await BEARER(conn), await API_KEY(conn)), keys)
 
 
-def window_params(
+async def window_params(
     window_s: Annotated[float | None, Query(gt=0, le=60, description="default: card's")] = None,
     hop_s: Annotated[float | None, Query(gt=0, le=60, description="default: window_s")] = None,
     pad: Annotated[bool, Query(description="zero-pad the last window")] = True,
@@ -91,4 +94,10 @@ WindowDep = Annotated[WindowSpec, Depends(window_params)]
 ModelParam = Annotated[
     str | None, Query(max_length=200, description="model name (or a form field `model`)")
 ]
-TaggerDep = Annotated[Tagger, Depends(tagger_of)]
+
+
+async def _tagger(request: Request) -> Tagger:
+    return tagger_of(request)
+
+
+TaggerDep = Annotated[Tagger, Depends(_tagger)]

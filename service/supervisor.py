@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.settings import Settings, get_settings
@@ -168,7 +169,18 @@ def engine_main() -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    return asyncio.run(_engine_main(settings))
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        return runner.run(_engine_main(settings))
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (as uvicorn uses it in the fronts): the engine's loop handles
+    every window's message; None falls back to asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def front_main(fd: int) -> int:

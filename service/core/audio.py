@@ -25,6 +25,10 @@ from service.core.mixdown import MonoSink
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
 BLOCK_FRAMES = 1 << 16
+# Samples already in memory (plain WAV, raw PCM) are converted in blocks this large: a 10 s
+# clip in one pass. Every block releases and retakes the GIL a few times (numpy, soxr), and
+# each of those is a wake-up and a context switch while the event loop holds the GIL.
+MEMORY_BLOCK_FRAMES = 1 << 20
 # Float audio's full scale is +-1. Larger float samples are refused: 40 dB of headroom, and
 # 7x below the smallest amplitude where a model variant was measured to give non-finite
 # scores (seeded weights, loud square/sine/noise/DC; first failing amplitude: Wavegram_Logmel
@@ -228,6 +232,23 @@ _PLAIN_WAV = {(1, 16): ("<i2", 1 / 32768), (3, 32): ("<f4", 1.0)}
 _EXTENSIBLE = 0xFFFE
 
 
+def is_plain_wav_at(data: Buffer, rate: int) -> bool:
+    """True when ``data`` is a WAV that ``_plain_wav`` reads with numpy at ``rate`` (no
+    resampling): its decode costs a copy and a multiply, less than handing it to a thread."""
+    if len(data) < 44 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WAVE":
+        return False
+    chunks = _riff_chunks(data)
+    if b"fmt " not in chunks or b"data" not in chunks:
+        return False
+    at, fmt_size = chunks[b"fmt "]
+    if at + 16 > len(data):
+        return False
+    tag, _, wav_rate, _, _, bits = struct.unpack("<HHIIHH", data[at : at + 16])
+    if tag == _EXTENSIBLE and fmt_size >= 40 and at + 26 <= len(data):
+        tag = struct.unpack("<H", data[at + 24 : at + 26])[0]
+    return (tag, bits) in _PLAIN_WAV and wav_rate == rate
+
+
 def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | None:
     """16-bit PCM and 32-bit float WAV decoded straight from the body with numpy (no
     libsndfile, no per-block callbacks into Python): the most common upload costs a tenth.
@@ -256,8 +277,8 @@ def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | 
     dtype, scale = plain
     samples = np.frombuffer(data, dtype, frames * channels, start).reshape(frames, channels)
     sink = MonoSink(rate, target_rate, frames)
-    for first in range(0, frames, BLOCK_FRAMES):
-        block = samples[first : first + BLOCK_FRAMES]
+    for first in range(0, frames, MEMORY_BLOCK_FRAMES):
+        block = samples[first : first + MEMORY_BLOCK_FRAMES]
         if tag == 3:
             check_samples(block)
         sink.push(block, scale)
@@ -423,8 +444,8 @@ def decode_pcm(
         raise _too_long(frames / sample_rate, limit, max_seconds)
     samples = np.frombuffer(view, dtype=code).reshape(frames, channels)
     sink = MonoSink(sample_rate, target_rate, frames)
-    for start in range(0, frames, BLOCK_FRAMES):
-        block = samples[start : start + BLOCK_FRAMES]
+    for start in range(0, frames, MEMORY_BLOCK_FRAMES):
+        block = samples[start : start + MEMORY_BLOCK_FRAMES]
         if dtype == "float32":
             check_samples(block)
         sink.push(block, scale)

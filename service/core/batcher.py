@@ -307,9 +307,12 @@ class Batcher:
         windows = [request.windows[index] for request, index in batch]
         start = time.monotonic()
         try:
-            stacked = await asyncio.get_running_loop().run_in_executor(
-                self._stacker, np.stack, windows
-            )
+            if len(windows) == 1:  # a view, no copy and no thread hand-off (a lone request)
+                stacked = np.ascontiguousarray(windows[0], np.float32)[None]
+            else:
+                stacked = await asyncio.get_running_loop().run_in_executor(
+                    self._stacker, np.stack, windows
+                )
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             log.exception("stacking a batch of %d failed", len(batch))
             self._fail(batch, exc)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.core.audio import AudioError, Decoded, decode, decode_pcm
+from service.core.audio import AudioError, Decoded, decode, decode_pcm, is_plain_wav_at
 
 PcmDtype = Literal["int16", "float32"]
 
@@ -53,6 +53,16 @@ class AudioInput:
                 max_seconds=max_seconds,
             )
         return decode(data, target_rate, max_seconds)  # any buffer: read in place, no copy
+
+    def quick_bytes(self, target_rate: int) -> int | None:
+        """The bytes to convert when decoding is a plain copy (PCM or a 16-bit/float WAV
+        already at ``target_rate``, in memory); None when it needs a codec, a resampler
+        or a file read."""
+        if self.data is None:
+            return None
+        if self.pcm is not None:
+            return len(self.data) if self.pcm.sample_rate == target_rate else None
+        return len(self.data) if is_plain_wav_at(self.data, target_rate) else None
 
 
 Source = AudioInput | bytes | str | os.PathLike[str] | tuple[np.ndarray, int]

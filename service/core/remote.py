@@ -8,6 +8,8 @@ the weights. ``RemoteQueue`` has the batcher's ``submit`` interface, so the rest
 does not know where the batcher runs.
 
 Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
+A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
+header says where) unless the arena is full, when they follow the header inline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -33,11 +36,13 @@ from service.core.batcher import (
 )
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import NotReady, TaggingError, UnknownModel
+from service.core.handoff import Arena, receive_arena, send_arena, windows_at
 from service.core.models import ModelRuntime, Models
 
 log = logging.getLogger("service.core.remote")
 _LEN = struct.Struct("<I")
 MAX_HEADER = 1 << 20
+ARENA_BYTES = 64 << 20  # per front: 50 windows of 10 s at 32 kHz on their way to the engine
 
 
 async def send(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -109,11 +114,32 @@ def _decode_results(header: dict[str, Any], payload: bytes) -> list[WindowResult
     return out
 
 
-def _forget(tasks: dict[int, asyncio.Task[None]], rid: int) -> Any:
-    def done(_: asyncio.Task[None]) -> None:
+def _forget(
+    tasks: dict[int, asyncio.Task[None]],
+    rid: int,
+    writer: asyncio.StreamWriter,
+    lock: asyncio.Lock,
+) -> Any:
+    """Drop a finished submit; a cancelled one still gets an answer, which tells the front
+    that its arena extent is no longer read (even if the task never started)."""
+
+    def done(task: asyncio.Task[None]) -> None:
         tasks.pop(rid, None)
+        if task.cancelled() and not writer.is_closing():
+            reply = asyncio.ensure_future(_answer_cancelled(rid, writer, lock))
+            _answers.add(reply)
+            reply.add_done_callback(_answers.discard)
 
     return done
+
+
+_answers: set[asyncio.Future[None]] = set()  # cancellation answers on their way
+
+
+async def _answer_cancelled(rid: int, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
+    with contextlib.suppress(Exception):
+        async with lock:
+            await send(writer, {"id": rid, "ok": False, "error": "cancelled"})
 
 
 class EngineServer:
@@ -121,16 +147,43 @@ class EngineServer:
 
     def __init__(self, models: Models, path: str) -> None:
         self.models, self.path = models, path
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(256)
+        self._sock.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._sock))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._sock is not None:
+            self._sock.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            task = asyncio.create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        """A front's connection: its arena first (fd passing), then framed requests."""
+        try:
+            arena = await receive_arena(conn)
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("a front's connection failed before its first request: %s", exc)
+            conn.close()
+            return
+        await self._serve(reader, writer, arena)
 
     def _hello(self) -> dict[str, Any]:
         if not self.models.ready:
@@ -146,7 +199,12 @@ class EngineServer:
         }
         return {"ok": True, "ready": True, "models": info}
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        arena: np.ndarray | None,
+    ) -> None:
         lock = asyncio.Lock()
         tasks: dict[int, asyncio.Task[None]] = {}
         try:
@@ -161,9 +219,10 @@ class EngineServer:
                     if task is not None:
                         task.cancel()
                 else:
-                    task = asyncio.create_task(self._submit(rid, header, payload, writer, lock))
+                    windows = _windows(header, payload, arena)
+                    task = asyncio.create_task(self._submit(rid, header, windows, writer, lock))
                     tasks[rid] = task
-                    task.add_done_callback(_forget(tasks, rid))
+                    task.add_done_callback(_forget(tasks, rid, writer, lock))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the front went away (or the engine stops): its queued windows are dropped
         finally:
@@ -175,20 +234,17 @@ class EngineServer:
         self,
         rid: int,
         header: dict[str, Any],
-        payload: bytes,
+        windows: list[np.ndarray] | Exception,
         writer: asyncio.StreamWriter,
         lock: asyncio.Lock,
     ) -> None:
-        flat = np.frombuffer(payload, np.float32)
-        offsets = np.cumsum([0, *header["lengths"]])
-        windows = [flat[a:b] for a, b in itertools.pairwise(offsets)]
         deadline = time.monotonic() + float(header["deadline_in"])
         try:
+            if isinstance(windows, Exception):
+                raise windows
             runtime = self.models.get(header["model"])
             results = await runtime.batcher.submit(windows, deadline)
             reply, data = _encode_results(rid, results)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             reply, data = _error_header(rid, exc), b""
         async with lock:
@@ -196,13 +252,32 @@ class EngineServer:
                 await send(writer, reply, data)
 
 
+def _windows(
+    header: dict[str, Any], payload: bytes, arena: np.ndarray | None
+) -> list[np.ndarray] | Exception:
+    """A submit's windows: views of the front's arena, or of the inline payload."""
+    lengths = [int(n) for n in header["lengths"]]
+    if "at" not in header:
+        flat = np.frombuffer(payload, np.float32)
+        offsets = np.cumsum([0, *lengths])
+        return [flat[a:b] for a, b in itertools.pairwise(offsets)]
+    if arena is None:
+        return ConnectionError("windows in an arena this front never sent")
+    try:
+        return windows_at(arena, int(header["at"]), lengths)
+    except ValueError as exc:
+        return exc
+
+
 class EngineClient:
     """A front process's one connection to the engine, shared by all its requests."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, arena_bytes: int = ARENA_BYTES) -> None:
         self.path = path
+        self.arena = Arena(arena_bytes) if arena_bytes > 0 else None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._extents: dict[int, tuple[int, int]] = {}  # arena extents the engine may read
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -212,7 +287,7 @@ class EngineClient:
         ends = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(FileNotFoundError, ConnectionError):
-                reader, self._writer = await asyncio.open_unix_connection(self.path)
+                reader, self._writer = await self._open()
                 self._reader_task = asyncio.create_task(self._read(reader))
                 while time.monotonic() < ends:
                     hello, _ = await self._call({"op": "hello"}, b"")
@@ -225,11 +300,25 @@ class EngineClient:
                 raise NotReady("the engine process did not become ready")
             await asyncio.sleep(0.1)
 
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)  # a local socket: connects (or fails) at once
+            send_arena(sock, self.arena)
+            return await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 header, payload = await receive(reader)
-                future = self._pending.pop(int(header.get("id", 0)), None)
+                rid = int(header.get("id", 0))
+                extent = self._extents.pop(rid, None)
+                if extent is not None and self.arena is not None:
+                    self.arena.free(*extent)
+                future = self._pending.pop(rid, None)
                 if future is not None and not future.done():
                     future.set_result((header, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -237,14 +326,23 @@ class EngineClient:
         finally:
             self.fail_pending("the engine process went away")
 
-    async def _call(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    async def _call(
+        self,
+        header: dict[str, Any],
+        payload: bytes,
+        extent: tuple[int, int] | None = None,
+    ) -> tuple[dict[str, Any], bytes]:
         if self._writer is None or self._reader_task is None or self._reader_task.done():
+            if extent is not None and self.arena is not None:
+                self.arena.free(*extent)
             raise BatcherStopped("no connection to the engine process")
         rid = next(self._ids)
         future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[rid] = future
+        if extent is not None:
+            self._extents[rid] = extent  # freed when the engine answers, whatever the answer
         async with self._lock:
             await send(self._writer, {**header, "id": rid}, payload)
         try:
@@ -259,16 +357,18 @@ class EngineClient:
     async def submit(
         self, model: str, windows: list[np.ndarray], deadline: float
     ) -> list[WindowResult]:
-        lengths = [int(w.shape[0]) for w in windows]
-        # views joined once: the payload is the windows' only copy
-        payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
-        header = {
+        header: dict[str, Any] = {
             "op": "submit",
             "model": model,
-            "lengths": lengths,
+            "lengths": [int(w.shape[0]) for w in windows],
             "deadline_in": max(0.0, deadline - time.monotonic()),
         }
-        reply, data = await self._call(header, payload)
+        extent = self.arena.put(windows) if self.arena is not None else None
+        if extent is not None:
+            header["at"], payload = extent[0], b""
+        else:  # the arena is full: inline, views joined once (the payload is the only copy)
+            payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
+        reply, data = await self._call(header, payload, extent)
         if not reply.get("ok"):
             _raise_remote(reply)
         return _decode_results(reply, data)
@@ -278,6 +378,10 @@ class EngineClient:
             if not future.done():
                 future.set_exception(BatcherStopped(message))
         self._pending.clear()
+        if self.arena is not None:  # no engine reads them any more
+            for extent in self._extents.values():
+                self.arena.free(*extent)
+        self._extents.clear()
 
     async def close(self) -> None:
         if self._writer is not None:

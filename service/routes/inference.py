@@ -22,7 +22,7 @@ T = TypeVar("T")
 R = TypeVar("R", bound=FileResult)
 
 
-def pcm_params(
+async def pcm_params(
     sample_rate: Annotated[
         int | None, Query(ge=1000, le=384000, description="raw PCM body: its sample rate")
     ] = None,

@@ -25,6 +25,7 @@ import soundfile as sf
 import uvicorn
 
 from service.app import create_app
+from service.guards import bounded_http
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
 
@@ -116,7 +117,11 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+            self.app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            http=bounded_http(settings.max_header_kb * 1024),  # the service's HTTP protocol
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
