@@ -277,15 +277,11 @@ def build_requests(
 
 
 def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """clips/s of every worker setting over the first one's, per format; ``ceiling``: the
-    largest ratio this machine allows at the baseline's CPU per clip (server and client):
-    all cores busy over the baseline's busy share. A baseline that already keeps most
-    cores busy cannot double however well the work spreads."""
+    """clips/s of every worker setting over the first one's, per format."""
     settings = list(load)
     out: dict[str, Any] = {"baseline_workers": settings[0]}
     for fmt in load[settings[0]]:
-        base_run = load[settings[0]][fmt]
-        base = base_run.get("clips_per_s")
+        base = load[settings[0]][fmt].get("clips_per_s")
         out[fmt] = {
             w: (
                 round(load[w][fmt]["clips_per_s"] / base, 2)
@@ -294,9 +290,6 @@ def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
             )
             for w in settings[1:]
         }
-        busy = base_run.get("machine_busy_pct")
-        if busy:
-            out[fmt]["ceiling"] = round(100.0 / busy, 2)
     return out
 
 

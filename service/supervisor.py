@@ -5,8 +5,9 @@
       |- front 1 (python -m service.supervisor front FD)  HTTP, decoding, windowing
       |- front N ...                                     (all accept on the same socket)
 
-Fronts send windows to the engine over a Unix socket (``service.core.remote``), so the
-windows of every front share the engine's batches. Metrics go through prometheus-client's
+Fronts hand windows to the engine in shared memory and tell it where over a Unix socket
+(``service.core.remote``, ``service.core.handoff``), so the windows of every front share
+the engine's batches. Metrics go through prometheus-client's
 multiprocess mode, so any front's ``/metrics`` shows all processes. SIGTERM: the fronts
 drain first (their requests need the engine), then the engine finishes its queue; exit 0.
 A front that dies is replaced (only its own connections fail); an engine that dies ends

@@ -1,11 +1,11 @@
-"""One engine process, many front processes: windows travel over a Unix socket.
+"""One engine process, many front processes: requests travel over a Unix socket.
 
 With ``PANNS_WORKERS`` > 1 the supervisor runs the models (backends and batchers) in one
 engine process per device, and N front processes do the HTTP, decoding and windowing. A front
-sends each request's windows to the engine (raw float32, no pickles) and gets each window's
-outputs back, so windows of every front share the engine's batches and there is one copy of
-the weights. ``RemoteQueue`` has the batcher's ``submit`` interface, so the rest of the core
-does not know where the batcher runs.
+hands each request's windows to the engine (float32 in its shared-memory arena, or raw
+float32 inline; no pickles) and gets each window's outputs back, so windows of every front
+share the engine's batches and there is one copy of the weights. ``RemoteQueue`` has the
+batcher's ``submit`` interface, so the rest of the core does not know where the batcher runs.
 
 Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
 A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
