@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import socket
 import struct
 import time
@@ -274,7 +275,8 @@ class EngineClient:
 
     def __init__(self, path: str, arena_bytes: int = ARENA_BYTES) -> None:
         self.path = path
-        self.arena = Arena(arena_bytes) if arena_bytes > 0 else None
+        shared = arena_bytes > 0 and hasattr(os, "memfd_create")  # Linux; else inline
+        self.arena = Arena(arena_bytes) if shared else None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._extents: dict[int, tuple[int, int]] = {}  # arena extents the engine may read
