@@ -25,32 +25,49 @@ FIELD = "file"
 # python-multipart refuses longer boundaries (RFC 2046 allows 70 characters).
 MAX_BOUNDARY = 256
 MAX_FIELD_BYTES = 1024  # a text field (model=...) longer than this is refused
+JOIN_BYTES = 8 << 20  # a part's chunks up to this size are joined once, at the end
 
 
 @dataclass
 class Part:
-    """One uploaded file or form field. Its bytes grow in place in one buffer as they arrive
-    (a list of network chunks joined at the end held the body twice)."""
+    """One uploaded file or form field.
+
+    Up to ``JOIN_BYTES`` the network chunks are kept as they came and joined once at the end:
+    one copy. A bytearray grown by ``+=`` is reallocated every 1/8 of its size, and each
+    reallocation may copy it whole (several copies of every upload, on the event loop).
+    Past ``JOIN_BYTES`` the chunks are joined and the rest grows in place, so a large upload
+    is not held twice (as chunks and joined)."""
 
     name: str = ""
     filename: str = ""
     buffer: bytearray = field(default_factory=bytearray)
+    pieces: list[bytes | memoryview] | None = field(default_factory=list)
+    size: int = 0
 
     def append(self, data: bytes | memoryview) -> None:
-        self.buffer += data
+        self.size += len(data)
+        if self.pieces is None:
+            self.buffer += data
+            return
+        self.pieces.append(data)
+        if self.size > JOIN_BYTES:
+            self._join()
+
+    def _join(self) -> None:
+        if self.pieces is not None:
+            self.buffer = bytearray().join(self.pieces)
+            self.pieces = None
 
     @property
     def data(self) -> bytearray:
         """The body itself, not a copy (use ``take`` to let it go)."""
+        self._join()
         return self.buffer
-
-    @property
-    def size(self) -> int:
-        return len(self.buffer)
 
     def take(self) -> bytearray:
         """The body; the part forgets it, so the caller holds the only reference."""
-        data, self.buffer = self.buffer, bytearray()
+        data = self.data
+        self.buffer, self.pieces, self.size = bytearray(), [], 0
         return data
 
 

@@ -44,14 +44,51 @@ log = logging.getLogger("service.core.remote")
 _LEN = struct.Struct("<I")
 MAX_HEADER = 1 << 20
 ARENA_BYTES = 64 << 20  # per front: 50 windows of 10 s at 32 kHz on their way to the engine
+_JOIN_BYTES = 1 << 16  # payloads above this are written on their own
 
 
-async def send(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
-    head = json.dumps({**header, "bytes": len(payload)}).encode()
-    writer.write(_LEN.pack(len(head)) + head)
-    if payload:
-        writer.write(payload)
-    await writer.drain()
+class Frames:
+    """The frames going out on one connection, written once per event-loop turn: the answers
+    for a whole batch (or the requests that arrived together) leave in one system call and
+    wake the other side once, not once each. A large inline payload is written at once, not
+    copied into a joined buffer, and drained."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._out: list[bytes] = []
+        self._scheduled = False
+
+    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        head = json.dumps({**header, "bytes": len(payload)}).encode()
+        self._out.append(_LEN.pack(len(head)) + head)
+        if len(payload) > _JOIN_BYTES:
+            self.flush()
+            if not self.writer.is_closing():
+                self.writer.write(payload)
+            await self.writer.drain()
+            return
+        if payload:
+            self._out.append(payload)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        if self.writer.transport.get_write_buffer_size() > _JOIN_BYTES:
+            await self.writer.drain()  # the other side reads slowly: wait for it
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
 
 
 async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
@@ -115,19 +152,16 @@ def _decode_results(header: dict[str, Any], payload: bytes) -> list[WindowResult
     return out
 
 
-def _forget(
-    tasks: dict[int, asyncio.Task[None]],
-    rid: int,
-    writer: asyncio.StreamWriter,
-    lock: asyncio.Lock,
-) -> Any:
+def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> Any:
     """Drop a finished submit; a cancelled one still gets an answer, which tells the front
     that its arena extent is no longer read (even if the task never started)."""
 
     def done(task: asyncio.Task[None]) -> None:
         tasks.pop(rid, None)
-        if task.cancelled() and not writer.is_closing():
-            reply = asyncio.ensure_future(_answer_cancelled(rid, writer, lock))
+        if task.cancelled() and not frames.is_closing():
+            reply = asyncio.ensure_future(
+                frames.send({"id": rid, "ok": False, "error": "cancelled"})
+            )
             _answers.add(reply)
             reply.add_done_callback(_answers.discard)
 
@@ -135,12 +169,6 @@ def _forget(
 
 
 _answers: set[asyncio.Future[None]] = set()  # cancellation answers on their way
-
-
-async def _answer_cancelled(rid: int, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
-    with contextlib.suppress(Exception):
-        async with lock:
-            await send(writer, {"id": rid, "ok": False, "error": "cancelled"})
 
 
 class EngineServer:
@@ -206,38 +234,36 @@ class EngineServer:
         writer: asyncio.StreamWriter,
         arena: np.ndarray | None,
     ) -> None:
-        lock = asyncio.Lock()
+        frames = Frames(writer)
         tasks: dict[int, asyncio.Task[None]] = {}
         try:
             while True:
                 header, payload = await receive(reader)
                 rid = int(header.get("id", 0))
                 if header.get("op") == "hello":
-                    async with lock:
-                        await send(writer, {"id": rid, **self._hello()})
+                    await frames.send({"id": rid, **self._hello()})
                 elif header.get("op") == "cancel":
                     task = tasks.pop(rid, None)
                     if task is not None:
                         task.cancel()
                 else:
                     windows = _windows(header, payload, arena)
-                    task = asyncio.create_task(self._submit(rid, header, windows, writer, lock))
+                    task = asyncio.create_task(self._submit(rid, header, windows, frames))
                     tasks[rid] = task
-                    task.add_done_callback(_forget(tasks, rid, writer, lock))
+                    task.add_done_callback(_forget(tasks, rid, frames))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the front went away (or the engine stops): its queued windows are dropped
         finally:
             for task in list(tasks.values()):
                 task.cancel()
-            writer.close()
+            frames.close()
 
     async def _submit(
         self,
         rid: int,
         header: dict[str, Any],
         windows: list[np.ndarray] | Exception,
-        writer: asyncio.StreamWriter,
-        lock: asyncio.Lock,
+        frames: Frames,
     ) -> None:
         deadline = time.monotonic() + float(header["deadline_in"])
         try:
@@ -248,9 +274,8 @@ class EngineServer:
             reply, data = _encode_results(rid, results)
         except Exception as exc:
             reply, data = _error_header(rid, exc), b""
-        async with lock:
-            with contextlib.suppress(ConnectionError):
-                await send(writer, reply, data)
+        with contextlib.suppress(ConnectionError):
+            await frames.send(reply, data)
 
 
 def _windows(
@@ -280,16 +305,16 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._extents: dict[int, tuple[int, int]] = {}  # arena extents the engine may read
-        self._writer: asyncio.StreamWriter | None = None
+        self._frames: Frames | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
 
     async def connect(self, timeout_s: float = 600.0) -> dict[str, Any]:
         """Connect and wait until the engine's models are ready; their descriptions."""
         ends = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(FileNotFoundError, ConnectionError):
-                reader, self._writer = await self._open()
+                reader, writer = await self._open()
+                self._frames = Frames(writer)
                 self._reader_task = asyncio.create_task(self._read(reader))
                 while time.monotonic() < ends:
                     hello, _ = await self._call({"op": "hello"}, b"")
@@ -334,7 +359,7 @@ class EngineClient:
         payload: bytes,
         extent: tuple[int, int] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
-        if self._writer is None or self._reader_task is None or self._reader_task.done():
+        if self._frames is None or self._reader_task is None or self._reader_task.done():
             if extent is not None and self.arena is not None:
                 self.arena.free(*extent)
             raise BatcherStopped("no connection to the engine process")
@@ -345,15 +370,13 @@ class EngineClient:
         self._pending[rid] = future
         if extent is not None:
             self._extents[rid] = extent  # freed when the engine answers, whatever the answer
-        async with self._lock:
-            await send(self._writer, {**header, "id": rid}, payload)
+        await self._frames.send({**header, "id": rid}, payload)
         try:
             return await future
         except asyncio.CancelledError:
             self._pending.pop(rid, None)
             with contextlib.suppress(Exception):
-                async with self._lock:
-                    await send(self._writer, {"op": "cancel", "id": rid})
+                await self._frames.send({"op": "cancel", "id": rid})
             raise
 
     async def submit(
@@ -386,8 +409,8 @@ class EngineClient:
         self._extents.clear()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._frames is not None:
+            self._frames.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
 

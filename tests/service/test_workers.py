@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.service.conftest import (
@@ -23,6 +25,7 @@ from tests.service.conftest import (
     start_subprocess,
     wait_ready_url,
 )
+from tests.service.test_stream import random_frames, stream_audio
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +42,25 @@ def _fronts(pid: int) -> list[int]:
         if b"front" in cmdline:
             fronts.append(child)
     return fronts
+
+
+def _stream_scores_like_tag(url: str) -> None:
+    """A live stream through a front: its windows go to the engine like uploads do."""
+    wave, rate = noise(14.0, seed=43)[:, None], RATE  # stereo mix-down is test_stream's
+    opening = {"window_s": 10, "hop_s": 1, "top_k": 5}
+    ws = url.replace("http://", "ws://") + "/v1/stream"
+    results, end = asyncio.run(stream_audio(ws, wave, rate, opening, random_frames(3), paced=True))
+    r = httpx.post(
+        f"{url}/v1/tag", params=opening, files=files(("clip.wav", encode(wave, rate))), timeout=60
+    )
+    assert r.status_code == 200, r.text
+    windows = r.json()["results"][0]["windows"]
+    assert end["windows"] == len(windows) == len(results) == 5
+    for got, want in zip(results, windows, strict=True):
+        assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
+        np.testing.assert_allclose(
+            [t["score"] for t in got["top"]], [t["score"] for t in want["top"]], atol=1e-5
+        )
 
 
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
@@ -82,6 +104,7 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
         for _ in range(6):  # the service keeps serving whichever front answers
             r = httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60)
             assert r.status_code == 200
+        _stream_scores_like_tag(url)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
