@@ -367,3 +367,30 @@ def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> No
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_body_that_dribbles_in_gets_408_after_the_total_time(tagger_bundle: Path) -> None:
+    """Never idle for long, yet never done: PANNS_UPLOAD_TIMEOUT_S bounds the whole body."""
+    live = LiveServer(settings_for(tagger_bundle, idle_timeout_s=1.0, upload_timeout_s=2.0)).start()
+    head = (
+        b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
+    reply = b""
+    try:
+        with socket.create_connection(("127.0.0.1", live.port), timeout=30) as s:
+            started = time.monotonic()
+            s.sendall(head)
+            while not select.select([s], [], [], 0.3)[0]:  # a few bytes every 0.3 s
+                assert time.monotonic() - started < 15, "no answer to a dribbling body"
+                s.sendall(b"\x00" * 100)
+            waited = time.monotonic() - started
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(4096):
+                    reply += chunk
+        with live.client() as c:
+            assert_still_serving(c)
+    finally:
+        live.stop()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"upload_timeout" in reply and 1.8 < waited < 6
