@@ -84,9 +84,12 @@ class Tagger:
         self.models = Models(self.settings, observer)
         self.events = events
         self._engine: Any = None  # the engine connection of a front process
-        # Decoding threads, one per core: more only trade the GIL with the event loop more
-        # often (context switches), they add no throughput.
-        self._decoders = ThreadPoolExecutor(usable_cores(), thread_name_prefix="decode")
+        # Decoding threads, one per core (shared among the front processes): more only
+        # trade the GIL with the event loop more often (context switches), no throughput.
+        fronts = self.settings.worker_count if self.settings.engine_socket else 1
+        self._decoders = ThreadPoolExecutor(
+            max(1, usable_cores() // fronts), thread_name_prefix="decode"
+        )
 
     async def start(self) -> Tagger:
         """Read every card, then load and warm up every model; raise if one fails."""
