@@ -16,9 +16,11 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,11 +30,14 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.formats import FORMATS, http_request  # noqa: E402
+from benchmarks.loadgen import read_response  # noqa: E402
 from service.core.audio import decode  # noqa: E402
 from service.core.backends import BackendOptions  # noqa: E402
 from service.core.backends.ort import OrtBackend  # noqa: E402
 
 log = logging.getLogger("benchmarks.service")
+Reference = Callable[[int], tuple[float, float]]  # clip n -> (engine batch-1 s, decode s)
 
 
 def load_clips(audio_dir: Path, rate: int, samples: int) -> list[np.ndarray]:
@@ -156,14 +161,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_service(
-    args: argparse.Namespace, bodies: list[bytes]
-) -> tuple[list[float], dict[int, int], float, float, list[float]]:
+    args: argparse.Namespace, bodies: list[bytes], reference: Reference, rate: int
+) -> tuple[list[float], dict[int, int], float, float, list[tuple[float, float, float]]]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
     url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args)
     try:
         wait_ready(url, proc)
-        lone = lone_latencies(url, bodies, args.lone)
+        lone = lone_latencies(args.port, bodies, args.lone, reference, rate)
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
         rss = peak_rss_mb(proc.pid)
@@ -173,32 +178,60 @@ def run_service(
     return lat, statuses, elapsed, rss, lone
 
 
-def lone_latencies(url: str, bodies: list[bytes], count: int) -> list[float]:
-    """One client, one request at a time (after one warm-up): what an idle service adds."""
+def lone_latencies(
+    port: int, bodies: list[bytes], count: int, reference: Reference, rate: int
+) -> list[tuple[float, float, float]]:
+    """One client, one request at a time (after one warm-up): what an idle service adds.
+
+    Requests are built once and sent on one raw keep-alive socket (an HTTP library would add
+    its own milliseconds to every figure). Each is paired with the engine's batch-1 run and
+    the decode of the same clip, timed in this process right after it (the service idle
+    meanwhile), so that a shared machine's drifting speed cancels out of the difference:
+    (request, engine, decode) in seconds."""
+    requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
     out = []
-    with httpx.Client(base_url=url, timeout=300) as http:
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for n in range(count + 1):
             t0 = time.perf_counter()
-            r = http.post("/v1/tag", files=[("file", ("clip.wav", bodies[n % len(bodies)]))])
-            if r.status_code == 200 and n:
-                out.append(time.perf_counter() - t0)
+            sock.sendall(requests[n % len(requests)])
+            status, _, _ = read_response(sock)
+            took = time.perf_counter() - t0
+            engine_s, decode_s = reference(n)
+            if status == 200 and n:
+                out.append((took, engine_s, decode_s))
     return out
 
 
-def engine_and_decode_ms(
+def reference_timer(
     engine: OrtBackend, clips: list[np.ndarray], bodies: list[bytes], rate: int
-) -> tuple[float, float]:
-    """Median ms of the engine on one clip (batch 1) and of decoding one 10 s WAV."""
-    one, runs, decodes = clips[0][None, :], [], []
-    engine.run(one)
-    for body in bodies * 2:
+) -> Reference:
+    """Seconds of the engine on clip n (batch 1) and of decoding its 10 s WAV."""
+
+    def timed(n: int) -> tuple[float, float]:
+        one = clips[n % len(clips)][None, :]
         t0 = time.perf_counter()
         engine.run(one)
-        runs.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        decode(body, rate, 60)
-        decodes.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(runs)), 1000 * float(np.median(decodes))
+        t1 = time.perf_counter()
+        decode(bodies[n % len(bodies)], rate, 60)
+        return t1 - t0, time.perf_counter() - t1
+
+    timed(0)
+    return timed
+
+
+def lone_summary(lone: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Medians (ms) of the lone requests, their paired engine and decode times, and of
+    what each request took beyond its pair (the service's own overhead)."""
+    if not lone:
+        return {k: float("nan") for k in ("lone_p50_ms", "engine_b1_ms", "decode_ms")}
+    took, engine, dec = (np.array(col) * 1000 for col in zip(*lone, strict=True))
+    return {
+        "lone_p50_ms": round(float(np.median(took)), 1),
+        "engine_b1_ms": round(float(np.median(engine)), 1),
+        "decode_ms": round(float(np.median(dec)), 2),
+        "lone_over_ms": round(float(np.median(took - engine - dec)), 2),
+    }
 
 
 def report(result: dict[str, object]) -> None:
@@ -218,6 +251,7 @@ def report(result: dict[str, object]) -> None:
         "lone_p50_ms",
         "engine_b1_ms",
         "decode_ms",
+        "lone_over_ms",
         "statuses",
         "peak_rss_mb",
     ]
@@ -239,9 +273,9 @@ def main() -> None:
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
     raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
     bodies = [wav_bytes(c, card.sample_rate) for c in clips]  # encoded once, used by both
-    b1_ms, decode_ms = engine_and_decode_ms(engine, clips, bodies, card.sample_rate)
-    del engine  # free its memory and threads before the service starts
-    lat, statuses, elapsed, rss, lone = run_service(args, bodies)
+    reference = reference_timer(engine, clips, bodies, card.sample_rate)
+    lat, statuses, elapsed, rss, lone = run_service(args, bodies, reference, card.sample_rate)
+    del engine
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (
         float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
@@ -259,9 +293,7 @@ def main() -> None:
         "p50_ms": round(p50, 1),
         "p95_ms": round(p95, 1),
         "p99_ms": round(p99, 1),
-        "lone_p50_ms": round(float(np.median(lone)) * 1000, 1) if lone else float("nan"),
-        "engine_b1_ms": round(b1_ms, 1),
-        "decode_ms": round(decode_ms, 2),
+        **lone_summary(lone),
         "workers": args.workers,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "peak_rss_mb": round(rss, 1),

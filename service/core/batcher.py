@@ -300,8 +300,10 @@ class Batcher:
                 self._depth_changed()
                 return batch
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: no task per wait, no loop turn before it waits
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), None if wait == math.inf else wait)
+                async with asyncio.timeout(None if wait == math.inf else wait):
+                    await self._wakeup.wait()
 
     async def _stack(self, batch: Batch) -> np.ndarray | None:
         windows = [request.windows[index] for request, index in batch]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -55,20 +54,30 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def watch(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; cancel it (dropping its queued windows) if the client goes away."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
+    """Await ``work``; cancel it (dropping its queued windows) if the client goes away.
+
+    ``work`` runs in this task (no task of its own, no extra turns of the loop for a lone
+    request); a watcher task cancels this one when the client disconnects."""
+    this = asyncio.current_task()
+    assert this is not None
+    gone = False
+
+    async def until_gone() -> None:
+        nonlocal gone
+        await _until_disconnect(request)
+        gone = True
+        this.cancel()
+
+    watcher = asyncio.ensure_future(until_gone())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        this.uncancel()  # the cancellation was ours: it ends here, as a 499
+        raise ApiError(499, "client_disconnected", "the client went away") from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # let the cancellation drop its queued windows
-    if task.cancelled():
-        raise ApiError(499, "client_disconnected", "the client went away")
-    return task.result()
 
 
 def raise_if_all_failed(results: list[R]) -> None:
