@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.core.batcher import (
     BatcherStopped,
@@ -59,7 +59,7 @@ class Frames:
         self._scheduled = False
 
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        head = json.dumps({**header, "bytes": len(payload)}).encode()
+        head = orjson.dumps({**header, "bytes": len(payload)}, option=orjson.OPT_SERIALIZE_NUMPY)
         self._out.append(_LEN.pack(len(head)) + head)
         if len(payload) > _JOIN_BYTES:
             self.flush()
@@ -95,7 +95,7 @@ async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
     (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
     if size > MAX_HEADER:
         raise ConnectionError(f"frame header of {size} bytes")
-    header = json.loads(await reader.readexactly(size))
+    header = orjson.loads(await reader.readexactly(size))
     payload = await reader.readexactly(int(header.get("bytes", 0)))
     return header, payload
 
