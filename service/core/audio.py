@@ -281,7 +281,7 @@ def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | 
         block = samples[first : first + MEMORY_BLOCK_FRAMES]
         if tag == 3:
             check_samples(block)
-        sink.push(block, scale)
+        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
     wave = sink.finish()
     return Decoded(wave, rate, channels, "WAV", wave.shape[0] / target_rate)
 
@@ -448,6 +448,6 @@ def decode_pcm(
         block = samples[start : start + MEMORY_BLOCK_FRAMES]
         if dtype == "float32":
             check_samples(block)
-        sink.push(block, scale)
+        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
     wave = sink.finish()
     return Decoded(wave, sample_rate, channels, "PCM", wave.shape[0] / target_rate)

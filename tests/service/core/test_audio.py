@@ -426,3 +426,18 @@ def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype
     assert (audio._plain_wav(data, 32000, 60.0) is None) == (subtype == "PCM_24")
     np.testing.assert_array_equal(fast.waveform, slow)
     assert fast.channels == channels and fast.source_rate == rate and fast.format == "WAV"
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000])
+def test_a_whole_block_resamples_to_the_same_samples_as_the_stream(rate: int) -> None:
+    """In-memory audio is resampled in one call; the streamed path (blocks) must agree."""
+    from service.core.mixdown import MonoSink
+
+    rng = np.random.default_rng(rate)
+    x = (0.3 * rng.standard_normal((rate * 10 + 17, 2))).astype(np.float32)
+    whole = MonoSink(rate, RATE, x.shape[0])
+    whole.push(x, whole=True)
+    streamed = MonoSink(rate, RATE, x.shape[0])
+    for first in range(0, x.shape[0], 65536):
+        streamed.push(x[first : first + 65536])
+    np.testing.assert_array_equal(whole.finish(), streamed.finish())
