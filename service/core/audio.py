@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -232,39 +232,50 @@ _PLAIN_WAV = {(1, 16): ("<i2", 1 / 32768), (3, 32): ("<f4", 1.0)}
 _EXTENSIBLE = 0xFFFE
 
 
+class _WavFormat(NamedTuple):
+    tag: int  # the format tag, WAVE_FORMAT_EXTENSIBLE resolved to its sub-format's
+    channels: int
+    rate: int
+    align: int
+    bits: int
+    data: tuple[int, int]  # the data chunk: payload offset, declared size
+
+
+def _wav_format(data: Buffer) -> _WavFormat | None:
+    """A RIFF/WAVE body's format and data chunk; None when it lacks either."""
+    if len(data) < 12 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WAVE":
+        return None
+    chunks = _riff_chunks(data)
+    if b"fmt " not in chunks or b"data" not in chunks:
+        return None
+    at, fmt_size = chunks[b"fmt "]
+    if at + 16 > len(data):
+        return None
+    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", data[at : at + 16])
+    if tag == _EXTENSIBLE and fmt_size >= 40 and at + 26 <= len(data):
+        tag = struct.unpack("<H", data[at + 24 : at + 26])[0]  # the sub-format GUID's tag
+    return _WavFormat(tag, channels, rate, align, bits, chunks[b"data"])
+
+
 def is_plain_wav_at(data: Buffer, rate: int) -> bool:
     """True when ``data`` is a WAV that ``_plain_wav`` reads with numpy at ``rate`` (no
     resampling): its decode costs a copy and a multiply, less than handing it to a thread."""
-    if len(data) < 44 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WAVE":
-        return False
-    chunks = _riff_chunks(data)
-    if b"fmt " not in chunks or b"data" not in chunks:
-        return False
-    at, fmt_size = chunks[b"fmt "]
-    if at + 16 > len(data):
-        return False
-    tag, _, wav_rate, _, _, bits = struct.unpack("<HHIIHH", data[at : at + 16])
-    if tag == _EXTENSIBLE and fmt_size >= 40 and at + 26 <= len(data):
-        tag = struct.unpack("<H", data[at + 24 : at + 26])[0]
-    return (tag, bits) in _PLAIN_WAV and wav_rate == rate
+    fmt = _wav_format(data)
+    return fmt is not None and (fmt.tag, fmt.bits) in _PLAIN_WAV and fmt.rate == rate
 
 
 def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | None:
     """16-bit PCM and 32-bit float WAV decoded straight from the body with numpy (no
     libsndfile, no per-block callbacks into Python): the most common upload costs a tenth.
     Same numbers as libsndfile (int16 / 32768). None when the file needs libsndfile."""
-    chunks = _riff_chunks(data)
-    if bytes(data[8:12]) != b"WAVE" or b"fmt " not in chunks or b"data" not in chunks:
+    fmt = _wav_format(data)
+    if fmt is None:
         return None
-    at, fmt_size = chunks[b"fmt "]
-    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", data[at : at + 16])
-    if tag == _EXTENSIBLE and fmt_size >= 40:
-        tag = struct.unpack("<H", data[at + 24 : at + 26])[0]  # the sub-format GUID's tag
+    tag, channels, rate, align, bits, (start, size) = fmt
     plain = _PLAIN_WAV.get((tag, bits))
     if plain is None or align != channels * bits // 8 or not 1 <= channels <= MAX_CHANNELS:
         return None
     check_rate(rate)
-    start, size = chunks[b"data"]
     held = len(data) - start
     if size in (0, 0xFFFFFFFF) or size > held:  # streamed: what the file holds
         size = held

@@ -83,8 +83,8 @@ class Arena:
 
 
 def windows_at(floats: np.ndarray, at: int, lengths: list[int]) -> list[np.ndarray]:
-    """Views of the windows a front put at byte offset ``at`` of its arena (checked: a bad
-    offset is an error, never a read outside the arena)."""
+    """Views of the windows at byte offset ``at`` of ``floats`` (a front's arena, or an
+    inline payload), checked: a bad offset is an error, never a read outside the buffer."""
     total = sum(lengths)
     if at % 4 or at < 0 or min(lengths, default=0) < 0 or at // 4 + total > floats.shape[0]:
         raise ValueError(f"windows at {at} (+{4 * total} bytes) lie outside the arena")

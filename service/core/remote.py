@@ -284,13 +284,13 @@ def _windows(
     """A submit's windows: views of the front's arena, or of the inline payload."""
     lengths = [int(n) for n in header["lengths"]]
     if "at" not in header:
-        flat = np.frombuffer(payload, np.float32)
-        offsets = np.cumsum([0, *lengths])
-        return [flat[a:b] for a, b in itertools.pairwise(offsets)]
-    if arena is None:
+        floats = np.frombuffer(payload, np.float32)
+    elif arena is None:
         return ConnectionError("windows in an arena this front never sent")
+    else:
+        floats = arena
     try:
-        return windows_at(arena, int(header["at"]), lengths)
+        return windows_at(floats, int(header.get("at", 0)), lengths)
     except ValueError as exc:
         return exc
 
