@@ -37,7 +37,7 @@ from model_export.card import EXPORT_RECIPE
 from model_export.checkpoint import checkpoint_dir, describe, export_checkpoint
 from model_export.graph import ExportError
 from service.core.card import EXTRA_VARIANTS, BundleError, ModelCard, load_bundle
-from service.settings import Settings
+from service.settings import split_list
 
 log = logging.getLogger("model_export.ensure")
 
@@ -114,9 +114,9 @@ def request_from_env(env: dict[str, str], variants: set[str], name: str | None =
     chosen = (name or env.get("PANNS_MODEL_NAME") or "").strip() or None
     default = checkpoint_model_name(Path(checkpoint)) if checkpoint else str(official)
     name = chosen or default
-    dirs = Settings(models=env.get("PANNS_MODELS") or "").model_dirs
+    dirs = [Path(part) for part in split_list(env.get("PANNS_MODELS") or "")]
     bundle = dirs[0] if dirs else Path("models") / name.lower()
-    extra = {v.strip() for v in (env.get("PANNS_EXPORT_VARIANTS") or "").split(",") if v.strip()}
+    extra = set(split_list(env.get("PANNS_EXPORT_VARIANTS") or ""))
     unknown = extra - set(EXTRA_VARIANTS)
     if unknown:
         known = ", ".join(EXTRA_VARIANTS)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from training.checkpoints import CheckpointError
 
-    wanted = {v for v in ("fp16", "int8") if getattr(args, v)}
+    wanted: set[str] = {v for v in EXTRA_VARIANTS if getattr(args, v)}
     try:
         request = request_from_env(dict(os.environ), wanted, args.name)
         if args.print_dir:  # for `make serve`: the service must load the bundle made here

@@ -16,7 +16,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _split(value: str) -> list[str]:
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting's items (blanks dropped)."""
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
@@ -132,11 +133,11 @@ class Settings(BaseSettings):
 
     @property
     def model_dirs(self) -> list[Path]:
-        return [Path(part) for part in _split(self.models)]
+        return [Path(part) for part in split_list(self.models)]
 
     @property
     def api_key_list(self) -> list[str]:
-        return _split(self.api_keys.get_secret_value())
+        return split_list(self.api_keys.get_secret_value())
 
     @property
     def max_upload_bytes(self) -> int:

@@ -40,7 +40,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     # Learning-rate schedule after the warm-up: "constant" (the paper's), or "cosine" /
     # "linear" decay from lr at the end of the warm-up to min_lr at the last step.
-    lr_schedule: str = field(default="constant", metadata={"help": "constant | cosine | linear"})
+    lr_schedule: str = field(default="constant", metadata={"help": " | ".join(LR_SCHEDULES)})
     # Linear warm-up from lr / warmup_steps to lr over this many steps (0 = none).
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
     # Where the cosine or linear decay ends.

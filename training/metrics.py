@@ -169,21 +169,11 @@ def class_rows(labels: Sequence[str], scores: Scores) -> list[ClassRow]:
 
 def write_class_table(path: str | Path, labels: Sequence[str], scores: Scores) -> None:
     """``index, label, ap, auc, positives`` per class, in the model's output order."""
-    if len(labels) != len(scores.ap):
-        raise ValueError(f"{len(labels)} labels for {len(scores.ap)} scored classes")
+    rows = class_rows(labels, scores)
     with Path(path).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CLASS_TABLE_HEADER)
-        for i, name in enumerate(labels):
-            writer.writerow(
-                [
-                    i,
-                    name,
-                    _cell(float(scores.ap[i])),
-                    _cell(float(scores.auc[i])),
-                    int(scores.positives[i]),
-                ]
-            )
+        writer.writerows([r.index, r.label, _cell(r.ap), _cell(r.auc), r.positives] for r in rows)
 
 
 def read_class_table(path: str | Path) -> list[ClassRow]:

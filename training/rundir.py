@@ -16,10 +16,6 @@ class RunDir:
         self.latest = self.root / "checkpoints" / "latest.pth"
         self.best = self.root / "checkpoints" / "best.pth"
 
-    def event_files(self) -> list[Path]:
-        """TensorBoard event files, oldest first (one per process that wrote to the run)."""
-        return sorted(self.root.glob("events.out.tfevents.*"))
-
     def class_tables(self) -> list[Path]:
         """Per-class tables of the run's evaluations: the training's own and those of
         ``python -m training.evaluate`` written into the run (``eval-*/per_class.csv``)."""

@@ -144,7 +144,7 @@ class Trainer:
         self.crop_rng = np.random.default_rng([*seed, 1])
         self.iteration = 0
         self.best_map = -math.inf
-        self.runlog = RunLog(self.run, self.labels, tensorboard=False)  # fit() opens the real one
+        self.runlog: RunLog  # opened by fit()
 
     # ------------------------------------------------------------------ set-up
     def _resolve_classes(self, config: TrainConfig, classes: int) -> TrainConfig:
@@ -234,10 +234,11 @@ class Trainer:
 
     def _step(
         self, wave: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimisation step; the loss and (when clipping) the gradient norm, on the
-        device."""
-        set_lr(self.optimizer, lr_at(self.iteration, self.config))
+    ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """One optimisation step; the loss, the learning rate it used and (when clipping)
+        the gradient norm, the tensors on the device."""
+        lr = lr_at(self.iteration, self.config)
+        set_lr(self.optimizer, lr)
         wave = self._crop(wave).to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         lam = self.mixup.lambdas(wave.shape[0]).to(self.device) if self.mixup else None
@@ -255,7 +256,7 @@ class Trainer:
             norm = nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), norm
+        return loss.detach(), lr, norm
 
     def fit(self) -> dict[str, Any]:
         """Train up to ``config.steps``, evaluating and saving every ``eval_every`` steps."""
@@ -290,8 +291,7 @@ class Trainer:
         loss_sum, loss_count, started = torch.zeros((), device=self.device), 0, time.time()
         last: dict[str, Any] = {"iteration": self.iteration}
         for wave, target in self._loader():
-            loss, norm = self._step(wave, target)
-            lr = self.optimizer.param_groups[0]["lr"]
+            loss, lr, norm = self._step(wave, target)
             loss_sum += loss
             loss_count += 1
             self.iteration += 1

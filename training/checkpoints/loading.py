@@ -174,7 +174,7 @@ def _listed(items: list[str]) -> str:
     return f"{shown}, ... (+{more} more)" if more > 0 else shown
 
 
-def shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
+def _shapes_fit(expected: torch.Tensor, got: torch.Tensor) -> bool:
     """torch's own rule: a 1-element 1-d tensor loads into a 0-d one (e.g. BatchNorm's
     ``num_batches_tracked`` saved as shape (1,), as numpy-made state_dicts often are)."""
     if got.shape == expected.shape:
@@ -191,7 +191,7 @@ def state_dict_conflicts(
     shapes = [
         f"{k}: expected {tuple(v.shape)} vs got {tuple(got[k].shape)}"
         for k, v in expected.items()
-        if k in got and not shapes_fit(v, got[k])
+        if k in got and not _shapes_fit(v, got[k])
     ]
     problems = []
     if missing:
