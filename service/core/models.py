@@ -133,8 +133,8 @@ class Models:
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop every batcher: queued windows are finished (or failed after ``timeout_s``)."""
-        for runtime in self.models.values():
-            await runtime.batcher.stop(timeout_s)
+        # at once, not one after another: ``timeout_s`` is the budget of the whole stop
+        await asyncio.gather(*(r.batcher.stop(timeout_s) for r in self.models.values()))
 
 
 def check_bundles(settings: Settings) -> list[ModelCard]:

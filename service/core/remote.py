@@ -45,6 +45,7 @@ _LEN = struct.Struct("<I")
 MAX_HEADER = 1 << 20
 ARENA_BYTES = 64 << 20  # per front: 50 windows of 10 s at 32 kHz on their way to the engine
 _JOIN_BYTES = 1 << 16  # payloads above this are written on their own
+_ENGINE_GRACE_S = 1.0  # past a request's deadline, a front stops waiting for the engine
 
 
 class Frames:
@@ -265,8 +266,8 @@ class EngineServer:
         windows: list[np.ndarray] | Exception,
         frames: Frames,
     ) -> None:
-        deadline = time.monotonic() + float(header["deadline_in"])
         try:
+            deadline = time.monotonic() + float(header["deadline_in"])
             if isinstance(windows, Exception):
                 raise windows
             runtime = self.models.get(header["model"])
@@ -281,8 +282,12 @@ class EngineServer:
 def _windows(
     header: dict[str, Any], payload: bytes, arena: np.ndarray | None
 ) -> list[np.ndarray] | Exception:
-    """A submit's windows: views of the front's arena, or of the inline payload."""
-    lengths = [int(n) for n in header["lengths"]]
+    """A submit's windows: views of the front's arena, or of the inline payload (an error
+    for that request alone when the header is malformed)."""
+    try:
+        lengths = [int(n) for n in header["lengths"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        return ValueError(f"a submit without usable window lengths: {exc!r}")
     if "at" not in header:
         floats = np.frombuffer(payload, np.float32)
     elif arena is None:
@@ -393,7 +398,11 @@ class EngineClient:
             header["at"], payload = extent[0], b""
         else:  # the arena is full: inline, views joined once (the payload is the only copy)
             payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
-        reply, data = await self._call(header, payload, extent)
+        try:  # the engine enforces the deadline; this holds if the engine stops answering
+            async with asyncio.timeout(header["deadline_in"] + _ENGINE_GRACE_S):
+                reply, data = await self._call(header, payload, extent)
+        except TimeoutError:
+            raise DeadlineExceeded("the engine process did not answer by the deadline") from None
         if not reply.get("ok"):
             _raise_remote(reply)
         return _decode_results(reply, data)
@@ -442,10 +451,14 @@ class RemoteQueue:
         return await self.client.submit(self.model, windows, deadline)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """After ``timeout``, fail this front's requests still waiting for the engine."""
-        if timeout is not None:
-            await asyncio.sleep(timeout)
-            self.client.fail_pending("the service is shutting down")
+        """Wait up to ``timeout`` for this front's requests still with the engine, then fail
+        what is left (None: leave them to finish)."""
+        if timeout is None:
+            return
+        waiting = [f for f in self.client._pending.values() if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        self.client.fail_pending("the service is shutting down")
 
 
 async def connect_models(models: Models, path: str) -> EngineClient:
