@@ -79,7 +79,7 @@ async def require_api_key(request: Request, bearer: BearerDep, api_key: ApiKeyDe
 async def is_authenticated(conn: HTTPConnection) -> bool:
     """True when no keys are configured or the request carries a good one."""
     keys = settings_of(conn).api_key_list
-    return not keys or key_matches(_sent(await BEARER(conn), await API_KEY(conn)), keys)
+    return not keys or key_matches(sent_key(conn.headers), keys)
 
 
 async def window_params(

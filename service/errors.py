@@ -92,14 +92,6 @@ def status_of(exc: Exception) -> int:
 
 
 def code_of(exc: Exception) -> str:
-    if isinstance(exc, QueueFull):
-        return "overloaded"
-    if isinstance(exc, DeadlineExceeded):
-        return "timeout"
-    if isinstance(exc, BatcherStopped):
-        return "shutting_down"
-    if isinstance(exc, TooManyWindows):
-        return "request_too_large"
     return str(getattr(exc, "code", "internal_error"))
 
 

@@ -13,12 +13,14 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import error_body
+
 HEAD_TOO_LARGE = "headers_too_large"
 
 
 def _head_refusal(limit: int) -> bytes:
     message = f"the request line and headers exceed {limit} bytes"
-    body = orjson.dumps({"error": {"code": HEAD_TOO_LARGE, "message": message}})
+    body = orjson.dumps(error_body(HEAD_TOO_LARGE, message))
     return (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -82,7 +84,7 @@ class HeaderLimit:
             await send({"type": "websocket.close", "code": 1008, "reason": "headers too large"})
             return
         message = f"the request headers hold {size} bytes: at most {self.max_bytes} are accepted"
-        body = orjson.dumps({"error": {"code": HEAD_TOO_LARGE, "message": message}})
+        body = orjson.dumps(error_body(HEAD_TOO_LARGE, message))
         await send(
             {
                 "type": "http.response.start",

@@ -222,10 +222,10 @@ async def _chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
 
 async def read_bytes(request: Request, limits: BodyLimits) -> bytearray:
     """The whole body in one buffer, read under ``limits`` (413 and 408 as for uploads)."""
-    body = bytearray()
+    part = Part()
     async for chunk in _chunks(request, limits):
-        body += chunk
-    return body
+        part.append(chunk)
+    return part.take()
 
 
 async def read_body(request: Request, limits: BodyLimits) -> Body:

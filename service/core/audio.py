@@ -228,7 +228,7 @@ def _undecodable(name: str, exc: Exception) -> AudioError:
 
 # WAV sample formats read with numpy alone (format tag, bits) -> dtype and scale; the rest
 # (24-bit, 8-bit, A-law, ...) go through libsndfile.
-_PLAIN_WAV = {(1, 16): ("<i2", 1 / 32768), (3, 32): ("<f4", 1.0)}
+_PLAIN_WAV = {(1, 16): PCM_DTYPES["int16"], (3, 32): PCM_DTYPES["float32"]}
 _EXTENSIBLE = 0xFFFE
 
 
@@ -261,7 +261,15 @@ def is_plain_wav_at(data: Buffer, rate: int) -> bool:
     """True when ``data`` is a WAV that ``_plain_wav`` reads with numpy at ``rate`` (no
     resampling): its decode costs a copy and a multiply, less than handing it to a thread."""
     fmt = _wav_format(data)
-    return fmt is not None and (fmt.tag, fmt.bits) in _PLAIN_WAV and fmt.rate == rate
+    return fmt is not None and _plain_dtype(fmt) is not None and fmt.rate == rate
+
+
+def _plain_dtype(fmt: _WavFormat) -> tuple[str, float] | None:
+    """(dtype, scale) when numpy reads these samples as they are; None for libsndfile."""
+    plain = _PLAIN_WAV.get((fmt.tag, fmt.bits))
+    if fmt.align != fmt.channels * fmt.bits // 8 or not 1 <= fmt.channels <= MAX_CHANNELS:
+        return None
+    return plain
 
 
 def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | None:
@@ -271,10 +279,10 @@ def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | 
     fmt = _wav_format(data)
     if fmt is None:
         return None
-    tag, channels, rate, align, bits, (start, size) = fmt
-    plain = _PLAIN_WAV.get((tag, bits))
-    if plain is None or align != channels * bits // 8 or not 1 <= channels <= MAX_CHANNELS:
+    plain = _plain_dtype(fmt)
+    if plain is None:
         return None
+    _, channels, rate, align, _, (start, size) = fmt
     check_rate(rate)
     held = len(data) - start
     if size in (0, 0xFFFFFFFF) or size > held:  # streamed: what the file holds
@@ -287,21 +295,30 @@ def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | 
         raise _too_long(frames / rate, limit, max_seconds)
     dtype, scale = plain
     samples = np.frombuffer(data, dtype, frames * channels, start).reshape(frames, channels)
-    sink = MonoSink(rate, target_rate, frames)
-    for first in range(0, frames, MEMORY_BLOCK_FRAMES):
-        block = samples[first : first + MEMORY_BLOCK_FRAMES]
-        if tag == 3:
-            check_samples(block)
-        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
-    wave = sink.finish()
+    wave = _to_mono(samples, rate, target_rate, scale)
     return Decoded(wave, rate, channels, "WAV", wave.shape[0] / target_rate)
 
 
-def _open(data: Buffer, max_seconds: float) -> tuple[sf.SoundFile, str]:
+def _to_mono(samples: np.ndarray, rate: int, target_rate: int, scale: float) -> np.ndarray:
+    """(frames, channels) samples already in memory as one mono float32 array at
+    ``target_rate``; float samples are checked (NaN, inf, the bound)."""
+    frames = samples.shape[0]
+    sink = MonoSink(rate, target_rate, frames)
+    for first in range(0, frames, MEMORY_BLOCK_FRAMES):
+        block = samples[first : first + MEMORY_BLOCK_FRAMES]
+        if block.dtype.kind == "f":
+            check_samples(block)
+        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
+    return sink.finish()
+
+
+def _open(
+    data: Buffer, max_seconds: float, patch: tuple[int, bytes] | None = None
+) -> tuple[sf.SoundFile, str]:
+    """libsndfile on ``data``, with ``patch`` (``_check_wav_header``'s) laid over it."""
     sniffed = _sniff(data)
     if sniffed is not None and sniffed not in SUPPORTED.values():
         raise UnsupportedFormat(f"{sniffed} audio is not supported: {_SEND}")
-    patch = _check_wav_header(data, max_seconds) if bytes(data[:4]) == b"RIFF" else None
     try:
         handle = sf.SoundFile(_Source(data, patch))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -401,12 +418,13 @@ def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
     """Decode an upload; raise an ``AudioError`` subclass naming what is wrong."""
     if not len(data):
         raise EmptyAudio("the file is empty (0 bytes)")
+    patch = None
     if bytes(data[:4]) == b"RIFF":
-        _check_wav_header(data, max_seconds)  # the clear answers for lying headers
+        patch = _check_wav_header(data, max_seconds)  # the clear answers for lying headers
         plain = _plain_wav(data, target_rate, max_seconds)
         if plain is not None:
             return plain
-    handle, name = _open(data, max_seconds)
+    handle, name = _open(data, max_seconds, patch)
     with handle:
         max_seconds = _check_header(handle, max_seconds)
         rate, channels = handle.samplerate, handle.channels
@@ -454,11 +472,5 @@ def decode_pcm(
     if frames > int(limit * sample_rate):
         raise _too_long(frames / sample_rate, limit, max_seconds)
     samples = np.frombuffer(view, dtype=code).reshape(frames, channels)
-    sink = MonoSink(sample_rate, target_rate, frames)
-    for start in range(0, frames, MEMORY_BLOCK_FRAMES):
-        block = samples[start : start + MEMORY_BLOCK_FRAMES]
-        if dtype == "float32":
-            check_samples(block)
-        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
-    wave = sink.finish()
+    wave = _to_mono(samples, sample_rate, target_rate, scale)
     return Decoded(wave, sample_rate, channels, "PCM", wave.shape[0] / target_rate)

@@ -54,6 +54,8 @@ InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 class QueueFull(Exception):
     """The queue cannot take the request's windows now; retry after ``retry_after_s``."""
 
+    code = "overloaded"
+
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"queue full, retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
@@ -61,6 +63,8 @@ class QueueFull(Exception):
 
 class TooManyWindows(Exception):
     """The request has more windows than the queue holds in all: it can never be admitted."""
+
+    code = "request_too_large"
 
     def __init__(self, windows: int, limit: int) -> None:
         super().__init__(
@@ -72,9 +76,13 @@ class TooManyWindows(Exception):
 class DeadlineExceeded(Exception):
     """The request's deadline passed before all its windows ran."""
 
+    code = "timeout"
+
 
 class BatcherStopped(Exception):
     """The batcher is shutting down and takes no new work (or gave up on queued work)."""
+
+    code = "shutting_down"
 
 
 class BatchObserver(Protocol):

@@ -48,6 +48,7 @@ class MonoSink:
         self._out = np.empty(size, np.float32)
         self._scratch = np.empty(0, np.float32)
         self._pos = 0
+        self._whole_taken = False
 
     def push(self, block: np.ndarray, scale: float = 1.0, whole: bool = False) -> None:
         """Mix ``block`` (frames, channels; float32 or int16) to mono, times ``scale``.
@@ -55,6 +56,8 @@ class MonoSink:
         ``whole``: the block is the entire input. It is then resampled in one call, which
         gives the same samples as the stream (checked in the tests) in 0.8x the time."""
         frames = block.shape[0]
+        if self._whole_taken:
+            raise RuntimeError("a sink that took a whole input takes no more blocks")
         if not self._resampling:
             self._reserve(frames)
             mix_into(block, self._out[self._pos : self._pos + frames], scale)
@@ -67,7 +70,7 @@ class MonoSink:
         if whole and self._stream is None and self._pos == 0:
             # copied into the sink's own array: soxr's does not own its memory
             self._append(soxr.resample(mono, *self._rates, quality="HQ"))
-            self._resampling = False  # done: nothing left to flush
+            self._whole_taken = True
             return
         if self._stream is None:
             self._stream = soxr.ResampleStream(*self._rates, 1, dtype="float32", quality="HQ")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections import deque
@@ -98,7 +99,7 @@ class StreamConfig:
             threshold,
         )
 
-    @property
+    @functools.cached_property
     def frame_bytes(self) -> int:
         return self.channels * np.dtype(PCM_DTYPES[self.sample_format][0]).itemsize
 
@@ -122,6 +123,7 @@ class PcmDecoder:
     def __init__(self, config: StreamConfig, target_rate: int) -> None:
         self.config = config
         self._dtype, self._scale = PCM_DTYPES[config.sample_format]
+        self._itemsize = np.dtype(self._dtype).itemsize
         self._rest = b""
         self._resampler = (
             None
@@ -136,7 +138,7 @@ class PcmDecoder:
         data = self._rest + data if self._rest else data
         usable = len(data) - len(data) % self.config.frame_bytes
         self._rest = data[usable:]
-        raw = np.frombuffer(data, self._dtype, count=usable // np.dtype(self._dtype).itemsize)
+        raw = np.frombuffer(data, self._dtype, count=usable // self._itemsize)
         block = raw.reshape(-1, self.config.channels)
         if self.config.sample_format != "int16":
             check_samples(block)  # NaN, infinities and absurd magnitudes, as for uploads

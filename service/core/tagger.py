@@ -233,7 +233,8 @@ class Tagger:
         finally:
             if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > 32 << 20:
                 works.clear()
-                release_memory()
+                # malloc_trim walks the heap: not on the event loop
+                asyncio.get_running_loop().run_in_executor(self._decoders, release_memory)
 
     async def _prepare(
         self, items: list[AudioInput], card: ModelCard, window: WindowSpec

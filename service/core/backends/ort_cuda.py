@@ -52,8 +52,7 @@ class Staging:
     """One reusable host buffer that batches are cast into before going to the device;
     page-locked when the CUDA runtime allows. It grows to the largest batch seen."""
 
-    def __init__(self, pin: bool = True) -> None:
-        self.pin = pin
+    def __init__(self) -> None:
         self.pinned = False
         self._buffer = np.empty(0, np.uint8)
 
@@ -69,7 +68,7 @@ class Staging:
     def _grow(self, size: int) -> None:
         self.close()
         self._buffer = np.empty(size, np.uint8)
-        lib = cudart() if self.pin else None
+        lib = cudart()
         if lib is None:
             return
         code = lib.cudaHostRegister(self._buffer.ctypes.data, size, CUDA_HOST_REGISTER_PORTABLE)
@@ -98,7 +97,6 @@ class GraphRunner:
         outputs: dict[str, tuple[tuple[int, ...], Any]],
     ) -> None:
         self.session, self.shape = session, shape
-        self.names = list(outputs)
         self.input = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", 0)
         self.binding = session.io_binding()
         self.binding.bind_ortvalue_input(input_name, self.input)
