@@ -34,7 +34,7 @@ _MODEL = ("model",)
 
 # The endpoints that run inference: the only requests counted in flight.
 INFERENCE_ENDPOINTS = ("/v1/tag", "/v1/embed", "/v1/detect")
-OIP_INFER = "/v2/models/{name}/infer"
+OIP_INFER = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 # Probes and scrapes: not counted in panns_requests_total nor the latency histogram.
 UNCOUNTED_PATHS = frozenset(
     {"/metrics", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
@@ -155,7 +155,7 @@ class Metrics:
 
     def model_registered(self, model: str) -> None:
         """Start the model's server-error series of the inference endpoints at 0."""
-        for endpoint in (*INFERENCE_ENDPOINTS, OIP_INFER):
+        for endpoint in (*INFERENCE_ENDPOINTS, *OIP_INFER):
             for status in SERVER_ERRORS:
                 self.requests.labels(endpoint, model, status)
         for reason in DROP_REASONS:

@@ -138,7 +138,10 @@ class RemoteTagger:
     def _outcome(self, path: Path, response: httpx.Response) -> Json:
         status = response.status_code
         if status == 200:
-            return record(path, orjson.loads(response.content)["results"][0])
+            try:
+                return record(path, orjson.loads(response.content)["results"][0])
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                return error_record(path, "bad_response", _not_the_service(response))
         code, message = _error_of(response)
         if status == 503:
             raise Retry(_retry_after(response), f"{code}: {message}", overloaded=True)
@@ -147,6 +150,11 @@ class RemoteTagger:
         if status in FATAL_STATUS:
             raise FatalError(f"the service answered {status} {code}: {message}")
         return error_record(path, code, message)
+
+
+def _not_the_service(response: httpx.Response) -> str:
+    kind = response.headers.get("content-type", "no content type")
+    return f"a 200 answer that is not the service's JSON ({kind}): {response.text[:200]!r}"
 
 
 def _gave_up(retry: Retry, after: float) -> str:

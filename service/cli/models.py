@@ -28,7 +28,11 @@ def served(url: str, api_key: str | None, timeout_s: float) -> list[Json]:
         raise FatalError(f"cannot reach {url}: {exc!r}") from exc
     if response.status_code != 200:
         raise FatalError(f"{url}/v1/models answered {response.status_code}: {response.text[:300]}")
-    models: list[Json] = orjson.loads(response.content)["models"]
+    try:
+        models: list[Json] = orjson.loads(response.content)["models"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        body = response.text[:300]
+        raise FatalError(f"{url}/v1/models is not the service's JSON: {body!r}") from exc
     return models
 
 

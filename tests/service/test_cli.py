@@ -328,3 +328,43 @@ def test_models_lists_served_and_bundled_models(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["name", "arch", "classes"]
     assert table[1].split()[:3] == ["mobilenetv1", "MobileNetV1", "527"]
+
+
+@contextlib.contextmanager
+def _not_the_service() -> Iterator[str]:
+    """A real HTTP server that answers every request 200 with an HTML page."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b"<html>a proxy's page</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_a_200_that_is_not_the_service_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    files = noise_files(tmp_path / "in", 1)
+    out = tmp_path / "tags.jsonl"
+    with _not_the_service() as url:
+        assert main(["tag", str(files[0]), "--url", url, "--out", str(out), "-q"]) == 1
+        assert main(["models", "--url", url]) == 2
+    (line,) = read_jsonl(out)
+    assert line["error"]["code"] == "bad_response" and "text/html" in line["error"]["message"]
