@@ -103,9 +103,11 @@ def cases(url: str, sed_model: str | None) -> dict[str, Callable[[], int]]:
         "detect_fps_tiny": lambda: post(
             url, "/v1/detect", clip, {"frames_per_second": 1e-7, **sed}
         ),
-        "detect_fps_denormal": lambda: post(url, "/v1/detect", clip, {"frames_per_second": 5e-324}),
+        "detect_fps_denormal": lambda: post(
+            url, "/v1/detect", clip, {"frames_per_second": 5e-324, **sed}
+        ),
         "detect_everything": lambda: post(
-            url, "/v1/detect", clip, {"top_k": 1000, "threshold": 0, "min_duration_s": 0}
+            url, "/v1/detect", clip, {"top_k": 1000, "threshold": 0, "min_duration_s": 0, **sed}
         ),
         "float_1e30": lambda: post(url, "/v1/tag", huge_float),
         "long_boundary": lambda: _long_boundary(url, clip),

@@ -37,7 +37,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,18 +51,13 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.frontend import free_port  # noqa: E402
 from benchmarks.service import load, load_clips, wait_ready, wav_bytes  # noqa: E402
 from service.core.backends import BackendOptions  # noqa: E402
 from service.core.backends.oip import OipBackend  # noqa: E402
 from service.core.backends.ort import OrtBackend  # noqa: E402
 from service.core.card import read_card  # noqa: E402
 from service.oip import HEADER, RequestedOutput, Tensor, encode_request  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
