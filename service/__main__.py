@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.core.card import BundleError
+from service.core.heap import keep_request_buffers
 from service.core.models import check_bundles
 from service.guards import bounded_http
 from service.logs import configure_logging
@@ -99,6 +100,7 @@ class DrainingServer(uvicorn.Server):
 
 def run_server(app: FastAPI, settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain; returns (never dies by the signal)."""
+    keep_request_buffers()
     config = uvicorn_config(settings)
     if sock is not None:
         config.pop("host"), config.pop("port")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from service.core.heap import keep_request_buffers
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.supervisor")
@@ -170,6 +171,7 @@ def engine_main() -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    keep_request_buffers()
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         return runner.run(_engine_main(settings))
 

@@ -12,9 +12,6 @@ files through the same batcher at once, so their windows share batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import functools
 import threading
 import time
 from collections import deque
@@ -26,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from service.core.batcher import DeadlineExceeded
 from service.core.card import ModelCard, OutputKind
 from service.core.errors import TimedOut
+from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.models import ModelRuntime, Models, ObserverFactory, check_bundles
 from service.core.pipeline import FileWork, Limits, WindowSpec, infer, prepare
@@ -231,7 +229,7 @@ class Tagger:
             await self.infer(works, runtime, deadline)
             return [build(w, started) for w in works]
         finally:
-            if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > 32 << 20:
+            if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > LARGE_REQUEST_BYTES:
                 works.clear()
                 # malloc_trim walks the heap: not on the event loop
                 asyncio.get_running_loop().run_in_executor(self._decoders, release_memory)
@@ -266,22 +264,6 @@ class Tagger:
             raise TimedOut(
                 f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
             ) from exc
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return None
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the OS after a large request (glibc keeps it otherwise)."""
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.malloc_trim(0)
 
 
 def _one(results: list[R]) -> R:
