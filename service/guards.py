@@ -27,6 +27,31 @@ def _head_refusal(limit: int) -> bytes:
     )
 
 
+class _Chunks:
+    """A request body's chunks between two ``receive`` calls, kept as httptools made them.
+
+    uvicorn collects them in a bytearray (``+=``: a copy) and converts that to bytes for the
+    app (another copy): two copies of every upload on the event loop. ``bytes()`` of this
+    gives the one chunk itself, or one join of several."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def __iadd__(self, data: bytes) -> _Chunks:
+        self.pieces.append(data)
+        self.size += len(data)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     """httptools, refusing (431, then close) a request head that grows past
     ``max_head_bytes`` before it ends: httptools itself would buffer a header that never
@@ -55,6 +80,12 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle.body) is bytearray and not cycle.body:  # uvicorn's fresh, empty buffer
+            cycle.body = _Chunks()  # type: ignore[assignment]  # read only by += len bytes()
+        super().on_body(body)
 
 
 def bounded_http(max_head_bytes: int) -> type[BoundedHttpTools]:
