@@ -49,6 +49,7 @@ from benchmarks.loadgen import probe, run_load  # noqa: E402
 
 log = logging.getLogger("benchmarks.frontend")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 INTERESTING_FLAGS = (
     "sse4_2",
     "avx",
@@ -93,9 +94,8 @@ def _stat_fields(pid: str) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # fields from 'state' on
 
 
-def tree_cpu(root: int) -> tuple[float, int]:
-    """(CPU seconds, process count) of ``root`` and its descendants; reaped children's time
-    is in their parent's cutime/cstime, so exited workers are counted too."""
+def _tree(root: int) -> list[list[str]]:
+    """The /proc stat fields of ``root`` and its live descendants."""
     parents: dict[int, int] = {}
     fields: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
@@ -107,8 +107,22 @@ def tree_cpu(root: int) -> tuple[float, int]:
         children = [c for c, p in parents.items() if p == pid and c not in members]
         members.update(children)
         frontier.extend(children)
-    ticks = sum(sum(int(x) for x in fields[p][11:15]) for p in members if p in fields)
-    return ticks / CLK_TCK, len(members & fields.keys())
+    return [fields[p] for p in members if p in fields]
+
+
+def tree_cpu(root: int) -> tuple[float, int, float]:
+    """(CPU seconds, process count, resident MB) of ``root`` and its descendants; reaped
+    children's time is in their parent's cutime/cstime, so exited workers are counted too."""
+    tree = _tree(root)
+    ticks = sum(sum(int(x) for x in f[11:15]) for f in tree)
+    rss_mb = sum(int(f[21]) for f in tree) * PAGE_BYTES / 2**20
+    return ticks / CLK_TCK, len(tree), rss_mb
+
+
+def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
+    """The server's resident MB once the load has stopped (after ``settle_s``)."""
+    time.sleep(settle_s)
+    return tree_cpu(root)[2]
 
 
 def machine_busy() -> tuple[int, int]:
@@ -196,11 +210,11 @@ def measure(
         return out
     model = json.loads(body).get("model", {})
     out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
-    marks: dict[str, tuple[float, int, tuple[int, int]]] = {}
+    marks: dict[str, tuple[float, int, tuple[int, int], float]] = {}
 
     def at_window(edge: str) -> None:
-        cpu, count = tree_cpu(server.proc.pid)
-        marks[edge] = (cpu, count, machine_busy())
+        cpu, count, rss_mb = tree_cpu(server.proc.pid)
+        marks[edge] = (cpu, count, machine_busy(), rss_mb)
 
     load = run_load(
         server.port,
@@ -230,6 +244,8 @@ def measure(
         server_cpu_ms_per_clip=per_clip(cpu),
         server_cores_busy=round(cpu / load.duration_s, 2),
         server_processes=marks["end"][1],
+        server_rss_mb=round(marks["end"][3]),  # all server processes, at the window's end
+        server_rss_idle_mb=round(idle_rss_mb(server.proc.pid)),  # what the load leaves behind
         client_cpu_ms_per_clip=per_clip(load.client_cpu_s),
         machine_busy_pct=round(100 * busy[0] / busy[1], 1) if busy[1] else None,
         # cores busy with neither the server nor the clients: other work on the machine, which

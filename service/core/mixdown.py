@@ -68,8 +68,9 @@ class MonoSink:
         mono = self._scratch[:frames]
         mix_into(block, mono, scale)
         if whole and self._stream is None and self._pos == 0:
-            # copied into the sink's own array: soxr's does not own its memory
-            self._append(soxr.resample(mono, *self._rates, quality="HQ"))
+            # soxr's array (exactly the resampled length) becomes the output: no copy
+            self._out = soxr.resample(mono, *self._rates, quality="HQ")
+            self._pos = self._out.shape[0]
             self._whole_taken = True
             return
         if self._stream is None:
