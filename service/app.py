@@ -13,7 +13,7 @@ from service.core.models import check_bundles
 from service.core.tagger import Tagger
 from service.deps import require_api_key
 from service.errors import install_error_handlers
-from service.guards import HeaderLimit
+from service.guards import HeaderLimit, ReleaseAfterLargeBodies
 from service.logs import AccessLogMiddleware
 from service.metrics import Metrics, observer_factory
 from service.routes import apidocs, detect, embed, health, metrics, models, oip, page, stream, tag
@@ -104,4 +104,5 @@ def create_app(
     apidocs.install_openapi(app, keys_required=bool(settings.api_key_list))
     app.add_middleware(AccessLogMiddleware, metrics=app_metrics)
     app.add_middleware(HeaderLimit, max_bytes=settings.max_header_kb * 1024)
+    app.add_middleware(ReleaseAfterLargeBodies)
     return app

@@ -7,12 +7,14 @@ a request head that httptools lacks. ``HeaderLimit`` checks a head that arrived 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.errors import error_body
 
 HEAD_TOO_LARGE = "headers_too_large"
@@ -124,3 +126,32 @@ class HeaderLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class ReleaseAfterLargeBodies:
+    """Trim the C heap once a request whose body passed ``LARGE_REQUEST_BYTES`` is done.
+
+    Server processes keep smaller buffers in the heap for reuse (``service.core.heap``), so
+    the chunks of a 200 MB upload would otherwise stay resident after it, whatever became
+    of the request (refused, failed or answered)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if received > LARGE_REQUEST_BYTES:  # malloc_trim walks the heap: not on the loop
+                asyncio.get_running_loop().run_in_executor(None, release_memory)

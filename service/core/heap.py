@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 from typing import Any
 
 LARGE_REQUEST_BYTES = 32 << 20  # served by mmap, and the heap trimmed after the request
@@ -44,7 +45,11 @@ def keep_request_buffers() -> None:
 
 
 def release_memory() -> None:
-    """Hand freed heap back to the OS after a large request (glibc keeps it otherwise)."""
+    """Hand freed heap back to the OS after a large request (glibc keeps it otherwise).
+
+    Unreachable cycles go first: a refused request's exception holds its traceback, whose
+    frames hold the request's arrays, until the garbage collector breaks the cycle."""
+    gc.collect()
     libc = _libc()
     with contextlib.suppress(AttributeError):
         if libc is not None:
