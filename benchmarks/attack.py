@@ -12,9 +12,7 @@ server's RSS before and after; and totals. Everything stays on loopback and stop
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,15 +24,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
+
+from benchmarks.common import free_port, start_service, tree_cpu, wait_ready  # noqa: E402
+from benchmarks.formats import audio_file, multipart_body  # noqa: E402
 
 RATE = 32000
-
-
-def wav(x: np.ndarray, rate: int = RATE, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, x, rate, format=fmt, subtype=subtype)
-    return buf.getvalue()
 
 
 def noise(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
@@ -43,21 +40,9 @@ def noise(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
     return (0.1 * rng.standard_normal(shape)).astype(np.float32)
 
 
-def rss_kb(pid: int) -> int:
-    total = 0
-    for p in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+def rss_mb(pid: int) -> int:
+    """Resident MB of the server's process tree."""
+    return int(tree_cpu(pid)[2])
 
 
 def post(
@@ -86,10 +71,10 @@ def raw_socket(url: str, payload: bytes, hold_s: float) -> int:
 
 
 def cases(url: str, sed_model: str | None) -> dict[str, Callable[[], int]]:
-    ogg = wav(noise(30.0), fmt="OGG", subtype="VORBIS")
-    flac_long = wav(np.zeros(RATE * 599, np.float32), fmt="FLAC")
-    huge_float = wav(np.full(RATE, 1e30, np.float32), subtype="FLOAT")
-    clip = wav(noise(20.0))
+    ogg = audio_file(noise(30.0), RATE, "OGG", "VORBIS")
+    flac_long = audio_file(np.zeros(RATE * 599, np.float32), RATE, "FLAC")
+    huge_float = audio_file(np.full(RATE, 1e30, np.float32), RATE, subtype="FLOAT")
+    clip = audio_file(noise(20.0), RATE)
     sed = {"model": sed_model} if sed_model else {}
     head = (
         b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
@@ -118,17 +103,10 @@ def cases(url: str, sed_model: str | None) -> dict[str, Callable[[], int]]:
 
 def _long_boundary(url: str, data: bytes) -> int:
     boundary = "b" * 300
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
     try:
         return httpx.post(
             f"{url}/v1/tag",
-            content=body,
+            content=multipart_body(data, "a", boundary),
             timeout=30,
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         ).status_code
@@ -151,7 +129,7 @@ def attack(
     statuses: Counter[int] = Counter()
     normal: list[bool] = []
     stop = time.monotonic() + seconds
-    good = wav(noise(1.0))
+    good = audio_file(noise(1.0), RATE)
 
     def attacker() -> None:
         while time.monotonic() < stop:
@@ -177,32 +155,20 @@ def attack(
 
 
 def start(bundles: list[Path], port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
+    """The service under attack: one worker, short idle and upload timeouts, output discarded."""
+    settings = {
         "PANNS_MODELS": ",".join(str(b) for b in bundles),
-        "PANNS_HOST": "127.0.0.1",
-        "PANNS_PORT": str(port),
         "PANNS_WORKERS": "1",
-        "PANNS_LOG_LEVEL": "warning",
         "PANNS_IDLE_TIMEOUT_S": "2",
         "PANNS_UPLOAD_TIMEOUT_S": "10",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the service did not become ready")
+    proc = start_service(port, settings, quiet=True)
+    try:
+        wait_ready(port, proc, timeout=180)
+    except SystemExit:
+        proc.kill()
+        raise
+    return proc
 
 
 def _cards(bundles: list[Path]) -> list[dict[str, object]]:
@@ -222,18 +188,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each attack")
     parser.add_argument("--clients", type=int, default=3, help="attacking threads")
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = start(args.bundle, port)
     url, report = f"http://127.0.0.1:{port}", {}
     sed = next((c["name"] for c in _cards(args.bundle) if c.get("frames_per_second")), None)
     try:
         for name, fn in cases(url, sed).items():
-            before = rss_kb(proc.pid)
+            before = rss_mb(proc.pid)
             result = attack(url, name, fn, args.seconds, args.clients)
             time.sleep(1.0)
-            result.update(rss_before_mb=before // 1024, rss_after_mb=rss_kb(proc.pid) // 1024)
+            result.update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
             report[name] = result
     finally:
         proc.terminate()

@@ -44,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
 from service.core.batcher import Batcher  # noqa: E402
 
 POLICIES = {
@@ -199,18 +200,9 @@ def summary(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, object
 
 
 def machine() -> dict[str, object]:
-    cpu, flags = platform.processor(), ""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        lines = info.read_text().splitlines()
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu
-        )
-        flags = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("flags")), "")
-    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "fma", "f16c")
     return {
-        "cpu": cpu,
-        "flags": [f for f in wanted if f in flags.split()],
+        "cpu": cpu_model(),
+        "flags": cpu_flags(("avx", "avx2", "avx512f", "avx512_vnni", "fma", "f16c")),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -198,14 +198,12 @@ def mixdown_ms(rounds: int) -> dict[str, float]:
 
 
 def machine() -> dict[str, object]:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    fields = dict(ln.split(":", 1) for ln in info.splitlines() if ":" in ln)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    wanted = ("avx2", "avx512f", "fma", "sse4_2")
-    flags = [f for f in fields.get("flags", "").split() if f in wanted]
+    """The parent's record of the host (a child may import another tree: no benchmarks)."""
+    from benchmarks.common import cpu_flags, cpu_model
+
     return {
-        "cpu": fields.get("model name", platform.processor()),
-        "flags": flags,
+        "cpu": cpu_model(),
+        "flags": cpu_flags(("fma", "sse4_2", "avx2", "avx512f")),  # /proc/cpuinfo's order
         "cores": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "python": platform.python_version(),

@@ -71,14 +71,22 @@ def make_clip(rate: int, channels: int, seconds: float, seed: int) -> np.ndarray
     return out
 
 
+def audio_file(
+    clip: np.ndarray, rate: int, container: str = "WAV", subtype: str | None = "PCM_16"
+) -> bytes:
+    """``clip`` as the bytes of an audio file (soundfile's ``container`` and ``subtype``;
+    16-bit WAV by default)."""
+    buf = io.BytesIO()
+    sf.write(buf, clip, rate, format=container, subtype=subtype)
+    return buf.getvalue()
+
+
 def encode(fmt: Format, clip: np.ndarray, rate: int) -> bytes:
     """The upload's bytes: an audio file, or raw little-endian int16 samples."""
     if fmt.container is None:
         pcm = np.clip(np.round(clip * 32767), -32768, 32767).astype("<i2")
         return pcm.tobytes()
-    buf = io.BytesIO()
-    sf.write(buf, clip, rate, format=fmt.container, subtype=fmt.subtype)
-    return buf.getvalue()
+    return audio_file(clip, rate, fmt.container, fmt.subtype)
 
 
 def payloads(fmt: Format, model_rate: int, seconds: float, count: int) -> list[bytes]:
@@ -89,13 +97,14 @@ def payloads(fmt: Format, model_rate: int, seconds: float, count: int) -> list[b
     ]
 
 
-def multipart_body(data: bytes, filename: str) -> bytes:
+def multipart_body(data: bytes, filename: str, boundary: str = BOUNDARY) -> bytes:
+    """A multipart/form-data body with ``data`` as its one file part, "file"."""
     head = (
-        f"--{BOUNDARY}\r\n"
+        f"--{boundary}\r\n"
         f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
-    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode()
 
 
 def http_request(

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,12 +42,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
+from benchmarks.common import (  # noqa: E402
+    cpu_flags,
+    cpu_model,
+    free_port,
+    start_service,
+    tree_cpu,
+    wait_ready,
+)
 from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
 from benchmarks.loadgen import probe, run_load  # noqa: E402
 
 log = logging.getLogger("benchmarks.frontend")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 INTERESTING_FLAGS = (
     "sse4_2",
     "avx",
@@ -69,54 +73,14 @@ INTERESTING_FLAGS = (
 
 def machine() -> dict[str, Any]:
     """CPU model, the SIMD flags that matter here, cores, load: recorded with every result."""
-    model, flags = "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
     return {
-        "cpu": model,
-        "flags": [f for f in INTERESTING_FLAGS if f in flags],
+        "cpu": cpu_model(),
+        "flags": cpu_flags(INTERESTING_FLAGS),
         "cpus": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "python": sys.version.split()[0],
     }
-
-
-def _stat_fields(pid: str) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields from 'state' on
-
-
-def _tree(root: int) -> list[list[str]]:
-    """The /proc stat fields of ``root`` and its live descendants."""
-    parents: dict[int, int] = {}
-    fields: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (f := _stat_fields(entry)) is not None:
-            parents[int(entry)], fields[int(entry)] = int(f[1]), f
-    members, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in members]
-        members.update(children)
-        frontier.extend(children)
-    return [fields[p] for p in members if p in fields]
-
-
-def tree_cpu(root: int) -> tuple[float, int, float]:
-    """(CPU seconds, process count, resident MB) of ``root`` and its descendants; reaped
-    children's time is in their parent's cutime/cstime, so exited workers are counted too."""
-    tree = _tree(root)
-    ticks = sum(sum(int(x) for x in f[11:15]) for f in tree)
-    rss_mb = sum(int(f[21]) for f in tree) * PAGE_BYTES / 2**20
-    return ticks / CLK_TCK, len(tree), rss_mb
 
 
 def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
@@ -137,12 +101,6 @@ def _machine_cores(busy: list[int]) -> float:
     return busy[0] / busy[1] * (os.cpu_count() or 1) if busy[1] else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """``python -m service`` in its own process group, on a free port."""
 
@@ -150,36 +108,13 @@ class Server:
         self, bundle: Path, workers: str, extra_env: dict[str, str], connections: int
     ) -> None:
         self.port = free_port()
-        env = {
-            **os.environ,
+        settings = {
             "PANNS_MODELS": str(bundle),
-            "PANNS_HOST": "127.0.0.1",
-            "PANNS_PORT": str(self.port),
-            "PANNS_LOG_LEVEL": "warning",
             "PANNS_MAX_QUEUE": str(max(512, 8 * connections)),
+            "PANNS_WORKERS": None if workers == "default" else workers,
+            **extra_env,
         }
-        env.pop("PANNS_WORKERS", None)
-        if workers != "default":
-            env["PANNS_WORKERS"] = workers
-        env.update(extra_env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with status {self.proc.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the service was not ready within {timeout:g} s")
+        self.proc = start_service(self.port, settings, own_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -264,7 +199,7 @@ def run_setting(
     extra = dict(kv.split("=", 1) for kv in args.server_env)
     server = Server(bundle, workers, extra, args.procs * args.connections)
     try:
-        server.wait_ready(args.ready_timeout_s)
+        wait_ready(server.port, server.proc, args.ready_timeout_s)
         out: dict[str, Any] = {}
         for name, reqs in requests.items():
             log.info("workers=%s %s: %g s of load ...", workers, name, args.duration_s)

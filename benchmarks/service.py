@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,12 +23,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.formats import FORMATS, http_request  # noqa: E402
+from benchmarks.common import start_service, wait_ready  # noqa: E402
+from benchmarks.formats import FORMATS, audio_file, http_request  # noqa: E402
 from benchmarks.loadgen import read_response  # noqa: E402
 from service.core.audio import decode  # noqa: E402
 from service.core.backends import BackendOptions  # noqa: E402
@@ -66,36 +64,18 @@ def raw_throughput(
     return done / (time.perf_counter() - start)
 
 
-def start_service(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
+def service_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The PANNS_* settings of the service under test, from the command line."""
+    return {
         "PANNS_MODELS": str(args.bundle),
-        "PANNS_PORT": str(args.port),
-        "PANNS_HOST": "127.0.0.1",
         "PANNS_MAX_BATCH": str(args.batch),
         "PANNS_MAX_DELAY_MS": str(args.max_delay_ms),
         "PANNS_THREADS": str(args.threads),
         "PANNS_DEVICE": args.device,
         "PANNS_PRECISION": args.precision,
         "PANNS_MAX_QUEUE": str(max(512, 4 * args.clients)),
-        "PANNS_LOG_LEVEL": "warning",
         "PANNS_WORKERS": str(args.workers),
     }
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the service did not become ready")
 
 
 async def load(
@@ -135,12 +115,6 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wav_bytes(clip: np.ndarray, rate: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, clip, rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=REPO / "models" / "cnn14")
@@ -165,9 +139,9 @@ def run_service(
 ) -> tuple[list[float], dict[int, int], float, float, list[tuple[float, float, float]]]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
     url = f"http://127.0.0.1:{args.port}"
-    proc = start_service(args)
+    proc = start_service(args.port, service_settings(args))
     try:
-        wait_ready(url, proc)
+        wait_ready(args.port, proc)
         lone = lone_latencies(args.port, bodies, args.lone, reference, rate)
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
@@ -272,7 +246,7 @@ def main() -> None:
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
     raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
-    bodies = [wav_bytes(c, card.sample_rate) for c in clips]  # encoded once, used by both
+    bodies = [audio_file(c, card.sample_rate) for c in clips]  # encoded once, used by both
     reference = reference_timer(engine, clips, bodies, card.sample_rate)
     lat, statuses, elapsed, rss, lone = run_service(args, bodies, reference, card.sample_rate)
     del engine

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,30 +44,24 @@ from typing import Any
 
 import httpx
 import numpy as np
-import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.frontend import free_port  # noqa: E402
-from benchmarks.service import load, load_clips, wait_ready, wav_bytes  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_model,
+    free_port,
+    start_service,
+    tree_cpu,
+    wait_ready,
+)
+from benchmarks.formats import audio_file  # noqa: E402
+from benchmarks.service import load, load_clips  # noqa: E402
 from service.core.backends import BackendOptions  # noqa: E402
 from service.core.backends.oip import OipBackend  # noqa: E402
 from service.core.backends.ort import OrtBackend  # noqa: E402
 from service.core.card import read_card  # noqa: E402
 from service.oip import HEADER, RequestedOutput, Tensor, encode_request  # noqa: E402
-
-
-def start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    full = {
-        **os.environ,
-        "PANNS_HOST": "127.0.0.1",
-        "PANNS_PORT": str(port),
-        "PANNS_WORKERS": "1",
-        "PANNS_LOG_LEVEL": "warning",
-        **env,
-    }
-    return subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=full)
 
 
 def bundle_for(args: argparse.Namespace) -> Path:
@@ -98,11 +90,7 @@ def parity_clips(args: argparse.Namespace, rate: int, samples: int) -> list[np.n
 
 
 def encoded(clip: np.ndarray, rate: int, fmt: str) -> bytes:
-    if fmt == "wav":
-        return wav_bytes(clip, rate)
-    buf = io.BytesIO()
-    sf.write(buf, clip, rate, format="OGG", subtype="VORBIS")
-    return buf.getvalue()
+    return audio_file(clip, rate) if fmt == "wav" else audio_file(clip, rate, "OGG", "VORBIS")
 
 
 def parity(one: str, two: str, bodies: list[bytes]) -> dict[str, Any]:
@@ -187,40 +175,27 @@ def latency(url: str, body: bytes, requests: int) -> dict[str, float]:
     }
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def throughput(
     url: str, bodies: list[bytes], clients: int, seconds: float, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Clips per second under load, and each process's CPU milliseconds per clip."""
-    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    before = {name: tree_cpu(pid)[0] for name, pid in pids.items()}
     lat, statuses, elapsed = asyncio.run(load(url, bodies, clients, seconds))
     done = max(1, statuses.get(200, 0))
     return {
         "clips_s": round(statuses.get(200, 0) / elapsed, 2),
         "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if lat else None,
         "cpu_ms_per_clip": {
-            name: round(1000 * (cpu_s(pid) - before[name]) / done, 1) for name, pid in pids.items()
+            name: round(1000 * (tree_cpu(pid)[0] - before[name]) / done, 1)
+            for name, pid in pids.items()
         },
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg": os.getloadavg(),
         "python": platform.python_version(),
@@ -257,7 +232,7 @@ def measure(
     card = read_card(bundle)
     clips = parity_clips(args, card.sample_rate, card.clip_samples)
     ten = [c for c in clips if c.shape[0] == card.clip_samples]
-    bodies = [wav_bytes(c, card.sample_rate) for c in ten]
+    bodies = [audio_file(c, card.sample_rate) for c in ten]
     loads = [encoded(c, card.sample_rate, args.format) for c in ten]
     sizes = sorted({1, args.batch})
     result: dict[str, Any] = {
@@ -265,7 +240,7 @@ def measure(
         "arch": card.arch,
         "batch": args.batch,
         "machine": machine(),
-        "parity": parity(one, two, [wav_bytes(c, card.sample_rate) for c in clips]),
+        "parity": parity(one, two, [audio_file(c, card.sample_rate) for c in clips]),
         "hop": hop(bundle, one, ten[0], sizes, args.rounds),
         "transport": transport(one, card.name, ten[0], sizes, args.rounds),
         "latency": {
@@ -294,15 +269,16 @@ def main() -> None:
     one, two = (f"http://127.0.0.1:{p}" for p in ports)
     common = {
         "PANNS_MODELS": str(bundle),
+        "PANNS_WORKERS": "1",
         "PANNS_MAX_BATCH": str(args.batch),
         "PANNS_MAX_QUEUE": "4096",
         "PANNS_MAX_WINDOWS": "512",
     }
-    engine, front = start(common, ports[0]), None
+    engine, front = start_service(ports[0], common), None
     try:
-        wait_ready(one, engine)
-        front = start({**common, "PANNS_BACKEND": "oip", "PANNS_ENGINE_URL": one}, ports[1])
-        wait_ready(two, front)
+        wait_ready(ports[0], engine)
+        front = start_service(ports[1], {**common, "PANNS_BACKEND": "oip", "PANNS_ENGINE_URL": one})
+        wait_ready(ports[1], front)
         result = measure(args, bundle, one, two, {"engine": engine.pid, "front": front.pid})
     finally:
         for proc in (front, engine):
