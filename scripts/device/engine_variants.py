@@ -85,7 +85,8 @@ def _plain(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _scores(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+def clipwise(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The service engine's ``run``, scores only: numpy in, clipwise scores out."""
     return lambda clips: np.asarray(engine.run(clips)["clipwise"])
 
 
@@ -98,14 +99,14 @@ def _measure(
     reference: np.ndarray,
     load_s: float,
 ) -> dict[str, Any]:
-    result = throughput(_scores(engine), clips, seconds, threads)
+    result = throughput(clipwise(engine), clips, seconds, threads)
     result.update(
         load_s=round(load_s, 1),
         pinned=engine.pinned,
         cuda_graph=engine.cuda_graph,
         tensorrt=engine.tensorrt,
         provider=engine.session.get_providers()[0],
-        max_abs_diff_vs_plain=float(np.max(np.abs(_scores(engine)(clips) - reference))),
+        max_abs_diff_vs_plain=float(np.max(np.abs(clipwise(engine)(clips) - reference))),
     )
     log.info("batch %d %s: %s", len(clips), name, result)
     return result

@@ -235,6 +235,8 @@ def _eager(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
+    from engine_variants import clipwise  # beside this script
+
     from benchmarks.stages import load_engine
     from model_export.audio import generated_batch
 
@@ -259,7 +261,7 @@ def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
         engines = {}
     pool = generated_batch(rate, 8, clip, seed=7)
     runners = {"torch_eager_fp32": _eager(model, torch_device)}
-    runners.update({name: _clipwise(engine) for name, engine in engines.items()})
+    runners.update({name: clipwise(engine) for name, engine in engines.items()})
     for batch in args.batches:
         clips = pool[np.arange(batch) % len(pool)]
         row = {name: _time(_bind(run, clips), batch, args.seconds) for name, run in runners.items()}
@@ -273,13 +275,6 @@ def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
             if k != "ort_fp32"
         }
     return out
-
-
-def _clipwise(engine: Any) -> Callable[[np.ndarray], np.ndarray]:
-    def run(clips: np.ndarray) -> np.ndarray:
-        return np.asarray(engine.run(clips)["clipwise"])
-
-    return run
 
 
 def _bind(run: Callable[[np.ndarray], np.ndarray], clips: np.ndarray) -> Callable[[], object]:
