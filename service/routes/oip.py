@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.card import ModelCard, OutputKind
-from service.core.errors import UnknownModel
+from service.core.errors import InvalidParameters, UnknownModel
 from service.core.inputs import AudioInput
 from service.core.models import ModelRuntime
 from service.core.pipeline import WindowSpec
@@ -204,8 +204,11 @@ def _outputs(
     return [(o.name, kinds[o.name], o) for o in req.outputs]
 
 
-def _window(params: dict[str, Any]) -> WindowSpec:
-    """The /v1 window parameters, given as request parameters."""
+def _window(params: dict[str, Any], card: ModelCard, min_hop_s: float) -> WindowSpec:
+    """The /v1 window parameters, given as request parameters, checked for ``card``.
+
+    Checked here, not left to the tagger: its ``InvalidParameters`` is /v1's 422, but the
+    protocol answers every bad request with 400."""
     seconds = {}
     for key in ("window_s", "hop_s"):
         value = params.get(key)
@@ -215,7 +218,12 @@ def _window(params: dict[str, Any]) -> WindowSpec:
     pad = params.get("pad", True)
     if not isinstance(pad, bool):
         raise ProtocolError("parameter pad must be true or false")
-    return WindowSpec(seconds["window_s"], seconds["hop_s"], pad)
+    spec = WindowSpec(seconds["window_s"], seconds["hop_s"], pad)
+    try:
+        spec.samples(card, min_hop_s)
+    except InvalidParameters as exc:
+        raise ProtocolError(f"parameter {exc}") from exc
+    return spec
 
 
 def _raise_first_error(results: list[TensorResult]) -> None:
@@ -257,8 +265,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     req = await _read(request)
     sources = _sources(req, runtime.card, settings_of(request).max_files)
     wanted = _outputs(req, runtime)
+    window = _window(req.parameters, runtime.card, tagger.limits.min_hop_s)
     call = tagger.tensors_many(
-        sources, model=runtime.name, kinds=[k for _, k, _ in wanted], window=_window(req.parameters)
+        sources, model=runtime.name, kinds=[k for _, k, _ in wanted], window=window
     )
     results = await watch(request, call)
     _raise_first_error(results)

@@ -205,11 +205,19 @@ def test_errors_have_the_protocol_shape(triton: Any, server: LiveServer, card: M
         server, card.name, head + nan, **{"Inference-Header-Content-Length": str(len(head))}
     )
     assert r.status_code == 400 and "waveform[0]: audio contains NaN" in error_of(r)
-    params = orjson.dumps(
-        {"inputs": [orjson.loads(body())["inputs"][0]], "parameters": {"window_s": 0.001}}
-    )
-    r = raw_infer(server, card.name, params)
-    assert r.status_code == 422 and "window_s must be at least" in error_of(r)
+    windows = [  # out of range: a 400 like any bad request (/v1 answers 422)
+        ({"window_s": 0.001}, "parameter window_s must be at least"),
+        ({"window_s": -1.0}, "parameter window_s must be in (0, 60] seconds"),
+        ({"window_s": 61}, "parameter window_s must be in (0, 60] seconds"),
+        ({"hop_s": -0.5}, "parameter hop_s must be in (0, 60] seconds"),
+        ({"hop_s": 1e9}, "parameter hop_s must be in (0, 60] seconds"),
+        ({"hop_s": 0.001}, "parameter hop_s must be at least"),
+        ({"window_s": "long"}, "parameter window_s must be a number"),
+    ]
+    for parameters, message in windows:
+        params = orjson.dumps({**orjson.loads(body()), "parameters": parameters})
+        r = raw_infer(server, card.name, params)
+        assert r.status_code == 400 and message in error_of(r), (parameters, r.text)
     unknown_output = orjson.dumps({**orjson.loads(body()), "outputs": [{"name": "logits"}]})
     r = raw_infer(server, card.name, unknown_output)
     assert r.status_code == 400 and "has no output 'logits'" in error_of(r)
