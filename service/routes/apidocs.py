@@ -91,8 +91,20 @@ def _inline_json(doc: dict[str, Any]) -> str:
 
 
 def _page(template: str, app: FastAPI) -> HTMLResponse:
-    html = template.format(title=app.title, spec=_inline_json(app.openapi()))
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    """The page, rendered once per app and kept in ``app.state.doc_pages``.
+
+    It embeds the whole OpenAPI document (tens of kB of escaped JSON), which does not change
+    once the app is built; it is rendered again only if ``app.openapi()`` returns another
+    document (``app.openapi_schema`` reset)."""
+    doc = app.openapi()
+    pages: dict[str, tuple[dict[str, Any], bytes]] | None = getattr(app.state, "doc_pages", None)
+    if pages is None:
+        pages = app.state.doc_pages = {}
+    rendered = pages.get(template)
+    if rendered is None or rendered[0] is not doc:
+        html = template.format(title=app.title, spec=_inline_json(doc))
+        rendered = pages[template] = (doc, html.encode())
+    return HTMLResponse(rendered[1], headers={"Cache-Control": "no-store"})
 
 
 def pages_router(public: bool) -> APIRouter:

@@ -187,6 +187,25 @@ def test_public_docs_open_the_docs_only(tagger_bundle: Path) -> None:
     assert pages == [200, 200, 200] and models == 401
 
 
+def test_docs_pages_are_rendered_once_per_app(tagger_server: LiveServer) -> None:
+    """Every hit answers the same page, rendered once from the app's own document."""
+    app, paths = tagger_server.app, ("/docs", "/redoc")
+    with tagger_server.client() as c:
+        first = {p: c.get(p) for p in paths}
+        rendered = dict(app.state.doc_pages)
+        second = {p: c.get(p) for p in paths}
+    assert all(r.status_code == 200 for r in [*first.values(), *second.values()])
+    for p in paths:
+        assert second[p].content == first[p].content, p
+        assert second[p].headers["cache-control"] == "no-store"
+        assert second[p].headers["content-type"].startswith("text/html")
+    assert len(rendered) == 2 and all(app.state.doc_pages[t] is rendered[t] for t in rendered)
+    assert f"<title>{app.title} - Swagger UI</title>" in second["/docs"].text
+    assert f"<title>{app.title} - ReDoc</title>" in second["/redoc"].text
+    spec = re.search(r"SwaggerUIBundle\(\{spec: (.*), dom_id:", second["/docs"].text, re.S)
+    assert spec is not None and json.loads(spec.group(1)) == app.openapi()
+
+
 def _browser() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
