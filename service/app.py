@@ -51,15 +51,25 @@ def _lifespan(tagger: Tagger, on_failure: Callable[[], None] | None):  # type: i
     return lifespan
 
 
+def _log_drain_failure(task: asyncio.Task[None]) -> None:
+    """Log the drain's exception: nothing awaits the task, so it would otherwise be lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("draining failed", exc_info=exc)
+
+
 def _drainer(tagger: Tagger, grace_s: float) -> Callable[[], None]:
     """Start draining once: run queued windows (shortest requests first) and fail what is
-    left shortly before the server's grace time ends, with 503 ``shutting_down``."""
+    left shortly before the server's grace time ends, with 503 ``shutting_down``.
+
+    ``started`` holds the task (the loop keeps only a weak reference to a running task)."""
     started: list[asyncio.Task[None]] = []
 
     def begin() -> None:
         if not started:
             budget = max(0.5, grace_s - max(1.0, 0.1 * grace_s))
-            started.append(asyncio.ensure_future(tagger.close(timeout_s=budget)))
+            task = asyncio.create_task(tagger.close(timeout_s=budget), name="drain")
+            task.add_done_callback(_log_drain_failure)
+            started.append(task)
 
     return begin
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from service.app import _drainer
+from service.core.tagger import Tagger
+from service.settings import Settings
 from tests.service.conftest import (
     RATE,
     encode,
@@ -176,3 +183,32 @@ def test_liveness_fails_once_loading_failed(tagger_bundle: Path, tmp_path: Path)
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
     finally:
         server.stop()
+
+
+class DrainFails(Tagger):
+    """A tagger whose drain stops it, then fails (no real one fails on demand)."""
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        await super().close(timeout_s)
+        raise RuntimeError("the drain broke")
+
+
+def test_a_failed_drain_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM's drain task is awaited by no one: its failure must reach the log."""
+
+    async def sigterm_twice(begin: Callable[[], None]) -> list[str]:
+        begin()
+        begin()  # a second SIGTERM starts nothing more
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.wait(tasks)
+        return [t.get_name() for t in tasks]
+
+    with caplog.at_level(logging.ERROR):
+        begin = _drainer(DrainFails(settings=Settings(models="unused")), grace_s=2.0)
+        assert asyncio.run(sigterm_twice(begin)) == ["drain"]
+        del begin
+        gc.collect()  # a task whose exception nobody retrieved complains when collected
+    failed = [r for r in caplog.records if r.name == "service.app"]
+    assert [r.getMessage() for r in failed] == ["draining failed"]
+    assert failed[0].exc_info is not None and "the drain broke" in str(failed[0].exc_info[1])
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
