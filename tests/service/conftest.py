@@ -2,11 +2,12 @@
 
 Bundles are exported once per session with ``model_export.export_bundle`` from zoo models
 with deterministic weights (``torch.manual_seed(0)``). Servers are real uvicorn servers on a
-free port, in a thread (``LiveServer``) or in a subprocess (``start_subprocess``).
+free port, in a thread (``LiveServer``) or in a subprocess (``service_process``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,13 @@ def free_socket() -> socket.socket:
     return sock
 
 
+def free_port() -> int:
+    """A local port nobody listens on: bound to pick it, then released for a subprocess."""
+    with free_socket() as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
 class LiveServer:
     """A real uvicorn server for ``create_app(settings)`` in a background thread."""
 
@@ -146,15 +155,42 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
 
-def wait_ready_url(url: str, deadline: float) -> None:
+def wait_until_200(
+    url: str,
+    deadline: float,
+    what: str,
+    *,
+    request_timeout: float = 5,
+    pause: float = 0.05,
+    alive: Callable[[], None] | None = None,
+) -> None:
+    """GET ``url`` until it answers 200; connection errors count as not yet. ``alive`` (an
+    assertion that the process behind ``url`` still runs) is checked before each try."""
     while True:
+        if alive is not None:
+            alive()
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(url, timeout=request_timeout).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, "service did not become ready"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"{what} did not become ready"
+        time.sleep(pause)
+
+
+def wait_ready_url(url: str, deadline: float) -> None:
+    wait_until_200(f"{url}/readyz", deadline, "service")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM, then SIGKILL when ``proc`` has not exited ``grace`` seconds later (a no-op
+    when it has already exited); its exit status."""
+    proc.terminate()
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def start_subprocess(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -174,6 +210,46 @@ def start_subprocess(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+@dataclass
+class ServiceProcess:
+    """A running ``python -m service`` (see ``service_process``)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """Everything it printed (stdout and stderr); read it once the process has exited."""
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+
+
+@contextlib.contextmanager
+def service_process(
+    *bundles: Path, wait_ready: bool = True, **settings: str | int
+) -> Iterator[ServiceProcess]:
+    """``python -m service`` serving ``bundles`` on a free port, with ``PANNS_<NAME>`` set
+    from each setting (``max_batch=1``: ``PANNS_MAX_BATCH=1``); ready for requests unless
+    ``wait_ready`` is off.
+
+    On the way out a process still running gets SIGTERM (a graceful stop, whose exit status
+    a test may assert with ``proc.returncode``), and SIGKILL if that takes over 60 s; a test
+    that stopped the process itself finds nothing left to do.
+    """
+    env = {f"PANNS_{name.upper()}": str(value) for name, value in settings.items()}
+    env["PANNS_MODELS"] = ",".join(str(b) for b in bundles)
+    port = free_port()
+    running = ServiceProcess(start_subprocess(env, port), port)
+    try:
+        if wait_ready:
+            wait_ready_url(running.url, time.monotonic() + 120)
+        yield running
+    finally:
+        stop_process(running.proc, grace=60)
 
 
 @pytest.fixture(scope="module")

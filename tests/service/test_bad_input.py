@@ -21,12 +21,10 @@ from tests.service.conftest import (
     LiveServer,
     encode,
     files,
-    free_socket,
     noise,
+    service_process,
     settings_for,
     sine,
-    start_subprocess,
-    wait_ready_url,
 )
 
 
@@ -330,21 +328,8 @@ def _endless_head(port: int) -> bytes:
 def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> None:
     """Through ``python -m service`` (its uvicorn settings): a body that stops arriving gets
     408 after PANNS_IDLE_TIMEOUT_S; a request head over PANNS_MAX_HEADER_KB is refused."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_subprocess(
-        {
-            "PANNS_MODELS": str(tagger_bundle),
-            "PANNS_WARMUP": "none",
-            "PANNS_IDLE_TIMEOUT_S": "1",
-            "PANNS_MAX_HEADER_KB": "16",
-        },
-        port,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready_url(url, time.monotonic() + 120)
+    with service_process(tagger_bundle, warmup="none", idle_timeout_s=1, max_header_kb=16) as svc:
+        url, port = svc.url, svc.port
         head = (
             b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
             b"boundary=b\r\nContent-Length: 5000000\r\n\r\n--b\r\nContent-Disposition: "
@@ -364,9 +349,6 @@ def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> No
         assert r.json()["error"]["code"] == "headers_too_large"
         assert _endless_head(port).startswith(b"HTTP/1.1 431")
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_a_body_that_dribbles_in_gets_408_after_the_total_time(tagger_bundle: Path) -> None:

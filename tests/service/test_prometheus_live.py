@@ -23,9 +23,11 @@ from tests.service.conftest import (
     LiveServer,
     encode,
     files,
-    free_socket,
+    free_port,
     noise,
     settings_for,
+    stop_process,
+    wait_until_200,
 )
 
 JOB = "panns-api"  # the job name of docker/prometheus/prometheus.yml: the dashboard filters on it
@@ -35,9 +37,7 @@ class Prometheus:
     """A real Prometheus process scraping ``target`` (host:port) every second."""
 
     def __init__(self, binary: str, target: str, workdir: Path) -> None:
-        sock = free_socket()
-        self.port = sock.getsockname()[1]
-        sock.close()
+        self.port = free_port()
         config = {
             "global": {
                 "scrape_interval": "1s",
@@ -62,15 +62,17 @@ class Prometheus:
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"prometheus exited: {self.proc.returncode}"
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.1)
+        wait_until_200(
+            f"{self.url}/-/ready",
+            deadline,
+            "prometheus",
+            request_timeout=2,
+            pause=0.1,
+            alive=self._running,
+        )
+
+    def _running(self) -> None:
+        assert self.proc.poll() is None, f"prometheus exited: {self.proc.returncode}"
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         r = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
@@ -94,11 +96,7 @@ class Prometheus:
         return value
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, grace=30)
         self.log.close()
 
 

@@ -22,31 +22,27 @@ from tests.service.conftest import (
     RATE,
     encode,
     files,
-    free_socket,
     metric_total,
     noise,
     parse_metrics,
-    start_subprocess,
-    wait_ready_url,
+    service_process,
 )
 
 pytestmark = pytest.mark.slow
 
 
-def queue_depth(url: str) -> float:
-    return metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth")
+def wait_queued(url: str, windows: int) -> None:
+    """Until at least ``windows`` windows wait in the queue: accepted, not yet run."""
+    deadline = time.monotonic() + 60
+    metrics = f"{url}/metrics"
+    while metric_total(parse_metrics(httpx.get(metrics).text), "panns_queue_depth") < windows:
+        assert time.monotonic() < deadline, "the requests were never queued"
+        time.sleep(0.01)
 
 
 def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_subprocess(
-        {"PANNS_MODELS": str(tagger_bundle), "PANNS_MAX_BATCH": "1", "PANNS_WARMUP": "none"}, port
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready_url(url, time.monotonic() + 120)
+    with service_process(tagger_bundle, max_batch=1, warmup="none") as svc:
+        url = svc.url
         data = encode(noise(60.0, seed=20), RATE, "FLAC", "PCM_16")  # 6 windows each
         results: list[int] = []
 
@@ -62,21 +58,15 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
         threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while queue_depth(url) < 12:  # at least 12 of the 24 windows accepted, not yet run
-            assert time.monotonic() < deadline, "the requests were never queued"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
+        wait_queued(url, 12)  # at least 12 of the 24 windows
+        svc.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/healthz", timeout=2)  # no longer accepting
         for t in threads:
             t.join(120)
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.stdout.read().decode() if proc.stdout else ""
+        code = svc.proc.wait(60)
+    output = svc.output()
     assert results == [200, 200, 200, 200], output[-3000:]
     assert code == 0, output[-3000:]  # a clean drain exits 0, not by the signal
     assert "Application shutdown complete" in output
@@ -92,22 +82,9 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
 
 
 def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Path) -> None:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_subprocess(
-        {
-            "PANNS_MODELS": str(tagger_bundle),
-            "PANNS_MAX_BATCH": "1",
-            "PANNS_WARMUP": "none",
-            "PANNS_GRACEFUL_TIMEOUT_S": "2",
-        },
-        port,
-    )
-    url = f"http://127.0.0.1:{port}"
     answers: list[httpx.Response] = []
-    try:
-        wait_ready_url(url, time.monotonic() + 120)
+    with service_process(tagger_bundle, max_batch=1, warmup="none", graceful_timeout_s=2) as svc:
+        url = svc.url
         data = encode(noise(120.0, seed=21), RATE, "FLAC", "PCM_16")  # 12 windows each
 
         def post() -> None:
@@ -116,18 +93,12 @@ def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Pat
         threads = [threading.Thread(target=post) for _ in range(6)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while queue_depth(url) < 40:
-            assert time.monotonic() < deadline, "the requests were never queued"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
+        wait_queued(url, 40)
+        svc.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.stdout.read().decode() if proc.stdout else ""
+        code = svc.proc.wait(60)
+    output = svc.output()
     statuses = sorted(r.status_code for r in answers)
     assert len(answers) == 6 and 503 in statuses, (statuses, output[-2000:])
     for r in answers:
@@ -151,16 +122,9 @@ def test_a_model_that_cannot_load_fails_liveness_and_exits_1(
     shutil.copytree(tagger_bundle, broken)
     graph = broken / "model.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])  # truncated: the SHA-256 check fails
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_subprocess({"PANNS_MODELS": str(broken), "PANNS_WORKERS": "1"}, port)
-    try:
-        code = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    output = proc.stdout.read().decode() if proc.stdout else ""
+    with service_process(broken, workers=1, wait_ready=False) as svc:
+        code = svc.proc.wait(60)
+    output = svc.output()
     assert code == 1, output[-2000:]
     assert "loading models failed" in output and "truncated" in output
 

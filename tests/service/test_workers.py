@@ -18,12 +18,10 @@ from tests.service.conftest import (
     RATE,
     encode,
     files,
-    free_socket,
     metric_total,
     noise,
     parse_metrics,
-    start_subprocess,
-    wait_ready_url,
+    service_process,
 )
 from tests.service.test_stream import random_frames, stream_audio
 
@@ -64,22 +62,9 @@ def _stream_scores_like_tag(url: str) -> None:
 
 
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_subprocess(
-        {
-            "PANNS_MODELS": str(tagger_bundle),
-            "PANNS_WORKERS": "2",
-            "PANNS_WARMUP": "none",
-            "PANNS_MAX_DELAY_MS": "20",
-        },
-        port,
-    )
-    url = f"http://127.0.0.1:{port}"
     clip = encode(noise(3.0, seed=41), RATE)
-    try:
-        wait_ready_url(url, time.monotonic() + 120)
+    with service_process(tagger_bundle, workers=2, warmup="none", max_delay_ms=20) as svc:
+        url, proc = svc.url, svc.proc
         assert len(_fronts(proc.pid)) == 2
         with ThreadPoolExecutor(8) as pool:
             answers = list(
@@ -105,7 +90,5 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
             r = httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60)
             assert r.status_code == 200
         _stream_scores_like_tag(url)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-    assert code == 0, (proc.stdout.read() if proc.stdout else b"")[-2000:]
+    # Leaving the block sent SIGTERM: the engine and both fronts stopped cleanly.
+    assert proc.returncode == 0, svc.output()[-2000:]
