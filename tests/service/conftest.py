@@ -154,6 +154,11 @@ class LiveServer:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
+    def post_clip(self, path: str, name: str, x: np.ndarray, **params: Any) -> httpx.Response:
+        """``x`` (float samples at ``RATE``) uploaded to ``path`` as the WAV file ``name``."""
+        with self.client() as c:
+            return c.post(path, params=params, files=files((name, encode(x, RATE))))
+
 
 def wait_until_200(
     url: str,

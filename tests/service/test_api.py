@@ -30,8 +30,7 @@ def test_scores_equal_the_bundle_on_a_10s_clip(
     tagger_server: LiveServer, tagger_bundle: Path
 ) -> None:
     x = noise(10.0, seed=1)
-    with tagger_server.client() as c:
-        r = c.post("/v1/tag", files=files(("ten.wav", encode(x, RATE))))
+    r = tagger_server.post_clip("/v1/tag", "ten.wav", x)
     assert r.status_code == 200, r.text
     entry = r.json()["results"][0]
     expected = run_bundle(tagger_bundle, x)["clipwise"]
@@ -47,12 +46,7 @@ def test_short_clip_without_padding_is_scored_at_its_length(
     tagger_server: LiveServer, tagger_bundle: Path
 ) -> None:
     x = noise(1.5, seed=2)
-    with tagger_server.client() as c:
-        r = c.post(
-            "/v1/tag",
-            params={"pad": "false", "top_k": 3},
-            files=files(("short.wav", encode(x, RATE))),
-        )
+    r = tagger_server.post_clip("/v1/tag", "short.wav", x, pad="false", top_k=3)
     assert r.status_code == 200, r.text
     entry = r.json()["results"][0]
     np.testing.assert_allclose(
@@ -60,8 +54,7 @@ def test_short_clip_without_padding_is_scored_at_its_length(
     )
     padded = np.zeros(10 * RATE, np.float32)
     padded[: x.shape[0]] = x
-    with tagger_server.client() as c:
-        r = c.post("/v1/tag", files=files(("short.wav", encode(x, RATE))))
+    r = tagger_server.post_clip("/v1/tag", "short.wav", x)
     np.testing.assert_allclose(
         r.json()["results"][0]["scores"],
         run_bundle(tagger_bundle, padded)["clipwise"],
@@ -74,13 +67,8 @@ def test_long_audio_is_windowed_and_aggregated(
     tagger_server: LiveServer, tagger_bundle: Path
 ) -> None:
     x = noise(25.0, seed=3)
-    with tagger_server.client() as c:
-        r_max = c.post("/v1/tag", files=files(("long.wav", encode(x, RATE))))
-        r_mean = c.post(
-            "/v1/tag",
-            params={"aggregate": "mean", "hop_s": 7.5},
-            files=files(("long.wav", encode(x, RATE))),
-        )
+    r_max = tagger_server.post_clip("/v1/tag", "long.wav", x)
+    r_mean = tagger_server.post_clip("/v1/tag", "long.wav", x, aggregate="mean", hop_s=7.5)
     entry = r_max.json()["results"][0]
     tail = np.zeros(10 * RATE, np.float32)
     tail[: 5 * RATE] = x[20 * RATE :]
@@ -165,8 +153,7 @@ def test_one_bad_file_fails_only_its_own_entry(tagger_server: LiveServer) -> Non
 
 def test_embed_returns_the_mean_embedding(tagger_server: LiveServer, tagger_bundle: Path) -> None:
     x = noise(12.0, seed=5)
-    with tagger_server.client() as c:
-        r = c.post("/v1/embed", files=files(("e.wav", encode(x, RATE))))
+    r = tagger_server.post_clip("/v1/embed", "e.wav", x)
     assert r.status_code == 200, r.text
     entry = r.json()["results"][0]
     padded = np.zeros(10 * RATE, np.float32)
@@ -178,8 +165,7 @@ def test_embed_returns_the_mean_embedding(tagger_server: LiveServer, tagger_bund
 
 
 def test_detect_refuses_a_model_without_framewise_output(tagger_server: LiveServer) -> None:
-    with tagger_server.client() as c:
-        r = c.post("/v1/detect", files=files(("a.wav", encode(noise(1.0, 6), RATE))))
+    r = tagger_server.post_clip("/v1/detect", "a.wav", noise(1.0, 6))
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "no_framewise_output"
     assert "framewise" in r.json()["error"]["message"]
