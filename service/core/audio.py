@@ -11,6 +11,7 @@ mixed down (and resampled) straight into one output array sized from the header
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import soundfile as sf
 
 from service.core.errors import TaggingError
 from service.core.mixdown import MonoSink
+from service.core.sndinput import Buffer, sound_file
 
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
@@ -50,8 +52,6 @@ _SEND = "send WAV, FLAC, Ogg Vorbis/Opus or MP3"
 _FOREIGN = ((4, b"ftyp", "MP4/M4A"), (0, b"\x1aE\xdf\xa3", "Matroska/WebM"),
             (0, b"0&\xb2u\x8ef\xcf\x11", "WMA/ASF"), (0, b"#!AMR", "AMR"))  # fmt: skip
 UNKNOWN_LENGTH = (1 << 63) - 1  # libsndfile's frame count for a stream that declares none
-
-Buffer = bytes | bytearray | memoryview
 
 
 class AudioError(TaggingError):
@@ -160,38 +160,6 @@ def _check_wav_header(data: Buffer, max_seconds: float) -> tuple[int, bytes] | N
             f"{held / align / rate:.2f} s (truncated file or lying header)"
         )
     return patch
-
-
-class _Source:
-    """A read-only file over the upload for libsndfile's virtual I/O: reads copy straight
-    from the body into libsndfile's buffer (no BytesIO copy of the whole upload).
-    ``patch`` = (offset, bytes) is laid over the body (a repaired header field)."""
-
-    def __init__(self, data: Buffer, patch: tuple[int, bytes] | None = None) -> None:
-        self._view = memoryview(data).cast("B")
-        self._patch = patch
-        self._pos = 0
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._view)}.get(whence, 0)
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer: memoryview) -> int:
-        out = memoryview(buffer).cast("B")
-        start = min(self._pos, len(self._view))
-        n = min(len(out), len(self._view) - start)
-        out[:n] = self._view[start : start + n]
-        if self._patch is not None:
-            at, data = self._patch
-            lo, hi = max(at, start), min(at + len(data), start + n)
-            if lo < hi:
-                out[lo - start : hi - start] = data[lo - at : hi - at]
-        self._pos = start + n
-        return n
 
 
 # libsndfile's words that describe its own internals, not the file: said plainly instead.
@@ -312,24 +280,24 @@ def _to_mono(samples: np.ndarray, rate: int, target_rate: int, scale: float) -> 
     return sink.finish()
 
 
-def _open(
-    data: Buffer, max_seconds: float, patch: tuple[int, bytes] | None = None
-) -> tuple[sf.SoundFile, str]:
-    """libsndfile on ``data``, with ``patch`` (``_check_wav_header``'s) laid over it."""
+@contextlib.contextmanager
+def _opened(data: Buffer, patch: tuple[int, bytes] | None) -> Iterator[tuple[sf.SoundFile, str]]:
+    """libsndfile on ``data``, with ``patch`` (``_check_wav_header``'s) laid over it, and the
+    format's name; closed on exit."""
     sniffed = _sniff(data)
     if sniffed is not None and sniffed not in SUPPORTED.values():
         raise UnsupportedFormat(f"{sniffed} audio is not supported: {_SEND}")
-    try:
-        handle = sf.SoundFile(_Source(data, patch))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        if sniffed is None:
-            raise UnsupportedFormat(f"unrecognised audio format: {_SEND}") from exc
-        raise _undecodable(sniffed, exc) from exc
-    name = SUPPORTED.get(handle.format)
-    if name is None:
-        handle.close()
-        raise UnsupportedFormat(f"{handle.format} audio is not supported: {_SEND}")
-    return handle, name
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = stack.enter_context(sound_file(data, patch))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            if sniffed is None:
+                raise UnsupportedFormat(f"unrecognised audio format: {_SEND}") from exc
+            raise _undecodable(sniffed, exc) from exc
+        name = SUPPORTED.get(handle.format)
+        if name is None:
+            raise UnsupportedFormat(f"{handle.format} audio is not supported: {_SEND}")
+        yield handle, name
 
 
 def _read_into(handle: sf.SoundFile, block: np.ndarray, name: str) -> int:
@@ -424,8 +392,7 @@ def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
         plain = _plain_wav(data, target_rate, max_seconds)
         if plain is not None:
             return plain
-    handle, name = _open(data, max_seconds, patch)
-    with handle:
+    with _opened(data, patch) as (handle, name):
         max_seconds = _check_header(handle, max_seconds)
         rate, channels = handle.samplerate, handle.channels
         limit = int(max_seconds * rate)

@@ -425,8 +425,7 @@ def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype
     sf.write(buf, x, rate, format="WAV", subtype=subtype)
     data = buf.getvalue()
     fast = audio.decode(data, 32000, 60.0)
-    handle, name = audio._open(data, 60.0)  # the libsndfile path, forced
-    with handle:
+    with audio._opened(data, None) as (handle, name):  # the libsndfile path, forced
         sink = audio.MonoSink(rate, 32000, handle.frames)
         for block in audio._blocks(handle, name, 60.0):
             sink.push(block)
