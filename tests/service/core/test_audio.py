@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -448,3 +449,46 @@ def test_a_whole_block_resamples_to_the_same_samples_as_the_stream(rate: int) ->
     for first in range(0, x.shape[0], 65536):
         streamed.push(x[first : first + 65536])
     np.testing.assert_array_equal(whole.finish(), streamed.finish())
+
+
+def _size_zero_24_bit(x: np.ndarray) -> bytes:
+    """A 24-bit WAV (libsndfile's path) whose data size says 0: decoded through a patch."""
+    data = bytearray(encode(x, RATE, "WAV", "PCM_24"))
+    at = data.index(b"data") + 4
+    data[at : at + 4] = struct.pack("<I", 0)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: encode(x, 44100, "MP3", "MPEG_LAYER_III"),
+        lambda x: encode(x, 44100, "OGG", "VORBIS"),
+        lambda x: encode(x, 44100, "FLAC", "PCM_16"),
+        _size_zero_24_bit,
+    ],
+    ids=["mp3", "ogg", "flac", "wav24-patched"],
+)
+def test_libsndfile_reads_a_memory_file_as_it_reads_the_buffer(
+    make: Callable[[np.ndarray], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libsndfile reads a memfd copy of the upload (no Python callbacks, GIL released) or,
+    past ``MEMFD_MAX_BYTES``, the buffer itself through virtual I/O: the same samples."""
+    from service.core import sndinput
+
+    data = make(sine(440, 2.0, 44100 if make is not _size_zero_24_bit else RATE))
+    opened: list[int | None] = []
+    real_memfd = sndinput._memfd
+
+    def recording(data: bytes, patch: tuple[int, bytes] | None) -> int | None:
+        opened.append(real_memfd(data, patch))
+        return opened[-1]
+
+    monkeypatch.setattr(sndinput, "_memfd", recording)
+    via_memfd = decode(data, RATE, 60).waveform
+    assert isinstance(opened[-1], int)  # the memory file was used
+    monkeypatch.setattr(sndinput, "MEMFD_MAX_BYTES", 0)
+    via_callbacks = decode(data, RATE, 60).waveform
+    assert opened[-1] is None  # no memory file: virtual I/O
+    np.testing.assert_array_equal(via_memfd, via_callbacks)
+    assert via_memfd.shape[0] > RATE
