@@ -2,7 +2,9 @@
 
 ``BoundedHttpTools`` is the server's HTTP protocol: uvicorn's httptools (C) parser, which
 costs a fraction of h11's pure-Python parsing and body copies per upload, with the bound on
-a request head that httptools lacks. ``HeaderLimit`` checks a head that arrived whole.
+a request head that httptools lacks, handing the body over without uvicorn's two copies.
+``HeaderLimit`` checks a head that arrived whole. ``ReleaseAfterLargeBodies`` gives the
+memory of a large upload back to the OS once its request is done.
 """
 
 from __future__ import annotations
