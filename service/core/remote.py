@@ -327,10 +327,12 @@ class EngineClient:
                         return dict(hello["models"])
                     if hello.get("error"):
                         raise NotReady(f"the engine failed to load: {hello['error']}")
-                    await asyncio.sleep(0.2)
+                    # short: until every front has asked again, a ready front and one that
+                    # answers 503 "loading" share the listening socket
+                    await asyncio.sleep(0.02)
             if time.monotonic() >= ends:
                 raise NotReady("the engine process did not become ready")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
