@@ -77,6 +77,8 @@ class Models:
     models: dict[str, ModelRuntime] = field(default_factory=dict)
     ready: bool = False
     error: str | None = None
+    # set once loading has ended, loaded or failed: what an engine's fronts wait for
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def default_name(self) -> str | None:
@@ -130,6 +132,8 @@ class Models:
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            self.settled.set()
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop every batcher: queued windows are finished (or failed after ``timeout_s``)."""

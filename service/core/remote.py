@@ -215,6 +215,13 @@ class EngineServer:
             return
         await self._serve(reader, writer, arena)
 
+    async def _answer_hello(self, rid: int, frames: Frames) -> None:
+        """Answered once loading has ended (loaded or failed), not before: every front
+        waiting on it turns ready at the same moment, none polls."""
+        await self.models.settled.wait()
+        with contextlib.suppress(ConnectionError):
+            await frames.send({"id": rid, **self._hello()})
+
     def _hello(self) -> dict[str, Any]:
         if not self.models.ready:
             return {"ok": False, "ready": False, "error": self.models.error}
@@ -237,12 +244,15 @@ class EngineServer:
     ) -> None:
         frames = Frames(writer)
         tasks: dict[int, asyncio.Task[None]] = {}
+        hellos: set[asyncio.Task[None]] = set()  # waiting for the models to load
         try:
             while True:
                 header, payload = await receive(reader)
                 rid = int(header.get("id", 0))
                 if header.get("op") == "hello":
-                    await frames.send({"id": rid, **self._hello()})
+                    hello = asyncio.create_task(self._answer_hello(rid, frames))
+                    hellos.add(hello)
+                    hello.add_done_callback(hellos.discard)
                 elif header.get("op") == "cancel":
                     task = tasks.pop(rid, None)
                     if task is not None:
@@ -255,7 +265,7 @@ class EngineServer:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the front went away (or the engine stops): its queued windows are dropped
         finally:
-            for task in list(tasks.values()):
+            for task in [*tasks.values(), *hellos]:
                 task.cancel()
             frames.close()
 
@@ -321,15 +331,15 @@ class EngineClient:
                 reader, writer = await self._open()
                 self._frames = Frames(writer)
                 self._reader_task = asyncio.create_task(self._read(reader))
-                while time.monotonic() < ends:
-                    hello, _ = await self._call({"op": "hello"}, b"")
-                    if hello.get("ready"):
-                        return dict(hello["models"])
-                    if hello.get("error"):
-                        raise NotReady(f"the engine failed to load: {hello['error']}")
-                    # short: until every front has asked again, a ready front and one that
-                    # answers 503 "loading" share the listening socket
-                    await asyncio.sleep(0.02)
+                try:
+                    # the engine answers once its models have loaded (or failed)
+                    async with asyncio.timeout(max(0.0, ends - time.monotonic())):
+                        hello, _ = await self._call({"op": "hello"}, b"")
+                except TimeoutError:
+                    raise NotReady("the engine process did not become ready") from None
+                if hello.get("ready"):
+                    return dict(hello["models"])
+                raise NotReady(f"the engine failed to load: {hello.get('error')}")
             if time.monotonic() >= ends:
                 raise NotReady("the engine process did not become ready")
             await asyncio.sleep(0.05)
@@ -479,4 +489,5 @@ async def connect_models(models: Models, path: str) -> EngineClient:
         )
         models.models[card.name] = runtime
     models.ready = True
+    models.settled.set()
     return client

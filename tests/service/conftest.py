@@ -252,9 +252,6 @@ def service_process(
     try:
         if wait_ready:
             wait_ready_url(running.url, time.monotonic() + 120)
-            if settings.get("workers") != 1:
-                # /readyz answered from one front; the others ask the engine every 20 ms
-                time.sleep(0.1)
         yield running
     finally:
         stop_process(running.proc, grace=60)

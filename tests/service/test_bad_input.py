@@ -327,13 +327,9 @@ def _endless_head(port: int) -> bytes:
 
 def test_stalled_uploads_and_huge_headers_are_cut_off(tagger_bundle: Path) -> None:
     """Through ``python -m service`` (its uvicorn settings): a body that stops arriving gets
-    408 after PANNS_IDLE_TIMEOUT_S; a request head over PANNS_MAX_HEADER_KB is refused.
-
-    One process: with several fronts, /readyz may answer from a ready front while the raw
-    socket below lands on one still asking the engine (503 "loading"); test_workers covers
-    the fronts."""
+    408 after PANNS_IDLE_TIMEOUT_S; a request head over PANNS_MAX_HEADER_KB is refused."""
     limits = {"idle_timeout_s": 1, "max_header_kb": 16}
-    with service_process(tagger_bundle, workers=1, warmup="none", **limits) as svc:
+    with service_process(tagger_bundle, warmup="none", **limits) as svc:
         url, port = svc.url, svc.port
         head = (
             b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
