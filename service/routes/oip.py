@@ -67,6 +67,8 @@ def oip_error(exc: Exception) -> JSONResponse:
         status, message = 400, "; ".join(str(e.get("msg", "invalid")) for e in exc.errors())
     elif isinstance(exc, StarletteHTTPException):
         status, message = exc.status_code, str(exc.detail)
+    elif isinstance(exc, InvalidParameters):  # /v1's 422; the protocol's bad request is 400
+        status, message = 400, f"parameter {exc}"
     else:
         err = to_api_error(exc)
         status, message, headers = err.status, err.message, err.headers
@@ -204,11 +206,9 @@ def _outputs(
     return [(o.name, kinds[o.name], o) for o in req.outputs]
 
 
-def _window(params: dict[str, Any], card: ModelCard, min_hop_s: float) -> WindowSpec:
-    """The /v1 window parameters, given as request parameters, checked for ``card``.
-
-    Checked here, not left to the tagger: its ``InvalidParameters`` is /v1's 422, but the
-    protocol answers every bad request with 400."""
+def _window(params: dict[str, Any]) -> WindowSpec:
+    """The /v1 window parameters, given as request parameters (the tagger checks them for
+    the model; ``oip_error`` answers its ``InvalidParameters`` with the protocol's 400)."""
     seconds = {}
     for key in ("window_s", "hop_s"):
         value = params.get(key)
@@ -218,12 +218,7 @@ def _window(params: dict[str, Any], card: ModelCard, min_hop_s: float) -> Window
     pad = params.get("pad", True)
     if not isinstance(pad, bool):
         raise ProtocolError("parameter pad must be true or false")
-    spec = WindowSpec(seconds["window_s"], seconds["hop_s"], pad)
-    try:
-        spec.samples(card, min_hop_s)
-    except InvalidParameters as exc:
-        raise ProtocolError(f"parameter {exc}") from exc
-    return spec
+    return WindowSpec(seconds["window_s"], seconds["hop_s"], pad)
 
 
 def _raise_first_error(results: list[TensorResult]) -> None:
@@ -265,7 +260,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     req = await _read(request)
     sources = _sources(req, runtime.card, settings_of(request).max_files)
     wanted = _outputs(req, runtime)
-    window = _window(req.parameters, runtime.card, tagger.limits.min_hop_s)
+    window = _window(req.parameters)
     call = tagger.tensors_many(
         sources, model=runtime.name, kinds=[k for _, k, _ in wanted], window=window
     )
