@@ -16,10 +16,13 @@ import contextlib
 import ctypes
 import functools
 import gc
+import threading
 from typing import Any
 
 LARGE_REQUEST_BYTES = 32 << 20  # served by mmap, and the heap trimmed after the request
 KEPT_FREE_BYTES = 64 << 20  # free heap top kept for the next requests
+
+_releasing = threading.Lock()
 
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -48,9 +51,16 @@ def release_memory() -> None:
     """Hand freed heap back to the OS after a large request (glibc keeps it otherwise).
 
     Unreachable cycles go first: a refused request's exception holds its traceback, whose
-    frames hold the request's arrays, until the garbage collector breaks the cycle."""
-    gc.collect()
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.malloc_trim(0)
+    frames hold the request's arrays, until the garbage collector breaks the cycle. One
+    release at a time: a call while one runs (the door's and the core's trigger for the
+    same large request) is covered by it."""
+    if not _releasing.acquire(blocking=False):
+        return
+    try:
+        gc.collect()
+        libc = _libc()
+        with contextlib.suppress(AttributeError):
+            if libc is not None:
+                libc.malloc_trim(0)
+    finally:
+        _releasing.release()

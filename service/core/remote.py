@@ -153,6 +153,12 @@ def _decode_results(header: dict[str, Any], payload: bytes) -> list[WindowResult
     return out
 
 
+async def _send_quietly(frames: Frames, header: dict[str, Any]) -> None:
+    """A cancelled submit's answer, to a front that may be gone already."""
+    with contextlib.suppress(ConnectionError):
+        await frames.send({**header, "error": "cancelled"})
+
+
 def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> Any:
     """Drop a finished submit; a cancelled one still gets an answer, which tells the front
     that its arena extent is no longer read (even if the task never started)."""
@@ -160,9 +166,7 @@ def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> A
     def done(task: asyncio.Task[None]) -> None:
         tasks.pop(rid, None)
         if task.cancelled() and not frames.is_closing():
-            reply = asyncio.ensure_future(
-                frames.send({"id": rid, "ok": False, "error": "cancelled"})
-            )
+            reply = asyncio.ensure_future(_send_quietly(frames, {"id": rid, "ok": False}))
             _answers.add(reply)
             reply.add_done_callback(_answers.discard)
 
@@ -306,8 +310,8 @@ def _windows(
         floats = arena
     try:
         return windows_at(floats, int(header.get("at", 0)), lengths)
-    except ValueError as exc:
-        return exc
+    except (TypeError, ValueError) as exc:  # a malformed offset fails this request alone
+        return ValueError(f"unusable window offset: {exc}")
 
 
 class EngineClient:

@@ -46,8 +46,11 @@ def long_wav(minutes: float, subtype: str) -> bytes:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_large_uploads_leave_no_memory_behind(tagger_bundle: Path) -> None:
     limits = {"max_upload_mb": 300, "max_audio_s": 3600, "max_request_audio_s": 3600}
-    with service_process(tagger_bundle, workers=1, threads=1, warmup="none", **limits) as server:
-        client = httpx.Client(base_url=server.url, timeout=120)
+    settings = {"workers": 1, "threads": 1, "warmup": "none", **limits}
+    with (
+        service_process(tagger_bundle, **settings) as server,
+        httpx.Client(base_url=server.url, timeout=120) as client,
+    ):
         # full batches first: ONNX Runtime's arena grows to its peak once, and stays
         warm = encode(np.tile(noise(10.0, seed=1), 16), RATE, "WAV", "PCM_16")
         for _ in range(3):
