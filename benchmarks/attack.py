@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
-from benchmarks.common import free_port, start_service, tree_cpu, wait_ready  # noqa: E402
+from benchmarks.common import free_port, start_service, tree_usage, wait_ready  # noqa: E402
 from benchmarks.formats import audio_file, multipart_body  # noqa: E402
 
 RATE = 32000
@@ -42,7 +42,7 @@ def noise(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
 
 def rss_mb(pid: int) -> int:
     """Resident MB of the server's process tree."""
-    return int(tree_cpu(pid)[2])
+    return int(tree_usage(pid).rss_mb)
 
 
 def post(

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -68,13 +69,18 @@ def _tree(root: int) -> list[list[str]]:
     return [fields[p] for p in members if p in fields]
 
 
-def tree_cpu(root: int) -> tuple[float, int, float]:
-    """(CPU seconds, process count, resident MB) of ``root`` and its descendants; reaped
-    children's time is in their parent's cutime/cstime, so exited workers are counted too."""
+class TreeUsage(NamedTuple):
+    cpu_s: float  # reaped children's time is in their parent's cutime/cstime: counted too
+    processes: int
+    rss_mb: float
+
+
+def tree_usage(root: int) -> TreeUsage:
+    """CPU seconds, process count and resident MB of ``root`` and its descendants."""
     tree = _tree(root)
     ticks = sum(sum(int(x) for x in f[11:15]) for f in tree)
     rss_mb = sum(int(f[21]) for f in tree) * PAGE_BYTES / 2**20
-    return ticks / CLK_TCK, len(tree), rss_mb
+    return TreeUsage(ticks / CLK_TCK, len(tree), rss_mb)
 
 
 def free_port() -> int:

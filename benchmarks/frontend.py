@@ -47,7 +47,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_model,
     free_port,
     start_service,
-    tree_cpu,
+    tree_usage,
     wait_ready,
 )
 from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
@@ -86,7 +86,7 @@ def machine() -> dict[str, Any]:
 def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
     """The server's resident MB once the load has stopped (after ``settle_s``)."""
     time.sleep(settle_s)
-    return tree_cpu(root)[2]
+    return tree_usage(root).rss_mb
 
 
 def machine_busy() -> tuple[int, int]:
@@ -148,7 +148,7 @@ def measure(
     marks: dict[str, tuple[float, int, tuple[int, int], float]] = {}
 
     def at_window(edge: str) -> None:
-        cpu, count, rss_mb = tree_cpu(server.proc.pid)
+        cpu, count, rss_mb = tree_usage(server.proc.pid)
         marks[edge] = (cpu, count, machine_busy(), rss_mb)
 
     load = run_load(

@@ -52,7 +52,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_model,
     free_port,
     start_service,
-    tree_cpu,
+    tree_usage,
     wait_ready,
 )
 from benchmarks.formats import audio_file  # noqa: E402
@@ -179,14 +179,14 @@ def throughput(
     url: str, bodies: list[bytes], clients: int, seconds: float, pids: dict[str, int]
 ) -> dict[str, Any]:
     """Clips per second under load, and each process's CPU milliseconds per clip."""
-    before = {name: tree_cpu(pid)[0] for name, pid in pids.items()}
+    before = {name: tree_usage(pid).cpu_s for name, pid in pids.items()}
     lat, statuses, elapsed = asyncio.run(load(url, bodies, clients, seconds))
     done = max(1, statuses.get(200, 0))
     return {
         "clips_s": round(statuses.get(200, 0) / elapsed, 2),
         "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if lat else None,
         "cpu_ms_per_clip": {
-            name: round(1000 * (tree_cpu(pid)[0] - before[name]) / done, 1)
+            name: round(1000 * (tree_usage(pid).cpu_s - before[name]) / done, 1)
             for name, pid in pids.items()
         },
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
