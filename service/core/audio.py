@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from service.core.errors import TaggingError
-from service.core.mixdown import MonoSink
+from service.core.mixdown import MonoSink, mono_at
 from service.core.sndinput import Buffer, sound_file
 
 MIN_RATE, MAX_RATE = 1000, 384_000
@@ -271,12 +271,16 @@ def _to_mono(samples: np.ndarray, rate: int, target_rate: int, scale: float) -> 
     """(frames, channels) samples already in memory as one mono float32 array at
     ``target_rate``; float samples are checked (NaN, inf, the bound)."""
     frames = samples.shape[0]
+    if frames <= MEMORY_BLOCK_FRAMES:
+        if samples.dtype.kind == "f":
+            check_samples(samples)
+        return mono_at(samples, rate, target_rate, scale)
     sink = MonoSink(rate, target_rate, frames)
     for first in range(0, frames, MEMORY_BLOCK_FRAMES):
         block = samples[first : first + MEMORY_BLOCK_FRAMES]
         if block.dtype.kind == "f":
             check_samples(block)
-        sink.push(block, scale, whole=frames <= MEMORY_BLOCK_FRAMES)
+        sink.push(block, scale)
     return sink.finish()
 
 

@@ -439,16 +439,15 @@ def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype
 @pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000])
 def test_a_whole_block_resamples_to_the_same_samples_as_the_stream(rate: int) -> None:
     """In-memory audio is resampled in one call; the streamed path (blocks) must agree."""
-    from service.core.mixdown import MonoSink
+    from service.core.mixdown import MonoSink, mono_at
 
     rng = np.random.default_rng(rate)
     x = (0.3 * rng.standard_normal((rate * 10 + 17, 2))).astype(np.float32)
-    whole = MonoSink(rate, RATE, x.shape[0])
-    whole.push(x, whole=True)
+    whole = mono_at(x, rate, RATE)
     streamed = MonoSink(rate, RATE, x.shape[0])
     for first in range(0, x.shape[0], 65536):
         streamed.push(x[first : first + 65536])
-    np.testing.assert_array_equal(whole.finish(), streamed.finish())
+    np.testing.assert_array_equal(whole, streamed.finish())
 
 
 def _size_zero_24_bit(x: np.ndarray) -> bytes:
