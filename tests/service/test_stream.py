@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import shared_path
-from tests.service.conftest import RATE, LiveServer, encode, noise, parse_metrics, settings_for
+from tests.service.conftest import RATE, LiveServer, noise, parse_metrics, settings_for
+from tests.service.streaming import (
+    assert_scored_as_tag,
+    auth,
+    random_frames,
+    stream_audio,
+    tag_windows,
+    ws_url,
+)
 
 KEY = "stream-key"
 
@@ -32,99 +39,22 @@ def server(tagger_bundle: Path) -> Iterator[LiveServer]:
     live.stop()
 
 
-def ws_url(server: LiveServer) -> str:
-    return server.url.replace("http://", "ws://") + "/v1/stream"
-
-
 def recording() -> tuple[np.ndarray, int]:
     """30 s of a real recording (float32, its own rate and channels)."""
     wave, rate = sf.read(shared_path("audio", "dog_howl.ogg"), dtype="float32", always_2d=True)
     return wave[: 30 * rate], rate
 
 
-async def stream_audio(
-    url: str,
-    wave: np.ndarray,
-    rate: int,
-    opening: dict[str, Any],
-    frames: Iterator[int],
-    paced: bool = False,
-) -> tuple[list[dict], dict]:
-    """Send ``wave`` as float32 frames of the sizes ``frames`` gives (in bytes); the
-    results and the final message. ``paced``: never more than one window ahead of the
-    results (as a real-time source is), so that none is skipped."""
-    data = np.ascontiguousarray(wave, dtype="<f4").tobytes()
-    results: list[dict] = []
-    data_rate = 4 * wave.shape[1] * rate
-    async with connect(
-        url, additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None
-    ) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "sample_rate": rate,
-                    "channels": wave.shape[1],
-                    "sample_format": "float32",
-                    **opening,
-                }
-            )
-        )
-        ready = json.loads(await ws.recv())
-        assert ready["type"] == "ready"
-
-        async def reader() -> dict:
-            async for text in ws:
-                message = json.loads(text)
-                if message["type"] == "end":
-                    return message
-                results.append(message)
-            raise AssertionError("closed without an end message")
-
-        task = asyncio.ensure_future(reader())
-        at = 0
-        while at < len(data):
-            size = next(frames)
-            await ws.send(data[at : at + size])
-            at += size
-            sent_s = at / data_rate
-            while paced and len(results) < (sent_s - ready["window_s"]) // ready["hop_s"]:
-                await asyncio.sleep(0.005)
-        await ws.send(json.dumps({"type": "end"}))
-        end = await task
-    return results, end
-
-
-def random_frames(seed: int, low: int = 1, high: int = 60_000) -> Iterator[int]:
-    rng = random.Random(seed)
-    while True:
-        yield rng.randint(low, high)
-
-
 def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
     wave, rate = recording()
     opening = {"window_s": 10, "hop_s": 1, "top_k": 5}
     results, end = asyncio.run(
-        stream_audio(ws_url(server), wave, rate, opening, random_frames(0), paced=True)
+        stream_audio(ws_url(server.url), wave, rate, opening, random_frames(0), paced=True, key=KEY)
     )
-    with server.client(headers={"Authorization": f"Bearer {KEY}"}) as client:
-        body = encode(wave, rate)
-        r = client.post(
-            "/v1/tag",
-            params={"window_s": 10, "hop_s": 1, "top_k": 5},
-            files={"file": ("clip.wav", body)},
-        )
-    assert r.status_code == 200, r.text
-    windows = r.json()["results"][0]["windows"]
+    windows = tag_windows(server.url, wave, rate, opening, key=KEY)
     assert end == {"type": "end", "windows": len(windows), "skipped": 0}
     assert len(results) == len(windows) == 21
-    for got, want in zip(results, windows, strict=True):
-        assert got["skipped"] == 0
-        assert got["start_s"] == pytest.approx(want["start_s"], abs=1e-6)
-        assert got["end_s"] == pytest.approx(want["end_s"], abs=1e-6)
-        assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
-        np.testing.assert_allclose(
-            [t["score"] for t in got["top"]], [t["score"] for t in want["top"]], atol=1e-5
-        )
+    assert_scored_as_tag(results, windows)
 
 
 def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> None:
@@ -134,7 +64,7 @@ def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> N
         wave = noise(30.0, 3, RATE)[:, None]
         results, end = asyncio.run(
             stream_audio(
-                ws_url(live),
+                ws_url(live.url),
                 wave,
                 RATE,
                 {"window_s": 2, "hop_s": 0.1},
@@ -164,12 +94,13 @@ def test_eight_concurrent_streams(server: LiveServer) -> None:
     async def run_all() -> list[tuple[list[dict], dict]]:
         jobs = [
             stream_audio(
-                ws_url(server),
+                ws_url(server.url),
                 clip[:, None],
                 16000,
                 {"window_s": 2, "hop_s": 1, "top_k": 3},
                 random_frames(i, 100, 9000),
                 paced=True,
+                key=KEY,
             )
             for i, clip in enumerate(clips)
         ]
@@ -228,15 +159,15 @@ def opening(**extra: Any) -> str:
 def test_bad_streams_close_with_a_reason(
     server: LiveServer, first: Any, more: tuple, code: int, reason: str
 ) -> None:
-    got, why = asyncio.run(closed_with(ws_url(server), first, *more))
+    got, why = asyncio.run(closed_with(ws_url(server.url), first, *more))
     assert got == code
     assert reason in why
 
 
 def test_api_key_in_header_and_too_many_streams(server: LiveServer) -> None:
     async def scenario() -> tuple[int, str]:
-        url, auth = ws_url(server), {"Authorization": f"Bearer {KEY}"}
-        holders = [await connect(url, additional_headers=auth) for _ in range(9)]
+        url = ws_url(server.url)
+        holders = [await connect(url, additional_headers=auth(KEY)) for _ in range(9)]
         try:
             for ws in holders:
                 await ws.send(json.dumps({"sample_rate": 16000}))

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.service.conftest import (
@@ -23,7 +22,13 @@ from tests.service.conftest import (
     parse_metrics,
     service_process,
 )
-from tests.service.test_stream import random_frames, stream_audio
+from tests.service.streaming import (
+    assert_scored_as_tag,
+    random_frames,
+    stream_audio,
+    tag_windows,
+    ws_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +51,12 @@ def _stream_scores_like_tag(url: str) -> None:
     """A live stream through a front: its windows go to the engine like uploads do."""
     wave, rate = noise(14.0, seed=43)[:, None], RATE  # stereo mix-down is test_stream's
     opening = {"window_s": 10, "hop_s": 1, "top_k": 5}
-    ws = url.replace("http://", "ws://") + "/v1/stream"
-    results, end = asyncio.run(stream_audio(ws, wave, rate, opening, random_frames(3), paced=True))
-    r = httpx.post(
-        f"{url}/v1/tag", params=opening, files=files(("clip.wav", encode(wave, rate))), timeout=60
+    results, end = asyncio.run(
+        stream_audio(ws_url(url), wave, rate, opening, random_frames(3), paced=True)
     )
-    assert r.status_code == 200, r.text
-    windows = r.json()["results"][0]["windows"]
-    assert end["windows"] == len(windows) == len(results) == 5
-    for got, want in zip(results, windows, strict=True):
-        assert [t["index"] for t in got["top"]] == [t["index"] for t in want["top"]]
-        np.testing.assert_allclose(
-            [t["score"] for t in got["top"]], [t["score"] for t in want["top"]], atol=1e-5
-        )
+    windows = tag_windows(url, wave, rate, opening)
+    assert end == {"type": "end", "windows": 5, "skipped": 0}
+    assert_scored_as_tag(results, windows)
 
 
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
