@@ -16,7 +16,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import shared_path
-from tests.service.conftest import RATE, LiveServer, noise, parse_metrics, settings_for
+from tests.service.conftest import (
+    RATE,
+    LiveServer,
+    encode,
+    files,
+    noise,
+    parse_metrics,
+    settings_for,
+)
 from tests.service.streaming import (
     assert_scored_as_tag,
     auth,
@@ -55,6 +63,63 @@ def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
     assert end == {"type": "end", "windows": len(windows), "skipped": 0}
     assert len(results) == len(windows) == 21
     assert_scored_as_tag(results, windows)
+
+
+def detect_window(url: str, samples: np.ndarray, window_s: float, top_k: int) -> dict:
+    """``POST /v1/detect`` for one window's samples (at the model rate), cut and padded as the
+    stream's window is, with the stream's fixed event settings (threshold 0.5, 0.1 s)."""
+    params = {"window_s": window_s, "top_k": top_k, "threshold": 0.5, "min_duration_s": 0.1}
+    r = httpx.post(
+        f"{url}/v1/detect",
+        params=params,
+        files=files(("w.wav", encode(samples, RATE))),
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    result: dict = r.json()["results"][0]
+    return result
+
+
+def assert_detected_as(got: dict, want: dict) -> None:
+    """A streamed window's tracks and events are ``want``'s (a /v1/detect result for the
+    window's audio), its events moved to the window's place in the stream."""
+    assert [t["index"] for t in got["tracks"]] == [t["index"] for t in want["tracks"]]
+    for a, b in zip(got["tracks"], want["tracks"], strict=True):
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    assert [(e["index"], e["label"]) for e in got["events"]] == [
+        (e["index"], e["label"]) for e in want["events"]
+    ]
+    for a, b in zip(got["events"], want["events"], strict=True):
+        assert a["start_s"] == pytest.approx(b["start_s"] + got["start_s"], abs=1e-6)
+        assert a["end_s"] == pytest.approx(b["end_s"] + got["start_s"], abs=1e-6)
+        assert a["peak"] == pytest.approx(b["peak"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_framewise_model_streams_tracks_and_events_as_detect(sed_bundle: Path) -> None:
+    """A SED model's stream: every window's frame tracks and events are what /v1/detect
+    gives for that window's audio (the last window zero-padded in both)."""
+    live = LiveServer(settings_for(sed_bundle)).start()
+    try:
+        wave = noise(5.5, seed=13)[:, None]  # at the model rate: windows hold the same samples
+        opening = {"window_s": 2, "hop_s": 1, "top_k": 3}
+        sizes = random_frames(5, 100, 20_000)
+        url = ws_url(live.url)
+        results, end = asyncio.run(stream_audio(url, wave, RATE, opening, sizes, paced=True))
+        assert end == {"type": "end", "windows": 5, "skipped": 0}
+        assert [(r["start_s"], r["end_s"]) for r in results] == [
+            (0, 2),
+            (1, 3),
+            (2, 4),
+            (3, 5),
+            (4, 5.5),
+        ]
+        for got in results:
+            samples = wave[round(got["start_s"] * RATE) : round(got["end_s"] * RATE)]
+            assert_detected_as(got, detect_window(live.url, samples, 2, 3))
+        assert all(len(r["tracks"]) == 3 and r["events"] for r in results)
+    finally:
+        live.stop()
 
 
 def test_slow_engine_skips_windows_instead_of_queueing(tagger_bundle: Path) -> None:
