@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import httpx
 import numpy as np
@@ -32,6 +33,19 @@ from benchmarks.common import free_port, start_service, tree_usage, wait_ready  
 from benchmarks.formats import audio_file, multipart_body  # noqa: E402
 
 RATE = 32000
+
+# One case's JSON; the functional form because "5xx" is not an identifier.
+CaseResult = TypedDict(
+    "CaseResult",
+    {
+        "statuses": dict[str, int],
+        "5xx": int,
+        "normal_success_rate": float,
+        "normal_requests": int,
+        "rss_before_mb": NotRequired[int],
+        "rss_after_mb": NotRequired[int],
+    },
+)
 
 
 def noise(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
@@ -45,13 +59,9 @@ def rss_mb(pid: int) -> int:
     return int(tree_usage(pid).rss_mb)
 
 
-def post(
-    url: str, path: str, data: bytes, params: dict[str, object] | None = None, **kw: object
-) -> int:
+def post(url: str, path: str, data: bytes, params: Mapping[str, str | float] | None = None) -> int:
     try:
-        r = httpx.post(
-            f"{url}{path}", params=params, files=[("file", ("a", data))], timeout=30, **kw
-        )  # type: ignore[arg-type]
+        r = httpx.post(f"{url}{path}", params=params, files=[("file", ("a", data))], timeout=30)
         return r.status_code
     except httpx.HTTPError:
         return 0  # connection closed by the server (a limit), or timed out
@@ -123,9 +133,7 @@ def _huge_header(url: str) -> int:
         return 0
 
 
-def attack(
-    url: str, name: str, fn: Callable[[], int], seconds: float, clients: int
-) -> dict[str, object]:
+def attack(url: str, name: str, fn: Callable[[], int], seconds: float, clients: int) -> CaseResult:
     statuses: Counter[int] = Counter()
     normal: list[bool] = []
     stop = time.monotonic() + seconds
@@ -171,8 +179,10 @@ def start(bundles: list[Path], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _cards(bundles: list[Path]) -> list[dict[str, object]]:
-    return [json.loads((b / "model.json").read_text()) for b in bundles]
+def _sed_model(bundles: list[Path]) -> str | None:
+    """The first bundle whose card has frames per second (a SED model), by name."""
+    cards = [json.loads((b / "model.json").read_text()) for b in bundles]
+    return next((str(c["name"]) for c in cards if c.get("frames_per_second")), None)
 
 
 def main() -> None:
@@ -190,23 +200,23 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     proc = start(args.bundle, port)
-    url, report = f"http://127.0.0.1:{port}", {}
-    sed = next((c["name"] for c in _cards(args.bundle) if c.get("frames_per_second")), None)
+    url = f"http://127.0.0.1:{port}"
+    report: dict[str, CaseResult] = {}
     try:
-        for name, fn in cases(url, sed).items():
+        for name, fn in cases(url, _sed_model(args.bundle)).items():
             before = rss_mb(proc.pid)
             result = attack(url, name, fn, args.seconds, args.clients)
             time.sleep(1.0)
-            result.update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
+            result["rss_before_mb"], result["rss_after_mb"] = before, rss_mb(proc.pid)
             report[name] = result
     finally:
         proc.terminate()
         code = proc.wait(60)
     total = {
         "cases": len(report),
-        "requests": sum(sum(r["statuses"].values()) for r in report.values()),  # type: ignore[attr-defined]
-        "5xx": sum(int(r["5xx"]) for r in report.values()),  # type: ignore[call-overload]
-        "min_normal_success_rate": min(float(r["normal_success_rate"]) for r in report.values()),  # type: ignore[arg-type]
+        "requests": sum(sum(r["statuses"].values()) for r in report.values()),
+        "5xx": sum(r["5xx"] for r in report.values()),
+        "min_normal_success_rate": min(r["normal_success_rate"] for r in report.values()),
         "exit_status": code,
     }
     print(json.dumps({"total": total, "cases": report}, indent=2))

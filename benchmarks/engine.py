@@ -28,8 +28,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from torch import nn
+
+    from training.models.common import PannsModel
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,7 +46,7 @@ log = logging.getLogger("benchmarks.engine")
 Runner = Callable[[], object]
 
 
-def build_model(arch: str) -> tuple[object, str]:
+def build_model(arch: str) -> tuple[PannsModel, str]:
     """The zoo model with deterministic weights, and how they were made."""
     import torch
 
@@ -80,7 +87,7 @@ def machine(threads: int) -> dict[str, object]:
 
 
 def engines(
-    model: object, bundle: Path, batch: np.ndarray, threads: int, cuda: bool
+    model: nn.Module, bundle: Path, batch: np.ndarray, threads: int, cuda: bool
 ) -> dict[str, tuple[str, Runner]]:
     """name -> (provider, a callable running one batch)."""
     import onnxruntime as ort
@@ -91,7 +98,7 @@ def engines(
 
     def eager() -> object:
         with torch.inference_mode():
-            return model(tensor)  # type: ignore[operator]
+            return model(tensor)
 
     def ort_runner(path: Path, providers: list[str]) -> Runner:
         options = ort.SessionOptions()
@@ -115,7 +122,7 @@ def engines(
     return out
 
 
-def _logit_session(path: Path, threads: int) -> tuple[object, str] | None:
+def _logit_session(path: Path, threads: int) -> tuple[ort.InferenceSession, str] | None:
     """A session that also returns the input of the Sigmoid producing ``clipwise_output``
     (the logits), or None when the clipwise output is not one Sigmoid (decision-level models)."""
     import onnx
@@ -149,7 +156,7 @@ def logit_agreement(bundle: Path, clips: np.ndarray, threads: int) -> float | No
         if found is None:
             return None
         session, logits = found
-        ranked.append(session.run([logits], {"waveform": clips})[0])  # type: ignore[attr-defined]
+        ranked.append(session.run([logits], {"waveform": clips})[0])
     return top10_agreement(ranked[1], ranked[0])
 
 
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle,
             arch=args.arch,
             fp16=cuda,
-            int8=True,  # type: ignore[arg-type]
+            int8=True,
             calibration_dir=calibration,
             progress=True,
         )

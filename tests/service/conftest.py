@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -31,6 +31,9 @@ from service.guards import bounded_http
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
 
+if TYPE_CHECKING:
+    from training.models.common import PannsModel
+
 TAGGER = "MobileNetV1"  # small 2-D model with an embedding output
 SED = "Cnn14_DecisionLevelMax"  # framewise output, for /v1/detect
 RATE = 32000
@@ -39,7 +42,7 @@ RATE = 32000
 HEAD_GAIN = {TAGGER: 0.1, SED: 1.0}  # keeps the sigmoid outputs spread, not saturated
 
 
-def deterministic_model(arch: str):  # type: ignore[no-untyped-def]
+def deterministic_model(arch: str) -> PannsModel:
     """``arch`` with seed-0 weights and BatchNorm statistics measured on seeded audio.
 
     Freshly initialised BatchNorm layers (mean 0, variance 1) leave some zoo models with
@@ -69,7 +72,7 @@ def deterministic_model(arch: str):  # type: ignore[no-untyped-def]
     model.train()
     with torch.no_grad():
         model(torch.from_numpy(audio))
-        model.fc_audioset.weight.mul_(HEAD_GAIN.get(arch, 1.0))
+        model.get_parameter("fc_audioset.weight").mul_(HEAD_GAIN.get(arch, 1.0))
     return model.eval()
 
 
