@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import start_service, wait_ready  # noqa: E402
+from benchmarks.common import start_service, tree_usage, wait_ready  # noqa: E402
 from benchmarks.formats import FORMATS, audio_file, http_request  # noqa: E402
 from benchmarks.loadgen import read_response  # noqa: E402
 from service.core.audio import decode  # noqa: E402
@@ -106,11 +107,38 @@ async def load(
     return latencies, statuses, time.perf_counter() - start
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class PeakTreeRss:
+    """The largest resident MB of the service's process tree seen while a ``with`` block runs.
+
+    The tree is ``root`` and its descendants (with PANNS_WORKERS > 1: the supervisor, the
+    fronts and the engine), their RSS summed and sampled every ``period_s`` by a thread here.
+    One process's VmHWM is exact but a sum of several would add peaks reached at different
+    times; a sampled sum is the tree's footprint at one moment, but can miss a spike shorter
+    than the period. Pages the processes share (libraries, the shared-memory windows) count
+    once per process. The object may be entered again: the peak carries over.
+    """
+
+    def __init__(self, root: int, period_s: float = 0.2) -> None:
+        self.root, self.period_s, self.mb = root, period_s, 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakTreeRss:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.mb = max(self.mb, tree_usage(self.root).rss_mb)
+            if self._stop.wait(self.period_s):
+                return
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,20 +163,26 @@ def parse_args() -> argparse.Namespace:
 def run_service(
     args: argparse.Namespace, bodies: list[bytes], reference: Reference, rate: int
 ) -> tuple[list[float], dict[int, int], float, float, list[tuple[float, float, float]]]:
-    """Start ``python -m service``, load it with K clients, stop it; return the numbers."""
+    """Start ``python -m service``, load it with K clients, stop it; return the numbers.
+
+    The tree's peak RSS is sampled while the service starts and while it is under load, not
+    during the lone requests: their sub-millisecond overheads are measured in this process,
+    which the sampling thread would disturb."""
     url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args.port, service_settings(args))
+    peak = PeakTreeRss(proc.pid)
     try:
-        wait_ready(args.port, proc)
+        with peak:
+            wait_ready(args.port, proc)
         lone = lone_latencies(args.port, bodies, args.lone, reference, rate)
         reference.close()  # the raw engine's last user: its session goes before the load
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
-        lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
-        rss = peak_rss_mb(proc.pid)
+        with peak:
+            lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
     finally:
         proc.terminate()
         proc.wait(60)
-    return lat, statuses, elapsed, rss, lone
+    return lat, statuses, elapsed, peak.mb, lone
 
 
 def lone_latencies(
@@ -276,7 +310,7 @@ def main() -> None:
         **lone_summary(lone),
         "workers": args.workers,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "peak_rss_mb": round(rss, 1),
+        "peak_rss_mb": round(rss, 1),  # all service processes summed, sampled: PeakTreeRss
         "cpus": os.cpu_count(),
     }
     report(result)
