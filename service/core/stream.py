@@ -35,7 +35,8 @@ from service.core.mixdown import mix_into
 from service.core.models import ModelRuntime
 from service.core.pipeline import WindowSpec
 from service.core.results import Event, FrameTrack, Top, events, top_entries, tracks
-from service.core.windows import window_starts
+from service.core.tasks import DetectOptions
+from service.core.windows import frames_spanning, window_starts
 
 _KNOWN = {
     "type",
@@ -47,6 +48,8 @@ _KNOWN = {
     "hop_s",
     "top_k",
     "threshold",
+    "event_threshold",
+    "min_duration_s",
     "api_key",
 }
 
@@ -63,6 +66,9 @@ class StreamConfig:
     hop_s: float = 1.0
     top_k: int = 5
     threshold: float | None = None
+    # SED models' events, as /v1/detect's threshold and min_duration_s (same defaults)
+    event_threshold: float = DetectOptions.threshold
+    min_duration_s: float = DetectOptions.min_duration_s
 
     @classmethod
     def parse(cls, message: Mapping[str, Any]) -> StreamConfig:
@@ -88,6 +94,12 @@ class StreamConfig:
         threshold = _number(message, "threshold", float, None)
         if threshold is not None and not 0 <= threshold <= 1:
             raise InvalidParameters("threshold must be in [0, 1]")
+        event_threshold = _number(message, "event_threshold", float, cls.event_threshold)
+        if not 0 <= event_threshold <= 1:
+            raise InvalidParameters("event_threshold must be in [0, 1]")
+        min_duration_s = _number(message, "min_duration_s", float, cls.min_duration_s)
+        if not 0 <= min_duration_s <= 3600:
+            raise InvalidParameters("min_duration_s must be in [0, 3600]")
         return cls(
             rate,
             model,
@@ -97,6 +109,8 @@ class StreamConfig:
             _number(message, "hop_s", float, 1.0),
             top_k,
             threshold,
+            event_threshold,
+            min_duration_s,
         )
 
     @functools.cached_property
@@ -317,24 +331,28 @@ class LiveStream:
 
     async def _result(self, pending: _Pending) -> StreamResult:
         rate = self.card.sample_rate
-        start_s, end_s = pending.start / rate, pending.end / rate
         try:
             (result,) = await pending.task
         except (QueueFull, DeadlineExceeded, BatcherStopped) as exc:
+            start_s, end_s = pending.start / rate, pending.end / rate
             return StreamResult(start_s, end_s, [], pending.skipped, error=str(exc))
-        return self._build(result, start_s, end_s, pending.skipped)
+        return self._build(result, pending)
 
-    def _build(
-        self, result: WindowResult, start_s: float, end_s: float, skipped: int
-    ) -> StreamResult:
-        cfg, card = self.config, self.card
+    def _build(self, result: WindowResult, pending: _Pending) -> StreamResult:
+        """A window's result, its frames and events cut to its audio as /v1/detect cuts a
+        file's (from sample counts)."""
+        cfg, card, rate = self.config, self.card, self.card.sample_rate
+        start_s, end_s, skipped = pending.start / rate, pending.end / rate, pending.skipped
         top = top_entries(result.outputs["clipwise"], card.labels, cfg.top_k, cfg.threshold)
         frames = result.outputs.get("framewise")
         fps = card.frames_per_second
         if frames is None or fps is None:
             return StreamResult(start_s, end_s, top, skipped)
-        covered = frames[: max(1, math.ceil((end_s - start_s) * fps))]
-        found = events(covered, card.labels, fps, 0.5, 0.1, end_s - start_s)
+        samples = pending.end - pending.start
+        covered = frames[: max(1, frames_spanning(samples, rate, fps))]
+        found = events(
+            covered, card.labels, fps, cfg.event_threshold, cfg.min_duration_s, samples / rate
+        )
         shifted = [
             Event(e.index, e.mid, e.label, e.start_s + start_s, e.end_s + start_s, e.peak)
             for e in found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,15 +54,22 @@ def cut(wave: np.ndarray, window: int, hop: int, pad: bool, min_samples: int) ->
     return out
 
 
+def frames_spanning(samples: int, rate: int, fps: float) -> int:
+    """How many frames (at ``fps``) cover ``samples`` (at ``rate``). Reckoned from sample
+    counts, never from seconds already divided: ``4.4 - 2.4`` is ``2.0000000000000004`` and
+    would keep one frame more for a 2 s window (every door rounds alike this way)."""
+    return math.ceil(samples / rate * fps)
+
+
 def stitch_frames(
     frames: list[np.ndarray], windows: list[Window], rate: int, fps: float, n_samples: int
 ) -> np.ndarray:
     """Place each window's (frames, classes) scores on one timeline; max where they overlap."""
-    total = max(1, int(np.ceil(n_samples / rate * fps)))
+    total = max(1, frames_spanning(n_samples, rate, fps))
     out = np.zeros((total, frames[0].shape[1]), np.float32)
     for scores, win in zip(frames, windows, strict=True):
         offset = round(win.start / rate * fps)
-        covered = int(np.ceil((win.end - win.start) / rate * fps))
+        covered = frames_spanning(win.end - win.start, rate, fps)
         usable = min(scores.shape[0], covered, total - offset)
         if usable > 0:
             view = out[offset : offset + usable]

@@ -65,10 +65,15 @@ def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
     assert_scored_as_tag(results, windows)
 
 
-def detect_window(url: str, samples: np.ndarray, window_s: float, top_k: int) -> dict:
+def detect_window(url: str, samples: np.ndarray, opening: dict) -> dict:
     """``POST /v1/detect`` for one window's samples (at the model rate), cut and padded as the
-    stream's window is, with the stream's fixed event settings (threshold 0.5, 0.1 s)."""
-    params = {"window_s": window_s, "top_k": top_k, "threshold": 0.5, "min_duration_s": 0.1}
+    stream's window is, with the stream's event settings (its defaults are /v1/detect's)."""
+    params = {
+        "window_s": opening["window_s"],
+        "top_k": opening["top_k"],
+        "threshold": opening.get("event_threshold", 0.5),
+        "min_duration_s": opening.get("min_duration_s", 0.1),
+    }
     r = httpx.post(
         f"{url}/v1/detect",
         params=params,
@@ -95,18 +100,27 @@ def assert_detected_as(got: dict, want: dict) -> None:
         assert a["peak"] == pytest.approx(b["peak"], abs=1e-5)
 
 
+def stream_and_detect(url: str, wave: np.ndarray, opening: dict) -> list[dict]:
+    """Stream ``wave`` (at the model rate) and check every window against /v1/detect."""
+    sizes = random_frames(5, 100, 20_000)
+    results, end = asyncio.run(stream_audio(ws_url(url), wave, RATE, opening, sizes, paced=True))
+    assert end == {"type": "end", "windows": len(results), "skipped": 0}
+    for got in results:
+        samples = wave[round(got["start_s"] * RATE) : round(got["end_s"] * RATE)]
+        assert_detected_as(got, detect_window(url, samples, opening))
+    return results
+
+
 @pytest.mark.slow
 def test_a_framewise_model_streams_tracks_and_events_as_detect(sed_bundle: Path) -> None:
     """A SED model's stream: every window's frame tracks and events are what /v1/detect
-    gives for that window's audio (the last window zero-padded in both)."""
+    gives for that window's audio (the last window zero-padded in both), with the default
+    event settings and with asked ones. A hop of 0.6 s starts a window at 2.4 s, where
+    seconds reckoned by division (4.4 - 2.4 > 2) would keep one frame too many."""
     live = LiveServer(settings_for(sed_bundle)).start()
     try:
         wave = noise(5.5, seed=13)[:, None]  # at the model rate: windows hold the same samples
-        opening = {"window_s": 2, "hop_s": 1, "top_k": 3}
-        sizes = random_frames(5, 100, 20_000)
-        url = ws_url(live.url)
-        results, end = asyncio.run(stream_audio(url, wave, RATE, opening, sizes, paced=True))
-        assert end == {"type": "end", "windows": 5, "skipped": 0}
+        results = stream_and_detect(live.url, wave, {"window_s": 2, "hop_s": 1, "top_k": 3})
         assert [(r["start_s"], r["end_s"]) for r in results] == [
             (0, 2),
             (1, 3),
@@ -114,10 +128,12 @@ def test_a_framewise_model_streams_tracks_and_events_as_detect(sed_bundle: Path)
             (3, 5),
             (4, 5.5),
         ]
-        for got in results:
-            samples = wave[round(got["start_s"] * RATE) : round(got["end_s"] * RATE)]
-            assert_detected_as(got, detect_window(live.url, samples, 2, 3))
         assert all(len(r["tracks"]) == 3 and r["events"] for r in results)
+        asked = {"window_s": 2, "hop_s": 0.6, "top_k": 2, "event_threshold": 0.3}
+        results = stream_and_detect(
+            live.url, wave[: int(4.4 * RATE)], asked | {"min_duration_s": 0.2}
+        )
+        assert (2.4, 4.4) in [(r["start_s"], r["end_s"]) for r in results]
     finally:
         live.stop()
 
@@ -215,6 +231,9 @@ def opening(**extra: Any) -> str:
         (opening(model="nope"), (), 1007, "no model named"),
         (opening(hop_s=0.001), (), 1007, "hop_s"),
         (opening(colour="red"), (), 1007, "unknown field"),
+        (opening(event_threshold=1.5), (), 1007, "event_threshold must be in [0, 1]"),
+        (opening(min_duration_s=-1), (), 1007, "min_duration_s must be in [0, 3600]"),
+        (opening(min_duration_s="long"), (), 1007, "min_duration_s must be a number"),
         (opening(sample_format="float32"), (np.full(64, np.nan, "<f4").tobytes(),), 1007, "NaN"),
         (opening(), (b"\x00" * (65 * 1024),), 1009, "limit"),
         (opening(), ("hello",), 1007, "end"),
