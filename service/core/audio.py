@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from service.core.errors import TaggingError
-from service.core.mixdown import MonoSink, mono_at
+from service.core.mixdown import Alloc, MonoSink, heap, mono_at
 from service.core.sndinput import Buffer, sound_file
 
 MIN_RATE, MAX_RATE = 1000, 384_000
@@ -240,7 +240,9 @@ def _plain_dtype(fmt: _WavFormat) -> tuple[str, float] | None:
     return plain
 
 
-def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | None:
+def _plain_wav(
+    data: Buffer, target_rate: int, max_seconds: float, alloc: Alloc = heap
+) -> Decoded | None:
     """16-bit PCM and 32-bit float WAV decoded straight from the body with numpy (no
     libsndfile, no per-block callbacks into Python): the most common upload costs a tenth.
     Same numbers as libsndfile (int16 / 32768). None when the file needs libsndfile."""
@@ -263,18 +265,20 @@ def _plain_wav(data: Buffer, target_rate: int, max_seconds: float) -> Decoded | 
         raise _too_long(frames / rate, limit, max_seconds)
     dtype, scale = plain
     samples = np.frombuffer(data, dtype, frames * channels, start).reshape(frames, channels)
-    wave = _to_mono(samples, rate, target_rate, scale)
+    wave = _to_mono(samples, rate, target_rate, scale, alloc)
     return Decoded(wave, rate, channels, "WAV", wave.shape[0] / target_rate)
 
 
-def _to_mono(samples: np.ndarray, rate: int, target_rate: int, scale: float) -> np.ndarray:
+def _to_mono(
+    samples: np.ndarray, rate: int, target_rate: int, scale: float, alloc: Alloc = heap
+) -> np.ndarray:
     """(frames, channels) samples already in memory as one mono float32 array at
     ``target_rate``; float samples are checked (NaN, inf, the bound)."""
     frames = samples.shape[0]
     if frames <= MEMORY_BLOCK_FRAMES:
         if samples.dtype.kind == "f":
             check_samples(samples)
-        return mono_at(samples, rate, target_rate, scale)
+        return mono_at(samples, rate, target_rate, scale, alloc)
     sink = MonoSink(rate, target_rate, frames)
     for first in range(0, frames, MEMORY_BLOCK_FRAMES):
         block = samples[first : first + MEMORY_BLOCK_FRAMES]
@@ -386,14 +390,15 @@ def _blocks(handle: sf.SoundFile, name: str, max_seconds: float) -> Iterator[np.
         yield block[:frames]
 
 
-def decode(data: Buffer, target_rate: int, max_seconds: float) -> Decoded:
-    """Decode an upload; raise an ``AudioError`` subclass naming what is wrong."""
+def decode(data: Buffer, target_rate: int, max_seconds: float, alloc: Alloc = heap) -> Decoded:
+    """Decode an upload; raise an ``AudioError`` subclass naming what is wrong. ``alloc``
+    gives the waveform's memory where it is written whole (a WAV read without libsndfile)."""
     if not len(data):
         raise EmptyAudio("the file is empty (0 bytes)")
     patch = None
     if bytes(data[:4]) == b"RIFF":
         patch = _check_wav_header(data, max_seconds)  # the clear answers for lying headers
-        plain = _plain_wav(data, target_rate, max_seconds)
+        plain = _plain_wav(data, target_rate, max_seconds, alloc)
         if plain is not None:
             return plain
     with _opened(data, patch) as (handle, name):
@@ -418,6 +423,7 @@ def decode_pcm(
     dtype: Literal["int16", "float32"],
     target_rate: int,
     max_seconds: float,
+    alloc: Alloc = heap,
 ) -> Decoded:
     """Raw interleaved little-endian PCM (no container) to the model's mono waveform.
 
@@ -443,5 +449,5 @@ def decode_pcm(
     if frames > int(limit * sample_rate):
         raise _too_long(frames / sample_rate, limit, max_seconds)
     samples = np.frombuffer(view, dtype=code).reshape(frames, channels)
-    wave = _to_mono(samples, sample_rate, target_rate, scale)
+    wave = _to_mono(samples, sample_rate, target_rate, scale, alloc)
     return Decoded(wave, sample_rate, channels, "PCM", wave.shape[0] / target_rate)

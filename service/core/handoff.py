@@ -6,20 +6,29 @@ map. The front copies a request's windows into an extent of it and sends the eng
 the extent's offset; the engine stacks its batches straight from those views. Sending the
 same 1.28 MB per 10 s window through the socket cost more CPU than decoding a WAV.
 
+A front may also decode straight into its arena (``Arena.array``): a 16-bit WAV at the
+model's rate is converted once, into shared memory, and its windows (views of it) go to the
+engine without a copy. Either way an extent is an array whose memory returns to the arena
+once the array and every view of it are gone: the front keeps a request's windows until the
+engine has answered for them (result, error or cancellation), so it never overwrites windows
+the engine may still read. When the arena is full (or a request is larger than it) the
+windows go inline through the socket as before.
+
 The memfd travels once per connection, as ``SCM_RIGHTS`` ancillary data on the Unix socket
-before the stream protocol starts (``send_arena`` / ``receive_arena``). An extent is freed
-only when the engine has answered for its request (result, error or cancellation), so a
-front never overwrites windows the engine may still read. When the arena is full (or a
-request is larger than it) the windows go inline through the socket as before.
+before the stream protocol starts (``send_arena`` / ``receive_arena``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import mmap
 import os
 import socket
+import threading
+import weakref
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,7 +37,11 @@ _HELLO = b"arena"
 
 
 class Arena:
-    """A front's shared window memory: first-fit extents over one memfd."""
+    """A front's shared window memory: first-fit extents over one memfd.
+
+    Extents are taken in any thread (decoding runs in threads too) and come back from
+    whichever thread drops an array's last view: a finaliser only queues the extent, and
+    the next ``alloc`` merges it back, so no lock is ever taken inside a finaliser."""
 
     def __init__(self, size: int) -> None:
         self.size = size - size % ALIGN
@@ -36,11 +49,19 @@ class Arena:
         os.ftruncate(self.fd, self.size)
         self._map = mmap.mmap(self.fd, self.size)
         self.floats = np.frombuffer(self._map, np.float32)
+        self._base = int(self.floats.__array_interface__["data"][0])
         self._free: list[tuple[int, int]] = [(0, self.size)]  # (offset, bytes), by offset
+        self._lock = threading.Lock()
+        self._released: collections.deque[tuple[int, int, bool]] = collections.deque()
+        self._decoded = 0  # bytes of extents ``array(..., decoded=True)`` holds now
 
     def alloc(self, nbytes: int) -> int | None:
         """The offset of ``nbytes`` of free arena, or None when no extent is large enough."""
-        need = -(-max(nbytes, 1) // ALIGN) * ALIGN
+        with self._lock:
+            self._reclaim()
+            return self._take(_rounded(nbytes))
+
+    def _take(self, need: int) -> int | None:
         for i, (at, size) in enumerate(self._free):
             if size >= need:
                 if size == need:
@@ -52,7 +73,16 @@ class Arena:
 
     def free(self, at: int, nbytes: int) -> None:
         """Give an extent back, merged with its free neighbours."""
-        size = -(-max(nbytes, 1) // ALIGN) * ALIGN
+        with self._lock:
+            self._merge(at, _rounded(nbytes))
+
+    def _reclaim(self) -> None:
+        while self._released:
+            at, size, decoded = self._released.popleft()
+            self._decoded -= size if decoded else 0
+            self._merge(at, size)
+
+    def _merge(self, at: int, size: int) -> None:
         i = bisect.bisect_left(self._free, (at, 0))
         if i < len(self._free) and at + size == self._free[i][0]:
             size += self._free.pop(i)[1]
@@ -64,35 +94,79 @@ class Arena:
 
     @property
     def free_bytes(self) -> int:
-        return sum(size for _, size in self._free)
+        with self._lock:
+            self._reclaim()
+            return sum(size for _, size in self._free)
 
-    def put(self, windows: list[np.ndarray]) -> tuple[int, int] | None:
-        """Copy ``windows`` into a new extent: (offset, bytes), or None when they don't fit."""
-        nbytes = 4 * sum(int(w.shape[0]) for w in windows)
-        at = self.alloc(nbytes)
-        if at is None:
+    def array(self, count: int, decoded: bool = False) -> np.ndarray | None:
+        """``count`` float32 in a new extent, given back once the array and every view of it
+        are gone; None when no extent is large enough. ``decoded``: a decoder's output,
+        allowed half the arena at most, so waveforms waiting for their turn never leave
+        the windows on their way to the engine without room."""
+        nbytes = _rounded(4 * count)
+        with self._lock:
+            self._reclaim()
+            if count < 1 or (decoded and self._decoded + nbytes > self.size // 2):
+                return None
+            at = self._take(nbytes)
+            if at is None:
+                return None
+            self._decoded += nbytes if decoded else 0
+        out = np.frombuffer(self._map, np.float32, count, at)
+        weakref.finalize(out, self._released.append, (at, nbytes, decoded))
+        return out
+
+    def offset_of(self, window: np.ndarray) -> int | None:
+        """The byte offset of ``window`` when it lies in the arena (a float32 view of it)."""
+        if window.dtype != np.float32 or not window.flags.c_contiguous:
             return None
-        pos = at // 4
+        at = int(window.__array_interface__["data"][0]) - self._base
+        return at if at >= 0 and at + window.nbytes <= self.size else None
+
+    def place(self, windows: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """``windows`` in the arena: as they are when they lie there already (decoded into
+        it), else copied into one new extent; None when they do not fit."""
+        if all(self.offset_of(w) is not None for w in windows):
+            return list(windows)
+        block = self.array(sum(int(w.shape[0]) for w in windows))
+        if block is None:
+            return None
+        out, pos = [], 0
         for w in windows:
-            self.floats[pos : pos + w.shape[0]] = w
+            view = block[pos : pos + w.shape[0]]
+            view[...] = w
+            out.append(view)
             pos += w.shape[0]
-        return at, nbytes
+        return out
 
     def close(self) -> None:
         os.close(self.fd)
 
 
-def windows_at(floats: np.ndarray, at: int, lengths: list[int]) -> list[np.ndarray]:
-    """Views of the windows at byte offset ``at`` of ``floats`` (a front's arena, or an
-    inline payload), checked: a bad offset is an error, never a read outside the buffer."""
-    total = sum(lengths)
-    if at % 4 or at < 0 or min(lengths, default=0) < 0 or at // 4 + total > floats.shape[0]:
-        raise ValueError(f"windows at {at} (+{4 * total} bytes) lie outside the arena")
-    out, pos = [], at // 4
-    for n in lengths:
-        out.append(floats[pos : pos + n])
-        pos += n
+def _rounded(nbytes: int) -> int:
+    return -(-max(nbytes, 1) // ALIGN) * ALIGN
+
+
+def windows_at(floats: np.ndarray, offsets: list[int], lengths: list[int]) -> list[np.ndarray]:
+    """Views of the windows at byte ``offsets`` of ``floats`` (a front's arena, or an inline
+    payload), checked: a bad offset is an error, never a read outside the buffer."""
+    if len(offsets) != len(lengths):
+        raise ValueError(f"{len(offsets)} offsets for {len(lengths)} windows")
+    out = []
+    for at, n in zip(offsets, lengths, strict=True):
+        if at % 4 or at < 0 or n < 0 or at // 4 + n > floats.shape[0]:
+            raise ValueError(f"a window at {at} (+{4 * n} bytes) lies outside the arena")
+        out.append(floats[at // 4 : at // 4 + n])
     return out
+
+
+def packed(lengths: list[int]) -> list[int]:
+    """The byte offsets of windows laid end to end (an inline payload)."""
+    offsets, at = [], 0
+    for n in lengths:
+        offsets.append(at)
+        at += 4 * n
+    return offsets
 
 
 def send_arena(sock: socket.socket, arena: Arena | None) -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 
 from service.core.audio import AudioError, Decoded, decode, decode_pcm, is_plain_wav_at
+from service.core.mixdown import Alloc, heap
 
 PcmDtype = Literal["int16", "float32"]
 
@@ -37,8 +38,9 @@ class AudioInput:
     sample_rate: int | None = None
     pcm: PcmFormat | None = None
 
-    def decode(self, target_rate: int, max_seconds: float) -> Decoded:
-        """Mono float32 at ``target_rate``; an ``AudioError`` naming what is wrong."""
+    def decode(self, target_rate: int, max_seconds: float, alloc: Alloc = heap) -> Decoded:
+        """Mono float32 at ``target_rate``; an ``AudioError`` naming what is wrong. ``alloc``
+        gives the waveform's memory where it is written whole at the model's rate."""
         if self.waveform is not None:
             return _from_waveform(self.waveform, self.sample_rate, target_rate, max_seconds)
         data = self.data if self.path is None else _read(self.path)
@@ -51,8 +53,9 @@ class AudioInput:
                 dtype=self.pcm.dtype,
                 target_rate=target_rate,
                 max_seconds=max_seconds,
+                alloc=alloc,
             )
-        return decode(data, target_rate, max_seconds)  # any buffer: read in place, no copy
+        return decode(data, target_rate, max_seconds, alloc)  # any buffer: read in place
 
     def quick_bytes(self, target_rate: int) -> int | None:
         """The bytes to convert when decoding is a plain copy (PCM or a 16-bit/float WAV

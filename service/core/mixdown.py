@@ -8,9 +8,19 @@ a list of blocks plus their concatenation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import soxr
+
+# Where a decoded waveform is written: ``count`` float32 (a front's shared-memory arena, so
+# its windows reach the engine without a copy; the heap otherwise).
+Alloc = Callable[[int], np.ndarray]
+
+
+def heap(count: int) -> np.ndarray:
+    return np.empty(count, np.float32)
+
 
 # The resampler may emit a few samples more than the rate ratio (its final flush).
 _RESAMPLER_SLACK = 64
@@ -33,14 +43,19 @@ def mix_into(block: np.ndarray, dest: np.ndarray, scale: float = 1.0) -> None:
     dest *= factor
 
 
-def mono_at(block: np.ndarray, rate: int, target_rate: int, scale: float = 1.0) -> np.ndarray:
+def mono_at(
+    block: np.ndarray, rate: int, target_rate: int, scale: float = 1.0, alloc: Alloc = heap
+) -> np.ndarray:
     """A whole in-memory input (frames, channels) as mono float32 at ``target_rate``, in one
     soxr call: the same samples as ``MonoSink``'s stream (checked in the tests) in 0.8x the
-    time, and soxr's array (exactly the resampled length) is the result, not copied."""
+    time, and soxr's array (exactly the resampled length) is the result, not copied.
+    ``alloc`` gives the result's memory when no resampling is needed."""
+    if rate == target_rate:
+        mono = alloc(block.shape[0])
+        mix_into(block, mono, scale)
+        return mono
     mono = np.empty(block.shape[0], np.float32)
     mix_into(block, mono, scale)
-    if rate == target_rate:
-        return mono
     return soxr.resample(mono, rate, target_rate, quality="HQ")
 
 

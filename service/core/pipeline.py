@@ -18,6 +18,7 @@ from service.core.batcher import WindowResult
 from service.core.card import ModelCard
 from service.core.errors import InvalidParameters, TaggingError, TooMuchWork
 from service.core.inputs import AudioInput
+from service.core.mixdown import Alloc, heap
 from service.core.models import ModelRuntime
 from service.core.results import FileMetrics
 from service.core.windows import Window, WindowError, cut
@@ -103,13 +104,18 @@ class _Budget:
 
 
 def _prepare_one(
-    item: AudioInput, card: ModelCard, spec: WindowSpec, cut_at: tuple[int, int], budget: _Budget
+    item: AudioInput,
+    card: ModelCard,
+    spec: WindowSpec,
+    cut_at: tuple[int, int],
+    budget: _Budget,
+    alloc: Alloc,
 ) -> FileWork:
     work, start = FileWork(item.name), time.perf_counter()
     limits = budget.limits
     allowed = max(0.0, min(limits.per_file_s, limits.per_request_s - budget.seconds))
     try:
-        work.decoded = item.decode(card.sample_rate, allowed)
+        work.decoded = item.decode(card.sample_rate, allowed, alloc)
         n = work.decoded.waveform.shape[0]
         count = count_windows(n, *cut_at)
         if budget.windows + count > limits.max_windows:
@@ -138,14 +144,18 @@ def _prepare_one(
 
 
 def prepare(
-    items: list[AudioInput], card: ModelCard, spec: WindowSpec, limits: Limits
+    items: list[AudioInput],
+    card: ModelCard,
+    spec: WindowSpec,
+    limits: Limits,
+    alloc: Alloc = heap,
 ) -> list[FileWork]:
     """Decode and cut every input, one after the other (blocking: run it in a thread).
 
-    A bad input fails only its own entry."""
+    A bad input fails only its own entry. ``alloc``: where waveforms are written whole."""
     cut_at = spec.samples(card, limits.min_hop_s)
     budget = _Budget(limits)
-    return [_prepare_one(item, card, spec, cut_at, budget) for item in items]
+    return [_prepare_one(item, card, spec, cut_at, budget, alloc) for item in items]
 
 
 async def infer(works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:

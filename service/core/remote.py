@@ -9,7 +9,8 @@ batcher's ``submit`` interface, so the rest of the core does not know where the 
 
 Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
 A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
-header says where) unless the arena is full, when they follow the header inline.
+header's ``ats`` say where each starts) unless the arena is full, when they follow the
+header inline, end to end.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from service.core.batcher import (
 )
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import NotReady, TaggingError, UnknownModel
-from service.core.handoff import Arena, receive_arena, send_arena, windows_at
+from service.core.handoff import Arena, packed, receive_arena, send_arena, windows_at
 from service.core.models import ModelRuntime, Models
 
 log = logging.getLogger("service.core.remote")
@@ -302,16 +303,16 @@ def _windows(
         lengths = [int(n) for n in header["lengths"]]
     except (KeyError, TypeError, ValueError) as exc:
         return ValueError(f"a submit without usable window lengths: {exc!r}")
-    if "at" not in header:
-        floats = np.frombuffer(payload, np.float32)
+    if "ats" not in header:
+        floats, offsets = np.frombuffer(payload, np.float32), packed(lengths)
     elif arena is None:
         return ConnectionError("windows in an arena this front never sent")
     else:
-        floats = arena
+        floats, offsets = arena, header["ats"]
     try:
-        return windows_at(floats, int(header.get("at", 0)), lengths)
+        return windows_at(floats, [int(at) for at in offsets], lengths)
     except (TypeError, ValueError) as exc:  # a malformed offset fails this request alone
-        return ValueError(f"unusable window offset: {exc}")
+        return ValueError(f"unusable window offsets: {exc}")
 
 
 class EngineClient:
@@ -323,7 +324,8 @@ class EngineClient:
         self.arena = Arena(arena_bytes) if shared else None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
-        self._extents: dict[int, tuple[int, int]] = {}  # arena extents the engine may read
+        # windows in the arena the engine may still read: held (not reused) until it answers
+        self._held: dict[int, list[np.ndarray]] = {}
         self._frames: Frames | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -363,9 +365,7 @@ class EngineClient:
             while True:
                 header, payload = await receive(reader)
                 rid = int(header.get("id", 0))
-                extent = self._extents.pop(rid, None)
-                if extent is not None and self.arena is not None:
-                    self.arena.free(*extent)
+                self._held.pop(rid, None)
                 future = self._pending.pop(rid, None)
                 if future is not None and not future.done():
                     future.set_result((header, payload))
@@ -378,19 +378,17 @@ class EngineClient:
         self,
         header: dict[str, Any],
         payload: bytes,
-        extent: tuple[int, int] | None = None,
+        held: list[np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         if self._frames is None or self._reader_task is None or self._reader_task.done():
-            if extent is not None and self.arena is not None:
-                self.arena.free(*extent)
             raise BatcherStopped("no connection to the engine process")
         rid = next(self._ids)
         future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[rid] = future
-        if extent is not None:
-            self._extents[rid] = extent  # freed when the engine answers, whatever the answer
+        if held is not None:
+            self._held[rid] = held  # let go when the engine answers, whatever the answer
         await self._frames.send({**header, "id": rid}, payload)
         try:
             return await future
@@ -409,29 +407,38 @@ class EngineClient:
             "lengths": [int(w.shape[0]) for w in windows],
             "deadline_in": max(0.0, deadline - time.monotonic()),
         }
-        extent = self.arena.put(windows) if self.arena is not None else None
-        if extent is not None:
-            header["at"], payload = extent[0], b""
+        placed = self.arena.place(windows) if self.arena is not None else None
+        if placed is not None:
+            header["ats"], payload = [self._offset(w) for w in placed], b""
         else:  # the arena is full: inline, views joined once (the payload is the only copy)
             payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
         try:  # the engine enforces the deadline; this holds if the engine stops answering
             async with asyncio.timeout(header["deadline_in"] + _ENGINE_GRACE_S):
-                reply, data = await self._call(header, payload, extent)
+                reply, data = await self._call(header, payload, placed)
         except TimeoutError:
             raise DeadlineExceeded("the engine process did not answer by the deadline") from None
         if not reply.get("ok"):
             _raise_remote(reply)
         return _decode_results(reply, data)
 
+    def _offset(self, window: np.ndarray) -> int:
+        assert self.arena is not None
+        at = self.arena.offset_of(window)
+        assert at is not None, "a placed window lies in the arena"
+        return at
+
+    def waveform(self, count: int) -> np.ndarray:
+        """Room for a decoded waveform of ``count`` samples: in the arena while it has room
+        to spare (its windows then reach the engine without a copy), else on the heap."""
+        in_arena = self.arena.array(count, decoded=True) if self.arena is not None else None
+        return np.empty(count, np.float32) if in_arena is None else in_arena
+
     def fail_pending(self, message: str) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BatcherStopped(message))
         self._pending.clear()
-        if self.arena is not None:  # no engine reads them any more
-            for extent in self._extents.values():
-                self.arena.free(*extent)
-        self._extents.clear()
+        self._held.clear()  # no engine reads them any more
 
     async def close(self) -> None:
         if self._frames is not None:

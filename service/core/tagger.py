@@ -18,13 +18,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from service.core.batcher import DeadlineExceeded
 from service.core.card import ModelCard, OutputKind
 from service.core.errors import TimedOut
 from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.core.inputs import AudioInput, Source, as_input
+from service.core.mixdown import heap
 from service.core.models import ModelRuntime, Models, ObserverFactory, check_bundles
 from service.core.pipeline import FileWork, Limits, WindowSpec, infer, prepare
 from service.core.results import DetectResult, EmbedResult, FileResult, TagResult, TensorResult
@@ -37,6 +38,9 @@ from service.core.tasks import (
     tensor_result,
 )
 from service.settings import Settings, usable_cores
+
+if TYPE_CHECKING:
+    from service.core.remote import EngineClient
 
 R = TypeVar("R", bound=FileResult)
 # Inputs whose decode is a plain copy are decoded on the event loop up to this many bytes
@@ -81,7 +85,7 @@ class Tagger:
         self.settings = make_settings(bundles, settings, overrides)
         self.models = Models(self.settings, observer)
         self.events = events
-        self._engine: Any = None  # the engine connection of a front process
+        self._engine: EngineClient | None = None  # the engine connection of a front process
         # Decoding threads, one per core (shared among the front processes): more only
         # trade the GIL with the event loop more often (context switches), no throughput.
         fronts = self.settings.worker_count if self.settings.engine_socket else 1
@@ -242,10 +246,12 @@ class Tagger:
         ``INLINE_DECODE_BYTES`` of 16-bit PCM, and adds to every lone request's latency."""
         sizes = [item.quick_bytes(card.sample_rate) for item in items]
         quick = [size for size in sizes if size is not None]
+        # a front decodes into its arena: the windows then reach the engine without a copy
+        alloc = heap if self._engine is None else self._engine.waveform
         if len(quick) == len(sizes) and sum(quick) <= INLINE_DECODE_BYTES:
-            return prepare(items, card, window, self.limits)
+            return prepare(items, card, window, self.limits, alloc)
         return await asyncio.get_running_loop().run_in_executor(
-            self._decoders, prepare, items, card, window, self.limits
+            self._decoders, prepare, items, card, window, self.limits, alloc
         )
 
     def _report(self, model: str, works: list[FileWork]) -> None:

@@ -60,20 +60,28 @@ def _stream_scores_like_tag(url: str) -> None:
 
 
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
-    clip = encode(noise(3.0, seed=41), RATE)
+    clips = [encode(noise(3.0, seed=41 + i), RATE) for i in range(4)]
+    clip = clips[0]
     with service_process(tagger_bundle, workers=2, warmup="none", max_delay_ms=20) as svc:
         url, proc = svc.url, svc.proc
         assert len(_fronts(proc.pid)) == 2
         with ThreadPoolExecutor(8) as pool:
             answers = list(
                 pool.map(
-                    lambda _: httpx.post(f"{url}/v1/tag", files=files(("a.wav", clip)), timeout=60),
+                    lambda i: httpx.post(
+                        f"{url}/v1/tag", files=files(("a.wav", clips[i % 4])), timeout=60
+                    ),
                     range(16),
                 )
             )
         assert all(r.status_code == 200 for r in answers), answers[0].text
-        scores = {tuple(r.json()["results"][0]["scores"]) for r in answers}
-        assert len(scores) == 1  # the same numbers whichever front answered
+        # the same numbers whichever front answered, and each clip its own (the fronts
+        # decode into shared memory: no window may be read after another took its place)
+        scores = [
+            {tuple(r.json()["results"][0]["scores"]) for r in answers[i::4]} for i in range(4)
+        ]
+        assert all(len(group) == 1 for group in scores)
+        assert len(set().union(*scores)) == 4
         metrics = parse_metrics(httpx.get(f"{url}/metrics").text)
         assert metric_total(metrics, "panns_requests_total", endpoint="/v1/tag") == 16
         sizes = metrics["panns_batch_size_count"]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.core.audio import decode
 from service.core.errors import TaggingError
 from service.core.handoff import ALIGN, Arena, windows_at
 from service.core.remote import EngineClient, EngineServer
 from service.core.tagger import Tagger
-from tests.service.conftest import RATE, noise, run_bundle, settings_for
+from service.core.windows import cut
+from tests.service.conftest import RATE, encode, noise, run_bundle, settings_for
 
 
 def test_arena_extents_are_first_fit_and_merge_back() -> None:
@@ -34,19 +37,92 @@ def test_arena_extents_are_first_fit_and_merge_back() -> None:
 def test_windows_round_trip_and_bad_offsets_are_refused() -> None:
     arena = Arena(1 << 20)
     windows = [np.arange(1000, dtype=np.float32), -np.arange(37, dtype=np.float32)]
-    placed = arena.put(windows)
+    placed = arena.place(windows)
     assert placed is not None
-    at, nbytes = placed
-    assert nbytes == 4 * 1037
-    views = windows_at(arena.floats, at, [1000, 37])
+    offsets = [arena.offset_of(w) for w in placed]
+    assert offsets == [0, 4000]  # one extent, end to end
+    views = windows_at(arena.floats, offsets, [1000, 37])  # type: ignore[arg-type]
     for got, sent in zip(views, windows, strict=True):
         np.testing.assert_array_equal(got, sent)
-    assert arena.put([np.zeros(1 << 20, np.float32)]) is None  # larger than the arena
+    assert arena.place([np.zeros(1 << 20, np.float32)]) is None  # larger than the arena
     with pytest.raises(ValueError, match="outside the arena"):
-        windows_at(arena.floats, arena.size - 8, [100])
+        windows_at(arena.floats, [arena.size - 8], [100])
     with pytest.raises(ValueError, match="outside the arena"):
-        windows_at(arena.floats, 2, [10])
+        windows_at(arena.floats, [2], [10])
+    with pytest.raises(ValueError, match="2 offsets for 1 windows"):
+        windows_at(arena.floats, [0, 8], [10])
     arena.close()
+
+
+def test_an_extent_comes_back_when_its_last_view_is_gone() -> None:
+    arena = Arena(1 << 20)
+    wave = arena.array(1000)
+    assert wave is not None and arena.free_bytes == arena.size - 4032
+    window = wave[100:300]  # what the decoded waveform's windows are
+    del wave
+    assert arena.free_bytes == arena.size - 4032  # the window still holds it
+    assert arena.place([window]) == [window]  # already there: no copy, no new extent
+    assert arena.offset_of(window) == 400
+    assert arena.offset_of(np.zeros(200, np.float32)) is None
+    del window
+    assert arena.free_bytes == arena.size
+    arena.close()
+
+
+def test_decoded_waveforms_may_take_half_the_arena() -> None:
+    """Waveforms waiting for their turn never leave the windows on their way no room."""
+    arena = Arena(1 << 20)
+    held = [arena.array(1 << 16, decoded=True) for _ in range(3)]  # 256 KiB each
+    assert [h is not None for h in held] == [True, True, False]
+    assert arena.array(1 << 17) is not None  # the other half is still there for windows
+    held.clear()
+    assert arena.array(1 << 17, decoded=True) is not None  # given back: room again
+    arena.close()
+
+
+def test_a_front_decodes_into_its_arena_and_the_engine_reads_it_there(
+    tagger_bundle: Path, tmp_path: Path
+) -> None:
+    """A 16-bit WAV at the model rate is decoded into the arena; its windows (views of the
+    waveform) go to the engine as they lie, with no copy, and give the model's scores."""
+    x = noise(10.0, seed=9)[: 10 * RATE]
+    wav = encode(x, RATE)
+    path = str(tmp_path / "engine.sock")
+
+    async def go() -> tuple[np.ndarray, np.ndarray, bool, bool]:
+        tagger, server = await _engine(tagger_bundle, path)
+        client = EngineClient(path, arena_bytes=8 << 20)
+        await client.connect(30)
+        assert client.arena is not None
+        wave = decode(wav, RATE, 60, client.waveform).waveform
+        in_arena = client.arena.offset_of(wave) is not None
+        windows = [w.samples for w in cut(wave, 5 * RATE, 5 * RATE, True, RATE)]
+        before = client.arena.free_bytes
+        model = next(iter(tagger.models.models))
+        results = await client.submit(model, windows, time.monotonic() + 30)
+        no_copy = client.arena.free_bytes == before  # no extent taken for the windows
+        del wave, windows
+        back = client.arena.free_bytes == client.arena.size
+        await client.close()
+        await tagger.close()
+        await server.close()
+        got = np.stack([r.outputs["clipwise"] for r in results])
+        return got, decode(wav, RATE, 60).waveform, in_arena and no_copy, back
+
+    got, heap_wave, placed_as_decoded, freed = asyncio.run(go())
+    assert placed_as_decoded and freed
+    for row, start in zip(got, (0, 5 * RATE), strict=True):
+        want = run_bundle(tagger_bundle, heap_wave[start : start + 5 * RATE])["clipwise"]
+        np.testing.assert_allclose(row, want, atol=1e-5)
+
+
+def test_a_waveform_too_large_for_half_the_arena_is_decoded_on_the_heap() -> None:
+    client = EngineClient("/nonexistent.sock", arena_bytes=1 << 20)
+    assert client.arena is not None
+    too_big = client.waveform((1 << 17) + 16)  # more than half of the 1 MiB arena
+    assert client.arena.offset_of(too_big) is None and too_big.shape == ((1 << 17) + 16,)
+    assert client.arena.offset_of(client.waveform(1 << 16)) is not None
+    client.arena.close()
 
 
 async def _engine(bundle: Path, path: str) -> tuple[Tagger, EngineServer]:
@@ -77,10 +153,14 @@ def test_front_and_engine_share_windows_through_the_arena(
         )
         assert big.arena is not None
         freed = big.arena.free_bytes == big.arena.size
-        # a cancelled request's extent is freed only once the engine has answered for it
+        # a cancelled request's extent comes back once the engine has answered for it and
+        # the task is gone
         task = asyncio.create_task(big.submit(model, [x] * 4, deadline))
         await asyncio.sleep(0)
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del task  # its exception keeps its frames, and their windows
         ends = time.monotonic() + 10
         while big.arena.free_bytes != big.arena.size and time.monotonic() < ends:
             await asyncio.sleep(0.01)
