@@ -124,23 +124,32 @@ class Arena:
         return at if at >= 0 and at + window.nbytes <= self.size else None
 
     def place(self, windows: Sequence[np.ndarray]) -> list[np.ndarray] | None:
-        """``windows`` in the arena: as they are when they lie there already (decoded into
-        it), else copied into one new extent; None when they do not fit."""
-        if all(self.offset_of(w) is not None for w in windows):
+        """``windows`` in the arena: as they are where they lie there already (decoded into
+        it), the others (a zero-padded last window, say) copied into one new extent; None
+        when those do not fit."""
+        outside = [w for w in windows if self.offset_of(w) is None]
+        if not outside:
             return list(windows)
-        block = self.array(sum(int(w.shape[0]) for w in windows))
+        block = self.array(sum(int(w.shape[0]) for w in outside))
         if block is None:
             return None
         out, pos = [], 0
         for w in windows:
-            view = block[pos : pos + w.shape[0]]
-            view[...] = w
-            out.append(view)
+            if self.offset_of(w) is not None:
+                out.append(w)
+                continue
+            out.append(_copy_into(block, pos, w))
             pos += w.shape[0]
         return out
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _copy_into(block: np.ndarray, pos: int, window: np.ndarray) -> np.ndarray:
+    view = block[pos : pos + window.shape[0]]
+    view[...] = window
+    return view
 
 
 def _rounded(nbytes: int) -> int:

@@ -64,6 +64,11 @@ def test_an_extent_comes_back_when_its_last_view_is_gone() -> None:
     assert arena.place([window]) == [window]  # already there: no copy, no new extent
     assert arena.offset_of(window) == 400
     assert arena.offset_of(np.zeros(200, np.float32)) is None
+    padded = np.ones(50, np.float32)  # a window not cut from the waveform: copied alone
+    mixed = arena.place([window, padded])
+    assert mixed is not None and mixed[0] is window and arena.offset_of(mixed[1]) == 4032
+    np.testing.assert_array_equal(mixed[1], padded)
+    del mixed
     del window
     assert arena.free_bytes == arena.size
     arena.close()
