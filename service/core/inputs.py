@@ -42,7 +42,7 @@ class AudioInput:
         """Mono float32 at ``target_rate``; an ``AudioError`` naming what is wrong. ``alloc``
         gives the waveform's memory where it is written whole at the model's rate."""
         if self.waveform is not None:
-            return _from_waveform(self.waveform, self.sample_rate, target_rate, max_seconds)
+            return _from_waveform(self.waveform, self.sample_rate, target_rate, max_seconds, alloc)
         data = self.data if self.path is None else _read(self.path)
         assert data is not None
         if self.pcm is not None:
@@ -94,7 +94,7 @@ def _read(path: Path) -> bytes:
 
 
 def _from_waveform(
-    wave: np.ndarray, rate: int | None, target_rate: int, max_seconds: float
+    wave: np.ndarray, rate: int | None, target_rate: int, max_seconds: float, alloc: Alloc
 ) -> Decoded:
     if rate is None:
         raise AudioError("a waveform needs its sample rate")
@@ -109,4 +109,5 @@ def _from_waveform(
         dtype="float32",
         target_rate=target_rate,
         max_seconds=max_seconds,
+        alloc=alloc,
     )
