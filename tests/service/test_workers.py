@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.service.conftest import (
@@ -59,6 +60,18 @@ def _stream_scores_like_tag(url: str) -> None:
     assert_scored_as_tag(results, windows)
 
 
+def _oip_scores_like_tag(url: str, wave: np.ndarray, tagged: tuple[float, ...]) -> None:
+    """OIP v2 on a front (a waveform tensor, written into the front's arena) gives the
+    scores /v1/tag gave for the same samples."""
+    model = httpx.get(f"{url}/v1/models").json()["models"][0]["name"]
+    tensor = {"name": "waveform", "shape": [1, wave.shape[0]], "datatype": "FP32"}
+    body = {"inputs": [{**tensor, "data": wave.tolist()}]}
+    r = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    (out,) = [o for o in r.json()["outputs"] if o["name"] == "clipwise_output"]
+    np.testing.assert_allclose(out["data"], tagged, atol=1e-6, rtol=0)
+
+
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
     clips = [encode(noise(3.0, seed=41 + i), RATE) for i in range(4)]
     clip = clips[0]
@@ -82,6 +95,7 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
         ]
         assert all(len(group) == 1 for group in scores)
         assert len(set().union(*scores)) == 4
+        _oip_scores_like_tag(url, noise(3.0, seed=41), next(iter(scores[0])))
         metrics = parse_metrics(httpx.get(f"{url}/metrics").text)
         assert metric_total(metrics, "panns_requests_total", endpoint="/v1/tag") == 16
         sizes = metrics["panns_batch_size_count"]
