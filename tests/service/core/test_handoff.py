@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +73,36 @@ def test_an_extent_comes_back_when_its_last_view_is_gone() -> None:
     del mixed
     del window
     assert arena.free_bytes == arena.size
+    arena.close()
+
+
+def test_extents_taken_and_dropped_in_many_threads_all_come_back() -> None:
+    """Decoders take extents in their threads and drop them anywhere: nothing is lost."""
+    arena = Arena(1 << 20)
+
+    def churn(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        held: list[np.ndarray] = []
+        for _ in range(300):
+            block = arena.array(int(rng.integers(1, 4096)), decoded=bool(rng.integers(2)))
+            if block is not None:
+                block[:] = seed
+                held.append(block[: len(block) // 2])  # a view keeps the extent
+            if len(held) > 8:
+                assert np.all(held.pop(int(rng.integers(len(held)))) == seed)
+
+    threads = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: races show
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert arena.free_bytes == arena.size
+    assert arena.alloc(arena.size) == 0  # merged back into one extent
     arena.close()
 
 
