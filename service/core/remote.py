@@ -43,7 +43,7 @@ from service.core.models import ModelRuntime, Models
 
 log = logging.getLogger("service.core.remote")
 _LEN = struct.Struct("<I")
-MAX_HEADER = 1 << 20
+MAX_HEADER = 16 << 20  # a bound against garbage: a submit's header is ~20 bytes per window
 ARENA_BYTES = 64 << 20  # per front: 50 windows of 10 s at 32 kHz on their way to the engine
 _JOIN_BYTES = 1 << 16  # payloads above this are written on their own
 _ENGINE_GRACE_S = 1.0  # past a request's deadline, a front stops waiting for the engine
@@ -303,15 +303,13 @@ def _windows(
         lengths = [int(n) for n in header["lengths"]]
     except (KeyError, TypeError, ValueError) as exc:
         return ValueError(f"a submit without usable window lengths: {exc!r}")
-    if "ats" not in header:
-        floats, offsets = np.frombuffer(payload, np.float32), packed(lengths)
-    elif arena is None:
-        return ConnectionError("windows in an arena this front never sent")
-    else:
-        floats, offsets = arena, header["ats"]
-    try:
-        return windows_at(floats, [int(at) for at in offsets], lengths)
-    except (TypeError, ValueError) as exc:  # a malformed offset fails this request alone
+    try:  # a malformed offset (or inline payload) fails this request alone
+        if "ats" not in header:
+            return windows_at(np.frombuffer(payload, np.float32), packed(lengths), lengths)
+        if arena is None:
+            return ConnectionError("windows in an arena this front never sent")
+        return windows_at(arena, [int(at) for at in header["ats"]], lengths)
+    except (TypeError, ValueError) as exc:
         return ValueError(f"unusable window offsets: {exc}")
 
 

@@ -56,9 +56,10 @@ def cut(wave: np.ndarray, window: int, hop: int, pad: bool, min_samples: int) ->
 
 def frames_spanning(samples: int, rate: int, fps: float) -> int:
     """How many frames (at ``fps``) cover ``samples`` (at ``rate``). Reckoned from sample
-    counts, never from seconds already divided: ``4.4 - 2.4`` is ``2.0000000000000004`` and
-    would keep one frame more for a 2 s window (every door rounds alike this way)."""
-    return math.ceil(samples / rate * fps)
+    counts, multiplied before divided, so that a whole number of frames is exact: from
+    seconds, ``4.4 - 2.4`` is ``2.0000000000000004``, and ``35200 / 32000 * 100`` is
+    ``110.00000000000001``; either kept one frame more (every door counts alike this way)."""
+    return math.ceil(samples * fps / rate)
 
 
 def stitch_frames(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 from service.core.audio import decode
 from service.core.errors import TaggingError
 from service.core.handoff import ALIGN, Arena, windows_at
-from service.core.remote import EngineClient, EngineServer
+from service.core.remote import EngineClient, EngineServer, _raise_remote
 from service.core.tagger import Tagger
 from service.core.windows import cut
 from tests.service.conftest import RATE, encode, noise, run_bundle, settings_for
@@ -91,14 +91,12 @@ def test_extents_taken_and_dropped_in_many_threads_all_come_back() -> None:
             if len(held) > 8:
                 assert np.all(held.pop(int(rng.integers(len(held)))) == seed)
 
-    threads = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # threads switch often: races show
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with ThreadPoolExecutor(4) as pool:
+            for done in [pool.submit(churn, seed) for seed in range(4)]:
+                done.result()  # a thread's failed check fails the test
     finally:
         sys.setswitchinterval(interval)
     assert arena.free_bytes == arena.size
@@ -123,7 +121,7 @@ def test_a_front_decodes_into_its_arena_and_the_engine_reads_it_there(
     """A 16-bit WAV at the model rate is decoded into the arena; its windows (views of the
     waveform) go to the engine as they lie, with no copy, and give the model's scores."""
     x = noise(10.0, seed=9)[: 10 * RATE]
-    wav = encode(x, RATE)
+    wav = encode(x, RATE, subtype="PCM_16")
     path = str(tmp_path / "engine.sock")
 
     async def go() -> tuple[np.ndarray, np.ndarray, bool, bool]:
@@ -216,28 +214,45 @@ def test_front_and_engine_share_windows_through_the_arena(
     assert out["freed"] and out["cancel"]
 
 
-def test_a_bad_extent_is_an_error_for_that_request_only(
+BAD_OFFSETS = [
+    ({"ats": [0], "lengths": [1 << 30]}, "outside the arena"),  # past its end
+    ({"ats": [2], "lengths": [10]}, "outside the arena"),  # not on a float
+    ({"ats": [-64], "lengths": [10]}, "outside the arena"),
+    ({"ats": [0, 64], "lengths": [10]}, "2 offsets for 1 windows"),
+    ({"ats": ["x"], "lengths": [10]}, "unusable window offsets"),
+    ({"ats": None, "lengths": [10]}, "unusable window offsets"),
+    ({"lengths": [10]}, "outside the arena"),  # inline, with no payload
+    ({"lengths": [1], "bytes_": b"abc"}, "unusable window offsets"),  # not whole floats
+]
+
+
+def test_bad_offsets_are_an_error_for_that_request_only(
     tagger_bundle: Path, tmp_path: Path
 ) -> None:
+    """A submit whose offsets do not describe windows in the arena fails alone, with a
+    message; the connection (and every other request on it) carries on."""
     path = str(tmp_path / "engine.sock")
     x = noise(10.0, seed=6)[: 10 * RATE].astype(np.float32)
 
-    async def go() -> tuple[str, int]:
+    async def go() -> tuple[list[str], int]:
         tagger, server = await _engine(tagger_bundle, path)
         client = EngineClient(path, arena_bytes=1 << 20)
         await client.connect(30)
         model = next(iter(tagger.models.models))
-        header = {"op": "submit", "model": model, "lengths": [1 << 30], "deadline_in": 10.0}
-        reply, _ = await client._call({**header, "at": 0}, b"")
-        with pytest.raises(TaggingError):
-            from service.core.remote import _raise_remote
-
-            _raise_remote(reply)
+        messages = []
+        for fields, _ in BAD_OFFSETS:
+            header = {"op": "submit", "model": model, "deadline_in": 10.0, **fields}
+            reply, _ = await client._call(header, header.pop("bytes_", b""))
+            with pytest.raises(TaggingError):
+                _raise_remote(reply)
+            messages.append(str(reply.get("args")))
         still = await client.submit(model, [x], time.monotonic() + 30)  # the engine serves on
         await client.close()
         await tagger.close()
         await server.close()
-        return str(reply.get("args")), len(still)
+        return messages, len(still)
 
-    message, served = asyncio.run(go())
-    assert "outside the arena" in message and served == 1
+    messages, served = asyncio.run(go())
+    for message, (_, want) in zip(messages, BAD_OFFSETS, strict=True):
+        assert want in message
+    assert served == 1

@@ -7,7 +7,7 @@ import pytest
 
 from service.core.card import Label
 from service.core.results import aggregate, decimate, events, top_entries
-from service.core.windows import WindowError, cut, stitch_frames, window_starts
+from service.core.windows import WindowError, cut, frames_spanning, stitch_frames, window_starts
 
 LABELS = [Label(index=i, mid=f"/m/{i}", display_name=f"class {i}") for i in range(4)]
 
@@ -81,3 +81,14 @@ def test_events_from_threshold_and_minimum_duration() -> None:
     found = events(frames, LABELS, 100.0, 0.5, 0.05, duration_s=0.995)
     assert [(e.index, e.start_s, e.end_s) for e in found] == [(2, 0.1, 0.3), (3, 0.9, 0.995)]
     assert found[0].peak == pytest.approx(0.95)
+
+
+def test_frames_are_counted_from_samples_exactly() -> None:
+    """Whole frames come out whole: 1.1 s at 32 kHz is 110 frames at 100 fps, not 111
+    (``35200 / 32000 * 100`` is 110.00000000000001), and a part of a frame counts."""
+    assert frames_spanning(35_200, 32_000, 100) == 110
+    assert frames_spanning(2_240, 32_000, 100) == 7
+    assert frames_spanning(64_000, 32_000, 100) == 200
+    assert frames_spanning(64_001, 32_000, 100) == 201
+    bad = [n for n in range(320, 320 * 3000, 320) if frames_spanning(n, 32_000, 100) != n // 320]
+    assert bad == []
