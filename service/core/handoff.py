@@ -131,29 +131,23 @@ class Arena:
         """``windows`` in the arena: as they are where they lie there already (decoded into
         it), the others (a zero-padded last window, say) copied into one new extent; None
         when those do not fit."""
-        outside = [w for w in windows if self.offset_of(w) is None]
-        if not outside:
+        inside = [self.offset_of(w) is not None for w in windows]
+        if all(inside):
             return list(windows)
-        block = self.array(sum(int(w.shape[0]) for w in outside))
+        outside = sum(int(w.shape[0]) for w, ok in zip(windows, inside, strict=True) if not ok)
+        block = self.array(outside)
         if block is None:
             return None
         out, pos = [], 0
-        for w in windows:
-            if self.offset_of(w) is not None:
-                out.append(w)
-                continue
-            out.append(_copy_into(block, pos, w))
-            pos += w.shape[0]
+        for w, ok in zip(windows, inside, strict=True):
+            if not ok:
+                block[pos : pos + w.shape[0]] = w
+                w, pos = block[pos : pos + w.shape[0]], pos + w.shape[0]
+            out.append(w)
         return out
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-def _copy_into(block: np.ndarray, pos: int, window: np.ndarray) -> np.ndarray:
-    view = block[pos : pos + window.shape[0]]
-    view[...] = window
-    return view
 
 
 def _rounded(nbytes: int) -> int:

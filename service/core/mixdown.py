@@ -50,13 +50,9 @@ def mono_at(
     soxr call: the same samples as ``MonoSink``'s stream (checked in the tests) in 0.8x the
     time, and soxr's array (exactly the resampled length) is the result, not copied.
     ``alloc`` gives the result's memory when no resampling is needed."""
-    if rate == target_rate:
-        mono = alloc(block.shape[0])
-        mix_into(block, mono, scale)
-        return mono
-    mono = np.empty(block.shape[0], np.float32)
+    mono = alloc(block.shape[0]) if rate == target_rate else heap(block.shape[0])
     mix_into(block, mono, scale)
-    return soxr.resample(mono, rate, target_rate, quality="HQ")
+    return mono if rate == target_rate else soxr.resample(mono, rate, target_rate, quality="HQ")
 
 
 class MonoSink:
