@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import gc
 import threading
 from typing import Any
 
@@ -50,14 +49,11 @@ def keep_request_buffers() -> None:
 def release_memory() -> None:
     """Hand freed heap back to the OS after a large request (glibc keeps it otherwise).
 
-    Unreachable cycles go first: a refused request's exception holds its traceback, whose
-    frames hold the request's arrays, until the garbage collector breaks the cycle. One
-    release at a time: a call while one runs (the door's and the core's trigger for the
+    One release at a time: a call while one runs (the door's and the core's trigger for the
     same large request) is covered by it."""
     if not _releasing.acquire(blocking=False):
         return
     try:
-        gc.collect()
         libc = _libc()
         with contextlib.suppress(AttributeError):
             if libc is not None:

@@ -138,6 +138,9 @@ def _prepare_one(
     except WindowError as exc:
         work.error = AudioTooShort(str(exc))
     if work.error is not None:
+        # kept for its code and message; its traceback would hold this frame (and the
+        # upload's bytes) in a cycle until the garbage collector ran
+        work.error.__traceback__ = None
         work.decoded, work.windows = None, []
     work.decode_ms = 1000 * (time.perf_counter() - start)
     return work

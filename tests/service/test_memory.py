@@ -2,8 +2,7 @@
 
 Server processes keep per-request buffers in the reused C heap (``service.core.heap``); a
 request whose body passed 32 MiB must not leave its hundreds of MB resident: neither when
-it is answered nor when it is refused after decoding (its exception's traceback holds the
-arrays until the garbage collector breaks the cycle)."""
+it is answered nor when it is refused after decoding."""
 
 from __future__ import annotations
 

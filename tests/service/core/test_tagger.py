@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,10 @@ import pytest
 
 from service import SyncTagger, Tagger, TagOptions, WindowSpec
 from service.core.audio import UnsupportedFormat
-from service.core.errors import InvalidParameters, MissingOutput, UnknownModel
+from service.core.card import read_card
+from service.core.errors import InvalidParameters, MissingOutput, TooMuchWork, UnknownModel
+from service.core.inputs import AudioInput
+from service.core.pipeline import Limits, prepare
 from tests.conftest import REPO_ROOT, shared_path
 from tests.service.conftest import RATE, LiveServer, encode, files, noise, run_bundle, settings_for
 
@@ -85,3 +90,25 @@ def test_window_fan_out_is_bounded(tagger_bundle: Path) -> None:
         )
     assert result.error is not None and result.error.code == "request_too_large"
     assert "limit is 20" in result.error.message
+
+
+def test_a_refused_input_is_let_go_at_once(tagger_bundle: Path) -> None:
+    """A file refused after decoding keeps its error, not its audio: the error's traceback
+    would hold the decoding frame (and the upload) in a cycle until the garbage collector
+    ran, which in a quiet server can be long after the request."""
+    card = read_card(tagger_bundle)
+    wave = np.zeros(card.sample_rate * 20, np.float32)
+    alive = weakref.ref(wave)
+    gc.disable()
+    try:
+        (work,) = prepare(
+            [AudioInput("a", waveform=wave, sample_rate=card.sample_rate)],
+            card,
+            WindowSpec(),
+            Limits(per_file_s=600, per_request_s=1800, max_windows=0, min_hop_s=0.05),
+        )
+        assert isinstance(work.error, TooMuchWork)
+        del wave, work
+        assert alive() is None
+    finally:
+        gc.enable()
