@@ -7,6 +7,7 @@ imports it with the service's own packages.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import platform
@@ -23,11 +24,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+@functools.cache
 def cpuinfo() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ("model name", "flags", ...); {} without."""
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags", ...); {} without.
+    Read once per process (callers ask for the model and the flags separately)."""
     path = Path("/proc/cpuinfo")
+    first = path.read_text().split("\n\n", 1)[0] if path.is_file() else ""
     fields: dict[str, str] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in first.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip(), value.strip())

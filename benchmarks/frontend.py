@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from benchmarks.common import (  # noqa: E402
+    TreeUsage,
     cpu_flags,
     cpu_model,
     free_port,
@@ -145,11 +146,10 @@ def measure(
         return out
     model = json.loads(body).get("model", {})
     out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
-    marks: dict[str, tuple[float, int, tuple[int, int], float]] = {}
+    marks: dict[str, tuple[TreeUsage, tuple[int, int]]] = {}
 
     def at_window(edge: str) -> None:
-        cpu, count, rss_mb = tree_usage(server.proc.pid)
-        marks[edge] = (cpu, count, machine_busy(), rss_mb)
+        marks[edge] = (tree_usage(server.proc.pid), machine_busy())
 
     load = run_load(
         server.port,
@@ -161,8 +161,9 @@ def measure(
         at_window=at_window,
     )
     ok = load.statuses.get(200, 0)
-    cpu = marks["end"][0] - marks["start"][0]
-    busy = [e - s for s, e in zip(marks["start"][2], marks["end"][2], strict=True)]
+    (start, busy_start), (end, busy_end) = marks["start"], marks["end"]
+    cpu = end.cpu_s - start.cpu_s
+    busy = [e - s for s, e in zip(busy_start, busy_end, strict=True)]
 
     def per_clip(seconds: float) -> float | None:
         return round(1000 * seconds / ok, 2) if ok else None
@@ -178,8 +179,8 @@ def measure(
         p95_ms=_percentile_ms(load.latencies, 95),
         server_cpu_ms_per_clip=per_clip(cpu),
         server_cores_busy=round(cpu / load.duration_s, 2),
-        server_processes=marks["end"][1],
-        server_rss_mb=round(marks["end"][3]),  # all server processes, at the window's end
+        server_processes=end.processes,
+        server_rss_mb=round(end.rss_mb),  # all server processes, at the window's end
         server_rss_idle_mb=round(idle_rss_mb(server.proc.pid)),  # what the load leaves behind
         client_cpu_ms_per_clip=per_clip(load.client_cpu_s),
         machine_busy_pct=round(100 * busy[0] / busy[1], 1) if busy[1] else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -73,3 +74,10 @@ def sed_bundle(bundle_root: Path) -> Path:
     from tests.service.conftest import SED, export
 
     return export(SED, bundle_root)
+
+
+def free_port() -> int:
+    """A local port nobody listens on: bound to pick it, then released for a subprocess."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

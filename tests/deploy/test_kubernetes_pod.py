@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.deploy.deploy_files import DOCKERFILES, parse_dockerfile
 from tests.deploy.kube_files import (
     Obj,
@@ -146,12 +145,6 @@ def bundle(pod: Pod, checkpoint: Path) -> Path:
     assert (path / "model.json").is_file()
     assert path.is_relative_to(pod.volumes["models"])
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

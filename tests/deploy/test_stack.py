@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.deploy.deploy_files import (
     COMPOSE,
     COMPOSE_CPU,
@@ -135,12 +134,6 @@ def test_model_step_does_nothing_when_the_bundle_is_there(
     assert again.returncode == 0, again.stdout + again.stderr
     assert bundle_state(bundle) == before, "the second run rewrote the bundle"
     assert time.monotonic() - start < 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthcheck(port: int) -> int:

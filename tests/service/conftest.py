@@ -29,7 +29,7 @@ import uvicorn
 from service.app import create_app
 from service.guards import bounded_http
 from service.settings import Settings
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 if TYPE_CHECKING:
     from training.models.common import PannsModel
@@ -111,13 +111,6 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def free_port() -> int:
-    """A local port nobody listens on: bound to pick it, then released for a subprocess."""
-    with free_socket() as sock:
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class LiveServer:

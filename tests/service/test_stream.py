@@ -19,8 +19,6 @@ from tests.conftest import shared_path
 from tests.service.conftest import (
     RATE,
     LiveServer,
-    encode,
-    files,
     noise,
     parse_metrics,
     settings_for,
@@ -65,20 +63,17 @@ def test_streamed_windows_score_as_tag_windows(server: LiveServer) -> None:
     assert_scored_as_tag(results, windows)
 
 
-def detect_window(url: str, samples: np.ndarray, opening: dict) -> dict:
+def detect_window(live: LiveServer, samples: np.ndarray, opening: dict) -> dict:
     """``POST /v1/detect`` for one window's samples (at the model rate), cut and padded as the
     stream's window is, with the stream's event settings (its defaults are /v1/detect's)."""
-    params = {
-        "window_s": opening["window_s"],
-        "top_k": opening["top_k"],
-        "threshold": opening.get("event_threshold", 0.5),
-        "min_duration_s": opening.get("min_duration_s", 0.1),
-    }
-    r = httpx.post(
-        f"{url}/v1/detect",
-        params=params,
-        files=files(("w.wav", encode(samples, RATE))),
-        timeout=120,
+    r = live.post_clip(
+        "/v1/detect",
+        "w.wav",
+        samples,
+        window_s=opening["window_s"],
+        top_k=opening["top_k"],
+        threshold=opening.get("event_threshold", 0.5),
+        min_duration_s=opening.get("min_duration_s", 0.1),
     )
     assert r.status_code == 200, r.text
     result: dict = r.json()["results"][0]
@@ -100,14 +95,15 @@ def assert_detected_as(got: dict, want: dict) -> None:
         assert a["peak"] == pytest.approx(b["peak"], abs=1e-5)
 
 
-def stream_and_detect(url: str, wave: np.ndarray, opening: dict) -> list[dict]:
+def stream_and_detect(live: LiveServer, wave: np.ndarray, opening: dict) -> list[dict]:
     """Stream ``wave`` (at the model rate) and check every window against /v1/detect."""
     sizes = random_frames(5, 100, 20_000)
-    results, end = asyncio.run(stream_audio(ws_url(url), wave, RATE, opening, sizes, paced=True))
+    url = ws_url(live.url)
+    results, end = asyncio.run(stream_audio(url, wave, RATE, opening, sizes, paced=True))
     assert end == {"type": "end", "windows": len(results), "skipped": 0}
     for got in results:
         samples = wave[round(got["start_s"] * RATE) : round(got["end_s"] * RATE)]
-        assert_detected_as(got, detect_window(url, samples, opening))
+        assert_detected_as(got, detect_window(live, samples, opening))
     return results
 
 
@@ -120,7 +116,7 @@ def test_a_framewise_model_streams_tracks_and_events_as_detect(sed_bundle: Path)
     live = LiveServer(settings_for(sed_bundle)).start()
     try:
         wave = noise(5.5, seed=13)[:, None]  # at the model rate: windows hold the same samples
-        results = stream_and_detect(live.url, wave, {"window_s": 2, "hop_s": 1, "top_k": 3})
+        results = stream_and_detect(live, wave, {"window_s": 2, "hop_s": 1, "top_k": 3})
         assert [(r["start_s"], r["end_s"]) for r in results] == [
             (0, 2),
             (1, 3),
@@ -130,9 +126,7 @@ def test_a_framewise_model_streams_tracks_and_events_as_detect(sed_bundle: Path)
         ]
         assert all(len(r["tracks"]) == 3 and r["events"] for r in results)
         asked = {"window_s": 2, "hop_s": 0.6, "top_k": 2, "event_threshold": 0.3}
-        results = stream_and_detect(
-            live.url, wave[: int(4.4 * RATE)], asked | {"min_duration_s": 0.2}
-        )
+        results = stream_and_detect(live, wave[: int(4.4 * RATE)], asked | {"min_duration_s": 0.2})
         assert (2.4, 4.4) in [(r["start_s"], r["end_s"]) for r in results]
     finally:
         live.stop()

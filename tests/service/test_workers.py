@@ -73,7 +73,8 @@ def _oip_scores_like_tag(url: str, wave: np.ndarray, tagged: tuple[float, ...]) 
 
 
 def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
-    clips = [encode(noise(3.0, seed=41 + i), RATE) for i in range(4)]
+    waves = [noise(3.0, seed=41 + i) for i in range(4)]
+    clips = [encode(wave, RATE) for wave in waves]
     clip = clips[0]
     with service_process(tagger_bundle, workers=2, warmup="none", max_delay_ms=20) as svc:
         url, proc = svc.url, svc.proc
@@ -95,7 +96,7 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
         ]
         assert all(len(group) == 1 for group in scores)
         assert len(set().union(*scores)) == 4
-        _oip_scores_like_tag(url, noise(3.0, seed=41), next(iter(scores[0])))
+        _oip_scores_like_tag(url, waves[0], next(iter(scores[0])))
         metrics = parse_metrics(httpx.get(f"{url}/metrics").text)
         assert metric_total(metrics, "panns_requests_total", endpoint="/v1/tag") == 16
         sizes = metrics["panns_batch_size_count"]

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 Serve = Callable[[Path], str]  # bundle directory -> base URL of a running service
@@ -106,12 +105,6 @@ def _siren_wav(seed: int = 5) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Serve]:
     """Start ``python -m service`` on a bundle; yields a function bundle -> base URL."""
@@ -120,7 +113,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     def start(bundle: Path) -> str:
         import httpx
 
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "PANNS_MODELS": str(bundle),

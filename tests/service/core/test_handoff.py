@@ -242,7 +242,8 @@ def test_bad_offsets_are_an_error_for_that_request_only(
         messages = []
         for fields, _ in BAD_OFFSETS:
             header = {"op": "submit", "model": model, "deadline_in": 10.0, **fields}
-            reply, _ = await client._call(header, header.pop("bytes_", b""))
+            payload = header.pop("bytes_", b"")
+            reply, _ = await client._call(header, payload)
             with pytest.raises(TaggingError):
                 _raise_remote(reply)
             messages.append(str(reply.get("args")))
