@@ -165,20 +165,15 @@ def attack(url: str, fn: Callable[[], int], seconds: float, clients: int) -> Cas
 
 
 def start(bundles: list[Path], port: int) -> subprocess.Popen[bytes]:
-    """The service under attack: one worker, short idle and upload timeouts, output discarded."""
+    """The service under attack: one worker, short idle and upload timeouts, output discarded
+    (not yet ready: ``main`` waits for it inside the block that stops it)."""
     settings = {
         "PANNS_MODELS": ",".join(str(b) for b in bundles),
         "PANNS_WORKERS": "1",
         "PANNS_IDLE_TIMEOUT_S": "2",
         "PANNS_UPLOAD_TIMEOUT_S": "10",
     }
-    proc = start_service(port, settings, quiet=True)
-    try:
-        wait_ready(port, proc, timeout=180)
-    except SystemExit:
-        proc.kill()
-        raise
-    return proc
+    return start_service(port, settings, quiet=True)
 
 
 def _sed_model(bundles: list[Path]) -> str | None:
@@ -205,6 +200,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     report: dict[str, CaseResult] = {}
     try:
+        wait_ready(port, proc, timeout=180)
         for name, fn in cases(url, _sed_model(args.bundle)).items():
             before = rss_mb(proc.pid)
             result = attack(url, fn, args.seconds, args.clients)
