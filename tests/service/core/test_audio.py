@@ -459,23 +459,23 @@ def _size_zero_24_bit(x: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "rate"),
     [
-        lambda x: encode(x, 44100, "MP3", "MPEG_LAYER_III"),
-        lambda x: encode(x, 44100, "OGG", "VORBIS"),
-        lambda x: encode(x, 44100, "FLAC", "PCM_16"),
-        _size_zero_24_bit,
+        (lambda x: encode(x, 44100, "MP3", "MPEG_LAYER_III"), 44100),
+        (lambda x: encode(x, 44100, "OGG", "VORBIS"), 44100),
+        (lambda x: encode(x, 44100, "FLAC", "PCM_16"), 44100),
+        (_size_zero_24_bit, RATE),
     ],
     ids=["mp3", "ogg", "flac", "wav24-patched"],
 )
 def test_libsndfile_reads_a_memory_file_as_it_reads_the_buffer(
-    make: Callable[[np.ndarray], bytes], monkeypatch: pytest.MonkeyPatch
+    make: Callable[[np.ndarray], bytes], rate: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """libsndfile reads a memfd copy of the upload (no Python callbacks, GIL released) or,
     past ``MEMFD_MAX_BYTES``, the buffer itself through virtual I/O: the same samples."""
     from service.core import sndinput
 
-    data = make(sine(440, 2.0, 44100 if make is not _size_zero_24_bit else RATE))
+    data = make(sine(440, 2.0, rate))
     opened: list[int | None] = []
     real_memfd = sndinput._memfd
 
