@@ -57,8 +57,8 @@ def _stat_fields(pid: str) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()  # fields from 'state' on
 
 
-def _tree(root: int) -> list[list[str]]:
-    """The /proc stat fields of ``root`` and its live descendants."""
+def _tree(root: int) -> dict[int, list[str]]:
+    """The /proc stat fields of ``root`` and its live descendants, by pid."""
     parents: dict[int, int] = {}
     fields: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
@@ -70,21 +70,40 @@ def _tree(root: int) -> list[list[str]]:
         children = [c for c, p in parents.items() if p == pid and c not in members]
         members.update(children)
         frontier.extend(children)
-    return [fields[p] for p in members if p in fields]
+    return {p: fields[p] for p in members if p in fields}
+
+
+def _role(pid: int, root: int) -> str:
+    """What a service process does: ``main`` (the root: the one process, or the
+    supervisor), ``engine``, ``front`` (``python -m service.supervisor engine|front N``)."""
+    if pid == root:
+        return "main"
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    for role in (b"engine", b"front"):
+        if role in args:
+            return role.decode()
+    return "other"
 
 
 class TreeUsage(NamedTuple):
     cpu_s: float  # reaped children's time is in their parent's cutime/cstime: counted too
     processes: int
     rss_mb: float
+    roles: dict[str, float]  # CPU seconds by role (``_role``): where a multi-process tree spends
 
 
 def tree_usage(root: int) -> TreeUsage:
     """CPU seconds, process count and resident MB of ``root`` and its descendants."""
     tree = _tree(root)
-    ticks = sum(sum(int(x) for x in f[11:15]) for f in tree)
-    rss_mb = sum(int(f[21]) for f in tree) * PAGE_BYTES / 2**20
-    return TreeUsage(ticks / CLK_TCK, len(tree), rss_mb)
+    roles: dict[str, float] = {}
+    for pid, f in tree.items():
+        role = _role(pid, root)
+        roles[role] = roles.get(role, 0.0) + sum(int(x) for x in f[11:15]) / CLK_TCK
+    rss_mb = sum(int(f[21]) for f in tree.values()) * PAGE_BYTES / 2**20
+    return TreeUsage(sum(roles.values()), len(tree), rss_mb, roles)
 
 
 def free_port() -> int:

@@ -179,6 +179,12 @@ def measure(
         p95_ms=_percentile_ms(load.latencies, 95),
         server_cpu_ms_per_clip=per_clip(cpu),
         server_cores_busy=round(cpu / load.duration_s, 2),
+        # where the CPU went with several processes: main (one process, or the supervisor),
+        # engine, fronts (together); a role that appeared mid-window counts from zero
+        server_cpu_ms_per_clip_by_role={
+            role: per_clip(seconds - start.roles.get(role, 0.0))
+            for role, seconds in sorted(end.roles.items())
+        },
         server_processes=end.processes,
         server_rss_mb=round(end.rss_mb),  # all server processes, at the window's end
         server_rss_idle_mb=round(idle_rss_mb(server.proc.pid)),  # what the load leaves behind

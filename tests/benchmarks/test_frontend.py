@@ -54,6 +54,7 @@ def test_one_short_load_run() -> None:
     wav = result["load"]["1"]["wav32k"]
     assert wav["supported"] and wav["ok"] > 0 and set(wav["statuses"]) == {"200"}
     assert wav["server_cpu_ms_per_clip"] > 0 and wav["server_processes"] >= 1
+    assert set(wav["server_cpu_ms_per_clip_by_role"]) == {"main"}  # one process: all of it
     assert wav["served_by"]["provider"] == "CPUExecutionProvider"
     pcm = result["load"]["1"]["pcm"]
     assert pcm["supported"] or pcm["status"] == 415

@@ -1,0 +1,266 @@
+"""The engine process's ceiling: how many windows per second one engine takes from its fronts.
+
+    python benchmarks/engine_ceiling.py [--batch 16,64] [--procs 1] [--inflight 48] [--json f]
+
+With ``PANNS_WORKERS`` > 1 every window of every front passes through one engine process per
+device: its event loop reads each submit, the batcher cuts and stacks, the model runs, and
+the loop answers. On a GPU host with a front per core, that one loop (not the device) may be
+what limits the service, so this measures it alone, without HTTP or decoding:
+
+* the real engine (``python -m service.supervisor engine``, uvloop, the batcher, ORT) serving
+  the near-free bundle (``benchmarks/nearfree.py``; ``--bundle`` for another), with
+  prometheus-client in multiprocess mode as under the supervisor;
+* ``--procs`` client processes standing in for fronts: each the real ``EngineClient`` with its
+  shared-memory arena, a few 10 s windows placed there once, and ``--inflight`` one-window
+  submits kept on their way.
+
+Prints JSON per ``--batch`` (``PANNS_MAX_BATCH``): windows/s, the engine's CPU ms per window
+and cores busy (from /proc), the clients' CPU ms per window, the mean batch size the engine
+ran, and the model's own run time per window (what a GPU would take off the CPU). Their
+quotient, ``1000 / engine_cpu_ms_per_window``, is how many windows per second one engine
+process can take on this CPU core, whatever the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import tree_usage  # noqa: E402
+from benchmarks.frontend import machine, machine_busy  # noqa: E402
+from benchmarks.nearfree import build_nearfree_bundle  # noqa: E402
+
+CLIP_S = 10.0
+CLIPS = 4  # distinct windows each client places in its arena once
+
+
+class Plan(NamedTuple):
+    """When the load starts and the measured window opens and closes (monotonic seconds,
+    one clock for every process on Linux)."""
+
+    start: float
+    open: float
+    close: float
+
+
+class Clients:
+    """The client processes: each connects (waiting for the engine's models) and places its
+    windows, says so, then waits for the plan, so loading time is never measured."""
+
+    def __init__(self, path: str, model: str, samples: int, args: argparse.Namespace) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.out, self.go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        self.times = ctx.Array("d", 3)
+        self.procs = [
+            ctx.Process(
+                target=client_main,
+                args=(path, model, samples, args.inflight, self),
+            )
+            for _ in range(args.procs)
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:  # what a spawned client gets: not the processes
+        return {k: v for k, v in self.__dict__.items() if k != "procs"}
+
+    def start(self, warmup_s: float, duration_s: float, ready_timeout_s: float) -> Plan:
+        for proc in self.procs:
+            proc.start()
+        for _ in self.procs:
+            self.ready.get(timeout=ready_timeout_s)
+        start = time.monotonic() + 0.2
+        self.times[:] = [start, start + warmup_s, start + warmup_s + duration_s]
+        self.go.set()
+        return Plan(*self.times[:])
+
+    def plan(self) -> Plan:
+        self.go.wait()
+        return Plan(*self.times[:])
+
+    def results(self, timeout_s: float) -> list[dict[str, Any]]:
+        results = [self.out.get(timeout=timeout_s) for _ in self.procs]
+        for proc in self.procs:
+            proc.join(10)
+        return results
+
+
+async def _client(
+    path: str, model: str, samples: int, inflight: int, clients: Clients
+) -> dict[str, Any]:
+    from service.core.remote import EngineClient
+
+    client = EngineClient(path)
+    await client.connect()
+    assert client.arena is not None, "the benchmark needs the shared-memory arena (Linux)"
+    rng = np.random.default_rng(os.getpid())
+    windows = []
+    for _ in range(CLIPS):
+        wave = client.waveform(samples)
+        wave[:] = 0.1 * rng.standard_normal(samples, dtype=np.float32)
+        windows.append(wave)
+    clients.ready.put(os.getpid())
+    plan = await asyncio.to_thread(clients.plan)
+    done, batches, computes, cpu = 0, [], [], {}
+    await asyncio.sleep(max(0.0, plan.start - time.monotonic()))
+
+    async def pump(index: int) -> None:
+        nonlocal done
+        while (now := time.monotonic()) < plan.close:
+            result = (await client.submit(model, [windows[index % CLIPS]], now + 60.0))[0]
+            if plan.open <= time.monotonic() < plan.close:
+                done += 1
+                batches.append(result.batch_size)
+                computes.append(result.compute_s / result.batch_size)
+
+    async def mark(edge: str, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        cpu[edge] = time.process_time()
+
+    await asyncio.gather(
+        *(pump(i) for i in range(inflight)), mark("open", plan.open), mark("close", plan.close)
+    )
+    await client.close()
+    return {
+        "done": done,
+        "batch_sizes": batches,
+        "compute_s": computes,
+        "cpu_s": cpu["close"] - cpu["open"],
+    }
+
+
+def client_main(path: str, model: str, samples: int, inflight: int, clients: Clients) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        clients.out.put(runner.run(_client(path, model, samples, inflight, clients)))
+
+
+def start_engine(bundle: Path, batch: int, tmp: Path, args: argparse.Namespace) -> Any:
+    metrics = tmp / f"metrics-{batch}"
+    metrics.mkdir()
+    env = {
+        **os.environ,
+        "PANNS_MODELS": str(bundle),
+        "PANNS_MAX_BATCH": str(batch),
+        "PANNS_MAX_QUEUE": str(max(512, 4 * args.procs * args.inflight)),
+        "PANNS_THREADS": str(args.threads),
+        "PANNS_LOG_LEVEL": "warning",
+        "PANNS_ENGINE_SOCKET": str(tmp / f"engine-{batch}.sock"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.supervisor", "engine"], cwd=REPO, env=env
+    )
+
+
+def loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the process's main thread: the engine's event loop (ORT, the stacking
+    and the inference threads are others)."""
+    text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_batch(bundle: Path, model: str, rate: int, batch: int, args: argparse.Namespace) -> dict:
+    """One engine with ``PANNS_MAX_BATCH=batch``, loaded by the clients; its figures."""
+    with tempfile.TemporaryDirectory(prefix="engine-ceiling-") as name:
+        tmp = Path(name)
+        engine = start_engine(bundle, batch, tmp, args)
+        try:
+            return _load(engine, str(tmp / f"engine-{batch}.sock"), model, rate, args)
+        finally:
+            engine.terminate()
+            engine.wait(30)
+
+
+def _load(engine: Any, path: str, model: str, rate: int, args: argparse.Namespace) -> dict:
+    clients = Clients(path, model, int(CLIP_S * rate), args)
+    plan = clients.start(args.warmup_s, args.duration_s, args.ready_timeout_s)
+    time.sleep(max(0.0, plan.open - time.monotonic()))
+    start, busy_start, loop_start = tree_usage(engine.pid), machine_busy(), loop_cpu_s(engine.pid)
+    time.sleep(max(0.0, plan.close - time.monotonic()))
+    end, busy_end, loop_end = tree_usage(engine.pid), machine_busy(), loop_cpu_s(engine.pid)
+    results = clients.results(timeout_s=120)
+    done = sum(r["done"] for r in results)
+    engine_cpu, loop_cpu = end.cpu_s - start.cpu_s, loop_end - loop_start
+    busy = [e - s for s, e in zip(busy_start, busy_end, strict=True)]
+    sizes = [size for r in results for size in r["batch_sizes"]]
+    computes = [c for r in results for c in r["compute_s"]]
+    return {
+        "windows_per_s": round(done / args.duration_s, 1),
+        "engine_cpu_ms_per_window": round(1000 * engine_cpu / done, 3) if done else None,
+        "engine_cores_busy": round(engine_cpu / args.duration_s, 2),
+        # the event loop is one thread: its CPU per window bounds the engine's windows/s
+        "loop_cpu_ms_per_window": round(1000 * loop_cpu / done, 3) if done else None,
+        "loop_busy_pct": round(100 * loop_cpu / args.duration_s, 1),
+        "loop_ceiling_windows_per_s": round(done / loop_cpu) if loop_cpu else None,
+        "client_cpu_ms_per_window": round(1000 * sum(r["cpu_s"] for r in results) / done, 3)
+        if done
+        else None,
+        "mean_batch": round(statistics.fmean(sizes), 2) if sizes else None,
+        "model_ms_per_window": round(1000 * statistics.median(computes), 3) if computes else None,
+        "machine_busy_pct": round(100 * busy[0] / busy[1], 1) if busy[1] else None,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, help="serve this bundle (default: near-free)")
+    parser.add_argument(
+        "--batch", default="16,64", help="PANNS_MAX_BATCH settings, comma-separated"
+    )
+    parser.add_argument("--procs", type=int, default=1, help="client processes (fronts)")
+    parser.add_argument("--inflight", type=int, default=48, help="submits on their way per client")
+    parser.add_argument("--threads", type=int, default=1, help="PANNS_THREADS of the engine")
+    parser.add_argument("--duration-s", type=float, default=6.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument(
+        "--ready-timeout-s", type=float, default=300.0, help="for the engine to load"
+    )
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="nearfree-") as tmp:
+        bundle = args.bundle or build_nearfree_bundle(Path(tmp) / "nearfree", clip_s=CLIP_S)
+        card = json.loads((bundle / "model.json").read_text())
+        model, rate = card["name"], int(card["sample_rate"])
+        result: dict[str, Any] = {
+            "machine": machine(),
+            "command": " ".join(["benchmarks/engine_ceiling.py", *(argv or sys.argv[1:])]),
+            "model": model,
+            "procs": args.procs,
+            "inflight_per_proc": args.inflight,
+            "by_max_batch": {
+                str(b): run_batch(bundle, model, rate, int(b), args) for b in args.batch.split(",")
+            },
+        }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
