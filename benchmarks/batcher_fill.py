@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
-from service.core.batcher import Batcher  # noqa: E402
+from service.core.batcher import Batcher, BatchInput, InferFn  # noqa: E402
 
 POLICIES = {
     "old": {"cut_when_idle": False, "pipeline": False},
@@ -75,8 +75,9 @@ class Stats:
     def dropped(self, reason: str, count: int) -> None: ...
 
 
-def fake_gpu(fixed_s: float, per_window_s: float) -> Callable[[np.ndarray], dict]:
-    def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
+def fake_gpu(fixed_s: float, per_window_s: float) -> InferFn:
+    def infer(windows: BatchInput) -> dict[str, np.ndarray]:
+        batch = np.asarray(windows)  # stacked by the batcher: as it is
         level = batch[:, ::4096].mean(axis=1, keepdims=True)  # reads every window
         time.sleep(fixed_s + per_window_s * batch.shape[0])
         return {"clipwise": np.repeat(level, 527, axis=1)}

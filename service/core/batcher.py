@@ -11,7 +11,10 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
   the engine thread runs the previous batch; at most one stacked batch waits for the engine.
-  ``pipeline=False`` stacks and runs one batch at a time.
+  ``pipeline=False`` stacks and runs one batch at a time. ``stack=False`` hands ``infer`` the
+  batch's windows as a list instead, for an engine that copies them into a buffer of its own
+  anyway (pinned staging for a GPU): one copy of each window instead of two, made in the
+  engine threads (``inflight`` of them) instead of the one stacking thread.
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
@@ -48,7 +51,9 @@ log = logging.getLogger("service.core.batcher")
 # engine runs the previous batch.
 INLINE_STACK_BYTES = 4 << 20
 
-InferFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# A stacked (B, L) batch, or its B windows of L samples when the batcher does not stack.
+BatchInput = np.ndarray | list[np.ndarray]
+InferFn = Callable[[BatchInput], dict[str, np.ndarray]]
 
 
 class QueueFull(Exception):
@@ -133,17 +138,19 @@ class Batcher:
         cut_when_idle: bool = True,
         pipeline: bool = True,
         inflight: int = 1,
+        stack: bool = True,
     ) -> None:
         if inflight < 1:
             raise ValueError(f"inflight must be at least 1, not {inflight}")
         self.infer, self.max_batch, self.max_delay_s = infer, max_batch, max_delay_s
         self.max_queue, self.observer, self.name = max_queue, observer, name
         self.cut_when_idle, self.pipeline, self.inflight = cut_when_idle, pipeline, inflight
+        self.stack = stack
         self._queue: FairQueue[_Request] = FairQueue()
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
         self._closing = self._formed = False
         self._running = 0  # batches in the engine threads now
-        self._slot: tuple[Batch, np.ndarray] | None = None  # stacked, waiting for the engine
+        self._slot: tuple[Batch, BatchInput] | None = None  # stacked, waiting for the engine
         self._batches = 0
         self._avg_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
@@ -317,11 +324,13 @@ class Batcher:
                 async with asyncio.timeout(None if wait == math.inf else wait):
                     await self._wakeup.wait()
 
-    async def _stack(self, batch: Batch) -> np.ndarray | None:
+    async def _stack(self, batch: Batch) -> BatchInput | None:
         windows = [request.windows[index] for request, index in batch]
         start = time.monotonic()
         try:
-            if len(windows) == 1:  # a view, no copy and no thread hand-off (a lone request)
+            if not self.stack:
+                stacked: BatchInput = windows  # the engine copies them itself
+            elif len(windows) == 1:  # a view, no copy and no thread hand-off (a lone request)
                 stacked = np.ascontiguousarray(windows[0], np.float32)[None]
             elif sum(w.nbytes for w in windows) <= INLINE_STACK_BYTES:
                 stacked = np.stack(windows)  # shorter than a hand-off to the stacking thread
@@ -358,7 +367,7 @@ class Batcher:
                 self._wakeup.set()  # the slot is free: the next batch may be stacked
                 runs.create_task(self._run_one(batch, stacked))
 
-    async def _run_one(self, batch: Batch, stacked: np.ndarray) -> None:
+    async def _run_one(self, batch: Batch, stacked: BatchInput) -> None:
         assert self._slot_ready is not None and self._wakeup is not None
         try:
             await self._run(batch, stacked)
@@ -367,7 +376,7 @@ class Batcher:
             self._wakeup.set()
             self._slot_ready.set()
 
-    async def _run(self, batch: Batch, stacked: np.ndarray) -> None:
+    async def _run(self, batch: Batch, stacked: BatchInput) -> None:
         start = time.monotonic()
         waits = [start - request.enqueued for request, _ in batch]
         try:

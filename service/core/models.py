@@ -115,6 +115,7 @@ class Models:
             observer=self.observer(card, backend) if self.observer else None,
             name=card.name,
             inflight=backend.inflight,
+            stack=not backend.stages,
         )
         batcher.start()
         self.models[card.name] = ModelRuntime(card, backend, batcher, default=not self.models)

@@ -8,6 +8,7 @@ module here and one line in ``BACKENDS``; nothing else in the service changes.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -17,6 +18,8 @@ import numpy as np
 from service.core.card import ModelCard, OutputKind
 
 Device = Literal["auto", "cuda", "cpu"]
+# A stacked (B, L) float32 batch, or its B windows of L samples (for a backend that ``stages``).
+BatchInput = np.ndarray | Sequence[np.ndarray]
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 
@@ -47,9 +50,13 @@ class Backend(Protocol):
     precision: str  # the graph variant in use: fp32, fp16 or int8
     kinds: dict[str, OutputKind]  # graph output name -> kind
     inflight: int  # how many ``run`` calls may proceed at once (the batcher's engine threads)
+    # True: ``run`` copies every batch into a buffer of its own (pinned staging for a GPU), so
+    # it takes the windows unstacked: one copy of each instead of a stacked one and its copy.
+    stages: bool
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run a (B, L) float32 batch; float32 outputs keyed by kind (clipwise, ...)."""
+    def run(self, batch: BatchInput) -> dict[str, np.ndarray]:
+        """Run a (B, L) float32 batch (or its windows); float32 outputs keyed by kind
+        (clipwise, ...)."""
         ...
 
     def warm_up(self, batch_sizes: list[int], length: int) -> None:

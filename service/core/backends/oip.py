@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from service.core.backends import BackendOptions
+from service.core.backends import BackendOptions, BatchInput
 from service.core.card import BundleError, ModelCard, OutputKind, read_card
 from service.core.errors import EngineUnavailable
 from service.oip import (
@@ -71,6 +71,7 @@ class OipBackend:
         # batches in flight to the engine at once: the engine batches again, and two keep
         # its queue fed while one travels
         self.inflight = max(1, options.inflight or 2)
+        self.stages = False  # the request body is the batch's one copy: stacked first
         log.info(
             "model %s served by the engine at %s (%s)", self.card.name, self.url, self.provider
         )
@@ -117,7 +118,7 @@ class OipBackend:
                 return f"oip:{model.get('provider', '?')}", str(model.get("precision", "?"))
         return "oip", "unknown"
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, batch: BatchInput) -> dict[str, np.ndarray]:
         """Run a (B, L) float32 batch on the engine; float32 outputs keyed by kind."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         rows, length = batch.shape

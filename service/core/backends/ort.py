@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.backends import BackendOptions, Device, Precision
+from service.core.backends import BackendOptions, BatchInput, Device, Precision
 from service.core.backends.ort_cuda import GraphRunner, Slot, SlotPool
 from service.core.card import BundleError, ModelCard, load_bundle
 
@@ -92,6 +92,9 @@ class OrtBackend:
         self._slots = (
             SlotPool([Slot() for _ in range(self.inflight)]) if self.device == "cuda" else None
         )
+        # CUDA: each run copies its batch into its slot's staging buffer; on CPU the batcher's
+        # stacked batch is what ORT reads (stacked in the batcher's thread, ahead of the run)
+        self.stages = self._slots is not None
         if options.cuda_graph:
             self._enable_cuda_graphs()
         log.info(
@@ -212,8 +215,8 @@ class OrtBackend:
             return
         self.cuda_graph = True
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run a (B, L) batch; return float32 outputs keyed by kind (clipwise, ...).
+    def run(self, batch: BatchInput) -> dict[str, np.ndarray]:
+        """Run a (B, L) batch (or its B windows); float32 outputs keyed by kind (clipwise, ...).
 
         Thread-safe: up to ``inflight`` calls proceed at once (more wait for a slot)."""
         names = list(self.kinds)
@@ -227,7 +230,7 @@ class OrtBackend:
             for n, v in zip(names, values, strict=True)
         }
 
-    def _run_cuda(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    def _run_cuda(self, batch: BatchInput, names: list[str]) -> list[np.ndarray]:
         assert self._slots is not None
         slot = self._slots.take()
         try:

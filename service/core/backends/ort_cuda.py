@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -56,13 +57,19 @@ class Staging:
         self.pinned = False
         self._buffer = np.empty(0, np.uint8)
 
-    def fill(self, batch: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
-        """``batch`` cast to ``dtype`` in the buffer (one pass); a view valid until next fill."""
-        size = batch.size * np.dtype(dtype).itemsize
+    def fill(self, batch: np.ndarray | Sequence[np.ndarray], dtype: type[np.generic]) -> np.ndarray:
+        """``batch`` (a (B, L) array or its B windows of L samples) cast to ``dtype`` in the
+        buffer, in one pass; a view valid until the next fill."""
+        shape = (len(batch), len(batch[0]) if len(batch) else 0)
+        size = shape[0] * shape[1] * np.dtype(dtype).itemsize
         if size > self._buffer.nbytes:
             self._grow(size)
-        view = self._buffer[:size].view(dtype).reshape(batch.shape)
-        np.copyto(view, batch, casting="same_kind")
+        view = self._buffer[:size].view(dtype).reshape(shape)
+        if isinstance(batch, np.ndarray):
+            np.copyto(view, batch, casting="same_kind")
+        else:
+            for row, window in zip(view, batch, strict=True):
+                np.copyto(row, window, casting="same_kind")
         return view
 
     def _grow(self, size: int) -> None:

@@ -120,6 +120,30 @@ def test_staging_casts_in_place_and_reuses_its_buffer() -> None:
     staging.close()
 
 
+def test_staging_fills_from_windows_as_from_their_stack() -> None:
+    """An engine that stages takes a batch's windows unstacked (the batcher's ``stack=False``):
+    each lands in its row, in one pass, as the stacked batch would."""
+    from service.core.backends.ort_cuda import Staging
+
+    wave = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    windows = [wave[0:300], wave[500:800], wave[700:1000]]  # views, overlapping, as cut
+    staging = Staging()
+    for dtype in (np.float32, np.float16):
+        staged = staging.fill(windows, dtype)
+        assert staged.dtype == dtype and staged.shape == (3, 300)
+        np.testing.assert_array_equal(staged, np.stack(windows).astype(dtype))
+    staging.close()
+
+
+def test_a_backend_stages_only_where_it_copies_batches_itself(tagger_bundle: Path) -> None:
+    engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
+    assert not engine.stages  # on CPU ORT reads the batcher's stacked batch: no second copy
+    windows = [noise(2.0, seed=s) for s in range(3)]
+    np.testing.assert_array_equal(  # a list of windows is still a batch it runs
+        engine.run(windows)["clipwise"], engine.run(np.stack(windows))["clipwise"]
+    )
+
+
 def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
     from service.core.models import backend_options
     from service.core.pipeline import MAX_WINDOW_S

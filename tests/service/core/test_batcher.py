@@ -94,7 +94,7 @@ async def until(ready: Callable[[], bool], what: str) -> None:
 Scenario = Callable[[Batcher], Coroutine[Any, Any, None]]
 
 
-def run(scenario: Scenario, engine: Engine, stop: bool = True, **options: Any) -> None:
+def run(scenario: Scenario, engine: Callable[..., Any], stop: bool = True, **options: Any) -> None:
     """``scenario`` against ``Batcher(engine, **options)``, started on a fresh event loop (its
     tasks need a running one) and stopped after it, unless the scenario stops it itself."""
 
@@ -514,3 +514,25 @@ def test_stop_with_timeout_fails_both_batches_in_flight() -> None:
 def test_inflight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="inflight must be at least 1"):
         Batcher(Engine(), max_batch=1, max_delay_s=0, max_queue=1, inflight=0)
+
+
+def test_without_stacking_the_engine_gets_the_windows_themselves() -> None:
+    """``stack=False`` (an engine that copies batches into its own staging buffer): no copy
+    is made on the way; each batch is the list of its windows, in batch order."""
+    seen: list[list[np.ndarray]] = []
+
+    def engine(batch: Any) -> dict[str, np.ndarray]:
+        assert isinstance(batch, list)
+        seen.append(batch)
+        return {"clipwise": np.stack([w[:1] * 2 for w in batch])}
+
+    sent = windows(0, 3) + windows(10, 1)
+
+    async def main(b: Batcher) -> None:
+        first = asyncio.create_task(b.submit(sent[:3], far()))
+        second = asyncio.create_task(b.submit(sent[3:], far()))
+        assert values(await first) == [0, 1, 2] and values(await second) == [10]
+
+    run(main, engine, max_batch=2, max_delay_s=0.01, max_queue=100, stack=False)
+    assert sorted(id(w) for batch in seen for w in batch) == sorted(map(id, sent))
+    assert max(map(len, seen)) == 2
