@@ -6,7 +6,8 @@
       |- front N ...                                     (all accept on the same socket)
 
 Fronts hand windows to the engine in shared memory and tell it where over a Unix socket
-(``service.core.remote``, ``service.core.handoff``), so the windows of every front share
+(``service.core.remote``, ``service.core.engine_server``, ``service.core.wire``,
+``service.core.handoff``), so the windows of every front share
 the engine's batches. Metrics go through prometheus-client's
 multiprocess mode, so any front's ``/metrics`` shows all processes. SIGTERM: the fronts
 drain first (their requests need the engine), then the engine finishes its queue; exit 0.
@@ -139,7 +140,7 @@ def supervise(settings: Settings) -> int:
 
 
 async def _engine_main(settings: Settings) -> int:
-    from service.core.remote import EngineServer
+    from service.core.engine_server import EngineServer
     from service.core.tagger import Tagger
     from service.metrics import Metrics, observer_factory
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from service.core.audio import decode
+from service.core.engine_server import EngineServer
 from service.core.errors import TaggingError
 from service.core.handoff import ALIGN, Arena, windows_at
-from service.core.remote import EngineClient, EngineServer, _raise_remote
+from service.core.remote import EngineClient
 from service.core.tagger import Tagger
 from service.core.windows import cut
+from service.core.wire import raise_remote
 from tests.service.conftest import RATE, encode, noise, run_bundle, settings_for
 
 
@@ -245,7 +247,7 @@ def test_bad_offsets_are_an_error_for_that_request_only(
             payload = header.pop("bytes_", b"")
             reply, _ = await client._call(header, payload)
             with pytest.raises(TaggingError):
-                _raise_remote(reply)
+                raise_remote(reply)
             messages.append(str(reply.get("args")))
         still = await client.submit(model, [x], time.monotonic() + 30)  # the engine serves on
         await client.close()

@@ -1,0 +1,182 @@
+"""The engine process's side of the wire: ``EngineServer`` serves its batchers to fronts.
+
+Each front connects once, passes its shared-memory arena (``service.core.handoff``), then
+sends framed requests (``service.core.wire``): a hello, answered once the models have
+loaded, and submits, whose windows go to the model's batcher and whose outputs go back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from service.core.handoff import packed, receive_arena, windows_at
+from service.core.models import Models
+from service.core.wire import Frames, encode_results, error_header, receive
+
+log = logging.getLogger("service.core.engine_server")
+
+
+async def _send_quietly(frames: Frames, header: dict[str, Any]) -> None:
+    """A cancelled submit's answer, to a front that may be gone already."""
+    with contextlib.suppress(ConnectionError):
+        await frames.send({**header, "error": "cancelled"})
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> Any:
+    """Drop a finished submit; a cancelled one still gets an answer, which tells the front
+    that its arena extent is no longer read (even if the task never started)."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.pop(rid, None)
+        if task.cancelled() and not frames.is_closing():
+            reply = asyncio.ensure_future(_send_quietly(frames, {"id": rid, "ok": False}))
+            _answers.add(reply)
+            reply.add_done_callback(_answers.discard)
+
+    return done
+
+
+_answers: set[asyncio.Future[None]] = set()  # cancellation answers on their way
+
+
+class EngineServer:
+    """Serves the batchers of ``models`` to front processes on a Unix socket."""
+
+    def __init__(self, models: Models, path: str) -> None:
+        self.models, self.path = models, path
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(256)
+        self._sock.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._sock))
+
+    async def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._sock is not None:
+            self._sock.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            task = asyncio.create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        """A front's connection: its arena first (fd passing), then framed requests."""
+        try:
+            arena = await receive_arena(conn)
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("a front's connection failed before its first request: %s", exc)
+            conn.close()
+            return
+        await self._serve(reader, writer, arena)
+
+    async def _answer_hello(self, rid: int, frames: Frames) -> None:
+        """Answered once loading has ended (loaded or failed), not before: every front
+        waiting on it turns ready at the same moment, none polls."""
+        await self.models.settled.wait()
+        with contextlib.suppress(ConnectionError):
+            await frames.send({"id": rid, **self._hello()})
+
+    def _hello(self) -> dict[str, Any]:
+        if not self.models.ready:
+            return {"ok": False, "ready": False, "error": self.models.error}
+        info = {
+            name: {
+                "provider": r.backend.provider,
+                "precision": r.backend.precision,
+                "device": r.backend.device,
+                "kinds": r.backend.kinds,
+            }
+            for name, r in self.models.models.items()
+        }
+        return {"ok": True, "ready": True, "models": info}
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        arena: np.ndarray | None,
+    ) -> None:
+        frames = Frames(writer)
+        tasks: dict[int, asyncio.Task[None]] = {}
+        hellos: set[asyncio.Task[None]] = set()  # waiting for the models to load
+        try:
+            while True:
+                header, payload = await receive(reader)
+                rid = int(header.get("id", 0))
+                if header.get("op") == "hello":
+                    hello = asyncio.create_task(self._answer_hello(rid, frames))
+                    hellos.add(hello)
+                    hello.add_done_callback(hellos.discard)
+                elif header.get("op") == "cancel":
+                    task = tasks.pop(rid, None)
+                    if task is not None:
+                        task.cancel()
+                else:
+                    windows = _windows(header, payload, arena)
+                    task = asyncio.create_task(self._submit(rid, header, windows, frames))
+                    tasks[rid] = task
+                    task.add_done_callback(_forget(tasks, rid, frames))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the front went away (or the engine stops): its queued windows are dropped
+        finally:
+            for task in [*tasks.values(), *hellos]:
+                task.cancel()
+            frames.close()
+
+    async def _submit(
+        self,
+        rid: int,
+        header: dict[str, Any],
+        windows: list[np.ndarray] | Exception,
+        frames: Frames,
+    ) -> None:
+        try:
+            deadline = time.monotonic() + float(header["deadline_in"])
+            if isinstance(windows, Exception):
+                raise windows
+            runtime = self.models.get(header["model"])
+            results = await runtime.batcher.submit(windows, deadline)
+            reply, data = encode_results(rid, results)
+        except Exception as exc:
+            reply, data = error_header(rid, exc), b""
+        with contextlib.suppress(ConnectionError):
+            await frames.send(reply, data)
+
+
+def _windows(
+    header: dict[str, Any], payload: bytes, arena: np.ndarray | None
+) -> list[np.ndarray] | Exception:
+    """A submit's windows: views of the front's arena, or of the inline payload (an error
+    for that request alone when the header is malformed)."""
+    try:
+        lengths = [int(n) for n in header["lengths"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        return ValueError(f"a submit without usable window lengths: {exc!r}")
+    try:  # a malformed offset (or inline payload) fails this request alone
+        if "ats" not in header:
+            return windows_at(np.frombuffer(payload, np.float32), packed(lengths), lengths)
+        if arena is None:
+            return ConnectionError("windows in an arena this front never sent")
+        return windows_at(arena, [int(at) for at in header["ats"]], lengths)
+    except (TypeError, ValueError) as exc:
+        return ValueError(f"unusable window offsets: {exc}")

@@ -1,0 +1,136 @@
+"""The front<->engine wire protocol: frames on the Unix socket, and what they carry.
+
+Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
+A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
+header's ``ats`` say where each starts) unless the arena is full, when they follow the
+header inline, end to end. An answer carries each window's outputs as float32 (its header
+names their kinds and shapes), or an error that the front raises again as the same class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.core.batcher import (
+    BatcherStopped,
+    DeadlineExceeded,
+    QueueFull,
+    TooManyWindows,
+    WindowResult,
+)
+from service.core.errors import NotReady, TaggingError, UnknownModel
+
+_LEN = struct.Struct("<I")
+MAX_HEADER = 16 << 20  # a bound against garbage: a submit's header is ~20 bytes per window
+_JOIN_BYTES = 1 << 16  # payloads above this are written on their own
+
+
+class Frames:
+    """The frames going out on one connection, written once per event-loop turn: the answers
+    for a whole batch (or the requests that arrived together) leave in one system call and
+    wake the other side once, not once each. A large inline payload is written at once, not
+    copied into a joined buffer, and drained."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._out: list[bytes] = []
+        self._scheduled = False
+
+    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        head = orjson.dumps({**header, "bytes": len(payload)}, option=orjson.OPT_SERIALIZE_NUMPY)
+        self._out.append(_LEN.pack(len(head)) + head)
+        if len(payload) > _JOIN_BYTES:
+            self.flush()
+            if not self.writer.is_closing():
+                self.writer.write(payload)
+            await self.writer.drain()
+            return
+        if payload:
+            self._out.append(payload)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        if self.writer.transport.get_write_buffer_size() > _JOIN_BYTES:
+            await self.writer.drain()  # the other side reads slowly: wait for it
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if size > MAX_HEADER:
+        raise ConnectionError(f"frame header of {size} bytes")
+    header = orjson.loads(await reader.readexactly(size))
+    payload = await reader.readexactly(int(header.get("bytes", 0)))
+    return header, payload
+
+
+# The errors an engine can answer a front with, and the arguments that rebuild each one on
+# the front's side (so the front's door gives them the statuses of a one-process service).
+_WIRE_ERRORS: dict[str, tuple[type[Exception], Callable[[Any], list[Any]]]] = {
+    cls.__name__: (cls, args)
+    for cls, args in (
+        (QueueFull, lambda e: [e.retry_after_s]),
+        (TooManyWindows, lambda e: [e.windows, e.limit]),
+        (NotReady, lambda e: [e.message, e.retry_after_s]),
+        (DeadlineExceeded, lambda e: [str(e)]),
+        (BatcherStopped, lambda e: [str(e)]),
+        (UnknownModel, lambda e: [e.message]),
+    )
+}
+
+
+def error_header(rid: int, exc: BaseException) -> dict[str, Any]:
+    name = type(exc).__name__
+    args = _WIRE_ERRORS[name][1](exc) if name in _WIRE_ERRORS else [str(exc)]
+    return {"id": rid, "ok": False, "error": name, "args": args}
+
+
+def raise_remote(header: dict[str, Any]) -> None:
+    name, args = str(header.get("error")), list(header.get("args") or ["engine error"])
+    cls = _WIRE_ERRORS[name][0] if name in _WIRE_ERRORS else TaggingError
+    raise cls(*args)
+
+
+def encode_results(rid: int, results: list[WindowResult]) -> tuple[dict[str, Any], bytes]:
+    kinds = sorted(results[0].outputs) if results else []
+    shapes = [[list(r.outputs[k].shape) for k in kinds] for r in results]
+    meta = [[r.queue_s, r.compute_s, r.batch_size, r.batch_id] for r in results]
+    payload = b"".join(
+        np.ascontiguousarray(r.outputs[k], np.float32).data for r in results for k in kinds
+    )
+    return {"id": rid, "ok": True, "kinds": kinds, "shapes": shapes, "meta": meta}, payload
+
+
+def decode_results(header: dict[str, Any], payload: bytes) -> list[WindowResult]:
+    flat, at, out = np.frombuffer(payload, np.float32), 0, []
+    kinds = header["kinds"]
+    for shapes, meta in zip(header["shapes"], header["meta"], strict=True):
+        outputs = {}
+        for kind, shape in zip(kinds, shapes, strict=True):
+            size = int(np.prod(shape))
+            outputs[kind] = flat[at : at + size].reshape(shape)
+            at += size
+        out.append(
+            WindowResult(outputs, float(meta[0]), float(meta[1]), int(meta[2]), int(meta[3]))
+        )
+    return out
