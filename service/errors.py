@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.audio import AudioError
+from service.core.audiocheck import AudioError
 from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.errors import (
     EngineUnavailable,

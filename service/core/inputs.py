@@ -9,8 +9,10 @@ from typing import Literal
 
 import numpy as np
 
-from service.core.audio import AudioError, Decoded, decode, decode_pcm, is_plain_wav_at
+from service.core.audio import decode, decode_pcm
+from service.core.audiocheck import AudioError, Decoded
 from service.core.mixdown import Alloc, heap
+from service.core.wav import is_plain_wav_at
 
 PcmDtype = Literal["int16", "float32"]
 

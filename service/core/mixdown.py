@@ -13,6 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import soxr
 
+from service.core.audiocheck import check_samples
+
 # Where a decoded waveform is written: ``count`` float32 (a front's shared-memory arena, so
 # its windows reach the engine without a copy; the heap otherwise).
 Alloc = Callable[[int], np.ndarray]
@@ -21,6 +23,11 @@ Alloc = Callable[[int], np.ndarray]
 def heap(count: int) -> np.ndarray:
     return np.empty(count, np.float32)
 
+
+# Samples already in memory (plain WAV, raw PCM) are converted in blocks this large: a 10 s
+# clip in one pass. Every block releases and retakes the GIL a few times (numpy, soxr), and
+# each of those is a wake-up and a context switch while the event loop holds the GIL.
+MEMORY_BLOCK_FRAMES = 1 << 20
 
 # The resampler may emit a few samples more than the rate ratio (its final flush).
 _RESAMPLER_SLACK = 64
@@ -109,3 +116,22 @@ class MonoSink:
             grown = np.empty(max(self._pos + frames, self._out.shape[0] * 3 // 2), np.float32)
             grown[: self._pos] = self._out[: self._pos]
             self._out = grown
+
+
+def to_mono(
+    samples: np.ndarray, rate: int, target_rate: int, scale: float, alloc: Alloc = heap
+) -> np.ndarray:
+    """(frames, channels) samples already in memory as one mono float32 array at
+    ``target_rate``; float samples are checked (NaN, inf, the bound)."""
+    frames = samples.shape[0]
+    if frames <= MEMORY_BLOCK_FRAMES:
+        if samples.dtype.kind == "f":
+            check_samples(samples)
+        return mono_at(samples, rate, target_rate, scale, alloc)
+    sink = MonoSink(rate, target_rate, frames)
+    for first in range(0, frames, MEMORY_BLOCK_FRAMES):
+        block = samples[first : first + MEMORY_BLOCK_FRAMES]
+        if block.dtype.kind == "f":
+            check_samples(block)
+        sink.push(block, scale)
+    return sink.finish()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.core.audio import AudioError, AudioTooLong, Decoded
+from service.core.audiocheck import AudioError, AudioTooLong, Decoded
 from service.core.batcher import WindowResult
 from service.core.card import ModelCard
 from service.core.errors import InvalidParameters, TaggingError, TooMuchWork

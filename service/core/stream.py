@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from service.core.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
+from service.core.audiocheck import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
 from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
 from service.core.card import ModelCard
 from service.core.errors import InvalidParameters

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Query, Request
 
-from service.core.audio import AudioError
+from service.core.audiocheck import AudioError
 from service.core.inputs import AudioInput, PcmFormat
 from service.core.results import FileResult
 from service.core.tagger import Tagger

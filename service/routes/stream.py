@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from service.core.audio import AudioError
+from service.core.audiocheck import AudioError
 from service.core.errors import InvalidParameters, NotReady, UnknownModel
 from service.core.stream import LiveStream, StreamConfig, StreamResult
 from service.core.tagger import Tagger

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.core.audio import MAX_ABS_SAMPLE
+from service.core.audiocheck import MAX_ABS_SAMPLE
 from tests.service.audio_files import adts_aac, streamed_wav, unknown_length_flac, with_byte
 from tests.service.conftest import (
     RATE,

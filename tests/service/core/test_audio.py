@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.core.audio import (
+from service.core.audio import decode, decode_pcm
+from service.core.audiocheck import (
     MAX_ABS_SAMPLE,
     AudioError,
     AudioTooLong,
     EmptyAudio,
     UndecodableAudio,
     UnsupportedFormat,
-    decode,
-    decode_pcm,
 )
 from service.core.backends import BackendOptions, Precision
 from service.core.backends.ort import OrtBackend
@@ -394,7 +393,7 @@ def test_bad_pcm_is_refused_with_a_reason(
 
 def test_decode_cost_is_bounded_by_rate_and_channels() -> None:
     """A file that is short in seconds but costly to decode (384 kHz x 8) has a lower limit."""
-    from service.core.audio import MAX_DECODE_SAMPLES, AudioTooLong, decode, decode_limit_s
+    from service.core.audiocheck import MAX_DECODE_SAMPLES, AudioTooLong, decode_limit_s
 
     limit = decode_limit_s(384_000, 8, 600.0)
     assert limit == pytest.approx(MAX_DECODE_SAMPLES / (384_000 * 8))
@@ -418,7 +417,7 @@ def test_decode_cost_is_bounded_by_rate_and_channels() -> None:
 )
 def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype: str) -> None:
     """16-bit and float WAV are read with numpy: the very numbers libsndfile gives."""
-    from service.core import audio
+    from service.core import audio, wav
 
     rng = np.random.default_rng(rate + channels)
     x = (0.3 * rng.standard_normal((rate * 3, channels))).clip(-1, 1).astype(np.float32)
@@ -431,7 +430,7 @@ def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype
         for block in audio._blocks(handle, name, 60.0):
             sink.push(block)
     slow = sink.finish()
-    assert (audio._plain_wav(data, 32000, 60.0) is None) == (subtype == "PCM_24")
+    assert (wav.plain_wav(data, 32000, 60.0) is None) == (subtype == "PCM_24")
     np.testing.assert_array_equal(fast.waveform, slow)
     assert fast.channels == channels and fast.source_rate == rate and fast.format == "WAV"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service import SyncTagger, Tagger, TagOptions, WindowSpec
-from service.core.audio import UnsupportedFormat
+from service.core.audiocheck import UnsupportedFormat
 from service.core.card import read_card
 from service.core.errors import InvalidParameters, MissingOutput, TooMuchWork, UnknownModel
 from service.core.inputs import AudioInput
