@@ -11,10 +11,8 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
   the engine thread runs the previous batch; at most one stacked batch waits for the engine.
-  ``pipeline=False`` stacks and runs one batch at a time. ``stack=False`` hands ``infer`` the
-  batch's windows as a list instead, for an engine that copies them into a buffer of its own
-  anyway (pinned staging for a GPU): one copy of each window instead of two, made in the
-  engine threads (``inflight`` of them) instead of the one stacking thread.
+  ``pipeline=False`` stacks and runs one batch at a time. ``stack=False``: ``infer`` gets the
+  windows as a list, for an engine that copies them into its own (pinned) buffer anyway.
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
@@ -51,7 +49,7 @@ log = logging.getLogger("service.core.batcher")
 # engine runs the previous batch.
 INLINE_STACK_BYTES = 4 << 20
 
-# A stacked (B, L) batch, or its B windows of L samples when the batcher does not stack.
+# A stacked (B, L) batch, or its B windows of L samples (``stack=False``)
 BatchInput = np.ndarray | list[np.ndarray]
 InferFn = Callable[[BatchInput], dict[str, np.ndarray]]
 

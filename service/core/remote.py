@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.backends import BatchInput
 from service.core.batcher import BatcherStopped, DeadlineExceeded, WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import NotReady
@@ -176,8 +177,9 @@ class RemoteBackend:
         self.precision = str(info["precision"])
         self.kinds: dict[str, OutputKind] = dict(info["kinds"])
         self.inflight = 1  # never runs a batch: the engine process has the real figure
+        self.stages = False
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, batch: BatchInput) -> dict[str, np.ndarray]:
         raise RuntimeError("a front process runs no batches: the engine does")
 
     def warm_up(self, batch_sizes: list[int], length: int) -> None:
