@@ -16,10 +16,13 @@ what it measured):
 4. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
    fp16 vs pinned staging with 1 and 2 batches in flight vs + CUDA graph vs TensorRT fp16, at
    each ``--variant-batches`` size, leaving ``--service-reserve-s`` for the last stage;
-5. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
+5. ``engine``: the engine process alone (``benchmarks/engine_ceiling.py``: 4 stand-in fronts,
+   no HTTP or decoding) at the service's batch size: windows/s and the engine's (and its
+   event loop's) CPU per window, over the raw fp16 engine's clips/s;
+6. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
    default), and its clips/s over the raw fp16 engine's at the service's batch size.
 
-Stages 3-5 need CUDA: without it they are recorded as skipped, with the reason, and the exit
+Stages 3-6 need CUDA: without it they are recorded as skipped, with the reason, and the exit
 status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:
 the environment or the export failed. ``--budget-s`` bounds the run: stages that would start
 too late are skipped, not cut.
@@ -36,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,58 +48,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
+from check_report import Report, Skip, run_bounded, summary  # noqa: E402  (beside this script)
+
 log = logging.getLogger("gpu_check")
 CUDA_EP = "CUDAExecutionProvider"
-STAGES = ("env", "export", "engines", "variants", "service")
-
-
-class Skip(Exception):
-    """A stage that cannot run here; the message says why."""
-
-
-class Report:
-    """The JSON document, rewritten after every stage."""
-
-    def __init__(self, path: Path, budget_s: float) -> None:
-        self.path = path
-        self.doc: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.deadline = time.monotonic() + budget_s
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.save()
-
-    def left_s(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
-        tmp.replace(self.path)
-
-    def stage(self, name: str, fn: Callable[[], dict[str, Any]], min_s: float = 0.0) -> None:
-        """Run one stage; record its result, or why it was skipped or failed."""
-        t0 = time.monotonic()
-        if self.left_s() < min_s:
-            result: dict[str, Any] = {
-                "skipped": f"time budget: {self.left_s():.0f} s left, "
-                f"the stage needs about {min_s:.0f} s"
-            }
-        else:
-            log.info("== %s", name)
-            try:
-                result = fn()
-            except Skip as exc:
-                result = {"skipped": str(exc)}
-            except Exception as exc:  # recorded, and the next stages still run
-                result = {
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(limit=6),
-                }
-        result["elapsed_s"] = round(time.monotonic() - t0, 1)
-        for key in ("skipped", "error"):
-            if key in result:
-                log.warning("%s %s: %s", name, key, result[key])
-        self.doc[name] = result
-        self.save()
+STAGES = ("env", "export", "engines", "variants", "engine", "service")
+ENGINE_STAGE_S = 45  # the engine stage's share of the time left for the last two stages
 
 
 def env_stage(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,6 +249,36 @@ def variants_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
     return measure(args.bundle, args.variant_batches, args.variant_seconds, budget)
 
 
+def engine_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
+    """The engine process alone (``benchmarks/engine_ceiling.py``): windows/s one engine takes
+    from 4 stand-in fronts at the service's batch size, no HTTP or decoding; against the raw
+    engine it shows whether the engine process or the fronts limit the service."""
+    _, ort_device = _devices(args)
+    if args.bundle is None:
+        raise Skip("no bundle: the export stage did not run or failed")
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "engine.json"
+        cmd = [sys.executable, str(REPO / "benchmarks" / "engine_ceiling.py")]
+        cmd += ["--bundle", str(args.bundle), "--batch", str(args.service_max_batch)]
+        cmd += ["--procs", "4", "--inflight", str(2 * args.service_max_batch // 4 + 4)]
+        cmd += ["--duration-s", "5", "--warmup-s", "2", "--json", str(result_path)]
+        os.environ.update(PANNS_DEVICE=ort_device, PANNS_WARMUP="ends")  # for the engine
+        log.info("%s", " ".join(cmd))
+        note = run_bounded(cmd, max(20.0, min(ENGINE_STAGE_S, report.left_s() - 60)))
+        if not result_path.is_file():
+            raise RuntimeError(note or "benchmarks/engine_ceiling.py wrote no result")
+        result: dict[str, Any] = json.loads(result_path.read_text())
+    row = result["by_max_batch"][str(args.service_max_batch)]
+    raw = _raw_fp16(report.doc.get("engines", {}), args.service_max_batch)
+    if raw and row.get("windows_per_s"):
+        result["vs_raw_fp16"] = {
+            **raw,
+            "engine_alone": round(row["windows_per_s"] / raw["raw_clips_per_s"], 3),
+        }
+    result["note"] = note
+    return result
+
+
 def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
     _, ort_device = _devices(args)
     if args.bundle is None:
@@ -330,7 +316,7 @@ def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
         ]
         timeout = max(30.0, report.left_s() - 10)
         log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
-        note = _run_bounded(cmd, timeout)
+        note = run_bounded(cmd, timeout)
         if not result_path.is_file():
             raise RuntimeError(note or "benchmarks/frontend.py wrote no result")
         result = json.loads(result_path.read_text())
@@ -342,77 +328,30 @@ def service_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
     }
 
 
-def _run_bounded(cmd: list[str], timeout: float) -> str | None:
-    """Run ``cmd``; past ``timeout`` send SIGTERM (frontend.py then stops its server), then
-    SIGKILL. Returns what went wrong, if anything."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return f"benchmarks/frontend.py stopped after {timeout:.0f} s (time budget)"
-    return None if code == 0 else f"benchmarks/frontend.py exited with {code}"
-
-
-def _vs_raw(frontend: dict[str, Any], engines: dict[str, Any], max_batch: int) -> Any:
-    """Service clips/s per format over the raw ORT fp16 engine at the service's batch size."""
+def _raw_fp16(engines: dict[str, Any], max_batch: int) -> dict[str, Any] | None:
+    """The raw ORT fp16 engine's clips/s at the largest measured batch up to ``max_batch``."""
     measured = [int(b) for b in engines.get("batches", {}) if int(b) <= max_batch]
     if not measured:
         return None
     batch = max(measured)
     row = engines["batches"][str(batch)]
     raw = (row.get("ort_fp16") or row.get("ort_fp32") or {}).get("clips_per_s")
-    out: dict[str, Any] = {"raw_batch": batch, "raw_clips_per_s": raw}
+    return {"raw_batch": batch, "raw_clips_per_s": raw} if raw else None
+
+
+def _vs_raw(frontend: dict[str, Any], engines: dict[str, Any], max_batch: int) -> Any:
+    """Service clips/s per format over the raw ORT fp16 engine at the service's batch size."""
+    raw = _raw_fp16(engines, max_batch)
+    if raw is None:
+        return None
+    out: dict[str, Any] = dict(raw)
     for workers, formats in frontend.get("load", {}).items():
         for fmt, res in formats.items():
-            if raw and res.get("clips_per_s"):
-                out[f"workers={workers} {fmt}"] = round(res["clips_per_s"] / raw, 3)
+            if res.get("clips_per_s"):
+                out[f"workers={workers} {fmt}"] = round(
+                    res["clips_per_s"] / raw["raw_clips_per_s"], 3
+                )
     return out
-
-
-def summary(doc: dict[str, Any]) -> None:
-    """A short table last on stdout (a device run returns the end of the output)."""
-    print("\n== gpu_check summary")
-    env = doc.get("env", {})
-    print(
-        f"gpu: {env.get('gpu')}  cuda: {env.get('cuda')}  ort: {env.get('onnxruntime')} "
-        f"{env.get('ort_providers')}"
-    )
-    for stage in ("export", "engines", "variants", "service"):
-        if stage not in doc:
-            continue
-        st = doc[stage]
-        state = st.get("skipped") or st.get("error") or "ok"
-        print(f"{stage}: {state} ({st.get('elapsed_s')} s)")
-    for batch, row in doc.get("engines", {}).get("batches", {}).items():
-        print(
-            f"  batch {batch:>3}: "
-            + "  ".join(f"{k} {v['clips_per_s']:.0f}/s" for k, v in row.items())
-        )
-    if diffs := doc.get("engines", {}).get("max_abs_diff_vs_ort_fp32"):
-        print(f"  max abs diff vs ort fp32: {diffs}")
-    for batch, row in doc.get("variants", {}).get("batches", {}).items():
-        print(
-            f"  variants batch {batch:>3}: "
-            + "  ".join(
-                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} skipped"
-                for k, v in row.items()
-                if isinstance(v, dict)
-            )
-        )
-    for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
-        for fmt, res in formats.items():
-            print(
-                f"  service workers={workers} {fmt}: {res.get('clips_per_s')} clips/s, "
-                f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip"
-            )
-    if ratio := doc.get("service", {}).get("vs_raw_fp16"):
-        print(f"  service / raw engine: {ratio}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -428,7 +367,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant-batches", default="32,64", help="batch sizes of stage 4")
     p.add_argument("--variant-seconds", type=float, default=1.5, help="timed per variant")
     p.add_argument(
-        "--service-reserve-s", type=float, default=150.0, help="stage 4 leaves this much"
+        "--service-reserve-s",
+        type=float,
+        default=150.0 + ENGINE_STAGE_S,
+        help="stage 4 leaves this much (for stages 5 and 6)",
     )
     p.add_argument(
         "--service-workers",
@@ -464,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": (lambda: export_stage(args, Path(work)), 30),
             "engines": (lambda: engines_stage(args), 30),
             "variants": (lambda: variants_stage(args, report), 30 + args.service_reserve_s),
+            "engine": (lambda: engine_stage(args, report), 25),
             "service": (lambda: service_stage(args, report), 60),
         }
         for name in STAGES:

@@ -85,7 +85,7 @@ def test_gpu_check_stops_cleanly_without_cuda(tmp_path: Path) -> None:
         "PYTHON": sys.executable,
     }
     result = subprocess.run(
-        ["bash", str(DEVICE / "gpu_check.sh"), "--stages", "env,engines,variants,service"],
+        ["bash", str(DEVICE / "gpu_check.sh"), "--stages", "env,engines,variants,engine,service"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -97,6 +97,6 @@ def test_gpu_check_stops_cleanly_without_cuda(tmp_path: Path) -> None:
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["env"]["cuda"] is False
     assert "no carried wheels" in report["env"]["install"]
-    for stage in ("engines", "variants", "service"):
+    for stage in ("engines", "variants", "engine", "service"):
         assert report[stage]["skipped"].startswith("CUDA needed: torch sees no CUDA device")
     assert (out / "gpu_check.log").stat().st_size > 0

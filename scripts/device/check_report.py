@@ -1,0 +1,130 @@
+"""The GPU check's report and helpers: the JSON written after every stage, the summary
+printed last, and bounded runs of the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger("gpu_check")
+
+
+class Skip(Exception):
+    """A stage that cannot run here; the message says why."""
+
+
+class Report:
+    """The JSON document, rewritten after every stage."""
+
+    def __init__(self, path: Path, budget_s: float) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.deadline = time.monotonic() + budget_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.save()
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
+        tmp.replace(self.path)
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any]], min_s: float = 0.0) -> None:
+        """Run one stage; record its result, or why it was skipped or failed."""
+        t0 = time.monotonic()
+        if self.left_s() < min_s:
+            result: dict[str, Any] = {
+                "skipped": f"time budget: {self.left_s():.0f} s left, "
+                f"the stage needs about {min_s:.0f} s"
+            }
+        else:
+            log.info("== %s", name)
+            try:
+                result = fn()
+            except Skip as exc:
+                result = {"skipped": str(exc)}
+            except Exception as exc:  # recorded, and the next stages still run
+                result = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=6),
+                }
+        result["elapsed_s"] = round(time.monotonic() - t0, 1)
+        for key in ("skipped", "error"):
+            if key in result:
+                log.warning("%s %s: %s", name, key, result[key])
+        self.doc[name] = result
+        self.save()
+
+
+def run_bounded(cmd: list[str], timeout: float) -> str | None:
+    """Run ``cmd``; past ``timeout`` send SIGTERM (frontend.py then stops its server), then
+    SIGKILL. Returns what went wrong, if anything."""
+    script = Path(cmd[1]).relative_to(REPO) if Path(cmd[1]).is_relative_to(REPO) else cmd[1]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return f"{script} stopped after {timeout:.0f} s (time budget)"
+    return None if code == 0 else f"{script} exited with {code}"
+
+
+def summary(doc: dict[str, Any]) -> None:
+    """A short table last on stdout (a device run returns the end of the output)."""
+    print("\n== gpu_check summary")
+    env = doc.get("env", {})
+    print(
+        f"gpu: {env.get('gpu')}  cuda: {env.get('cuda')}  ort: {env.get('onnxruntime')} "
+        f"{env.get('ort_providers')}"
+    )
+    for stage in ("export", "engines", "variants", "engine", "service"):
+        if stage not in doc:
+            continue
+        st = doc[stage]
+        state = st.get("skipped") or st.get("error") or "ok"
+        print(f"{stage}: {state} ({st.get('elapsed_s')} s)")
+    for batch, row in doc.get("engines", {}).get("batches", {}).items():
+        print(
+            f"  batch {batch:>3}: "
+            + "  ".join(f"{k} {v['clips_per_s']:.0f}/s" for k, v in row.items())
+        )
+    if diffs := doc.get("engines", {}).get("max_abs_diff_vs_ort_fp32"):
+        print(f"  max abs diff vs ort fp32: {diffs}")
+    for batch, row in doc.get("variants", {}).get("batches", {}).items():
+        print(
+            f"  variants batch {batch:>3}: "
+            + "  ".join(
+                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} skipped"
+                for k, v in row.items()
+                if isinstance(v, dict)
+            )
+        )
+    for batch, row in doc.get("engine", {}).get("by_max_batch", {}).items():
+        print(
+            f"  engine alone, max batch {batch}: {row.get('windows_per_s')} windows/s, "
+            f"loop {row.get('loop_cpu_ms_per_window')} / engine "
+            f"{row.get('engine_cpu_ms_per_window')} CPU ms per window, "
+            f"mean batch {row.get('mean_batch')}"
+        )
+    for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
+        for fmt, res in formats.items():
+            print(
+                f"  service workers={workers} {fmt}: {res.get('clips_per_s')} clips/s, "
+                f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip"
+            )
+    if ratio := doc.get("service", {}).get("vs_raw_fp16"):
+        print(f"  service / raw engine: {ratio}")
