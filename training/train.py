@@ -9,7 +9,8 @@ The run directory gets ``config.json`` (the resolved configuration), ``log.jsonl
 per evaluation: loss, learning rate, mAP, mean AUC, d-prime, throughput), TensorBoard event
 files (``tensorboard --logdir runs``; see :mod:`training.tracking`), ``per_class.csv`` (the
 latest evaluation per class), and ``checkpoints/latest.pth`` and ``checkpoints/best.pth``
-(highest evaluation mAP); ``python -m training.report RUN_DIR...`` plots and compares runs.
+(highest evaluation mAP; a tie goes to the later); ``python -m training.report RUN_DIR...``
+plots and compares runs.
 ``--lr-schedule``, ``--warmup-steps`` and ``--grad-clip`` change the recipe (default: the
 paper's constant lr, no warm-up, no clipping). Checkpoints are the official format plus what
 resuming needs: ``model``, ``iteration``, ``optimizer``, ``sampler``, ``config``, ``arch``,
@@ -371,7 +372,10 @@ class Trainer:
             "time": time.time(),
         }
         if self.info.is_main:
-            improved = scores is not None and scores.mAP > self.best_map
+            # A tie goes to the later checkpoint: as good on the held-out set, trained longer.
+            # A small held-out set saturates early (mAP 1.0 at the first evaluation of a
+            # fine-tuned head), and keeping the first would keep a barely trained model.
+            improved = scores is not None and scores.mAP >= self.best_map
             if improved and scores is not None:
                 self.best_map = scores.mAP
             self._save(self.state_dict(rank_states), improved)

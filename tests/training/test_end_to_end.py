@@ -277,7 +277,7 @@ def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) ->
         str(run),
         "--freeze-base",
         "--steps",
-        "60",
+        "150",
         "--eval-every",
         "20",
         "--batch-size",
@@ -305,7 +305,9 @@ def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) ->
     assert (run / "labels.txt").read_text().split("\n")[:4] == labels
     checkpoint = Path(result["checkpoint"])
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    # Measured: held-out (12 clips) mAP 1.0 from step 40 on; the new head starts near chance.
+    # Measured: held-out (6 clips) mAP 1.0 from step 40 on; the new head starts near chance.
+    # That early head (the best checkpoint when ties went to the first) ranked "alarm" first
+    # for 2 of 20 sirens on an AVX2 CPU; at 150 steps (ties go to the later) for 17 of 20.
     assert max(x["mAP"] for x in log) >= 0.8, log
     assert log[-1]["train_loss"] < log[0]["train_loss"], log
 
