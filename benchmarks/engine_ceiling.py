@@ -14,11 +14,12 @@ what limits the service, so this measures it alone, without HTTP or decoding:
   shared-memory arena, a few 10 s windows placed there once, and ``--inflight`` one-window
   submits kept on their way.
 
-Prints JSON per ``--batch`` (``PANNS_MAX_BATCH``): windows/s, the engine's CPU ms per window
-and cores busy (from /proc), the clients' CPU ms per window, the mean batch size the engine
-ran, and the model's own run time per window (what a GPU would take off the CPU). Their
-quotient, ``1000 / engine_cpu_ms_per_window``, is how many windows per second one engine
-process can take on this CPU core, whatever the device.
+Prints JSON per ``--batch`` (``PANNS_MAX_BATCH``): windows/s; the engine's CPU ms per window
+and cores busy (from /proc); the same for its event loop alone (the main thread: one core at
+most, so ``loop_ceiling_windows_per_s`` bounds what one engine process takes, whatever the
+device); the clients' CPU ms per window; the mean batch size the engine ran; and the engine
+thread's wall time per window (``run_ms_per_window``: the model's run with the thread
+hand-off and any wait for the GIL, what a GPU would not take off the CPU entirely).
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def _load(engine: Any, path: str, model: str, rate: int, args: argparse.Namespac
         if done
         else None,
         "mean_batch": round(statistics.fmean(sizes), 2) if sizes else None,
-        "model_ms_per_window": round(1000 * statistics.median(computes), 3) if computes else None,
+        "run_ms_per_window": round(1000 * statistics.median(computes), 3) if computes else None,
         "machine_busy_pct": round(100 * busy[0] / busy[1], 1) if busy[1] else None,
     }
 
