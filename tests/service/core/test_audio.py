@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,10 @@ from service.core.audiocheck import (
 )
 from service.core.backends import BackendOptions, Precision
 from service.core.backends.ort import OrtBackend
-from service.core.mixdown import mix_into
 from tests.conftest import shared_path
 from tests.service.audio_files import (
     adts_aac,
     id3_tag,
-    streamed_wav,
     unknown_length_flac,
     with_byte,
 )
@@ -186,18 +183,6 @@ def test_flac_of_unknown_length_is_read_and_limited_while_decoding() -> None:
         decode(data, RATE, 2)
 
 
-@pytest.mark.parametrize(("size", "riff"), [(0, None), (0, 0), (0xFFFFFFFF, None)])
-def test_streamed_wav_without_a_data_size_is_read_to_the_end(size: int, riff: int | None) -> None:
-    """A data size of 0 (streamed WAV) gave empty_audio although the file holds 1 s."""
-    x = sine(440, 1.0, RATE)
-    out = decode(streamed_wav(x, RATE, size, riff), RATE, 60)
-    assert out.duration_s == pytest.approx(1.0)
-    assert np.max(np.abs(out.waveform - x)) < 1e-4
-    too_long = streamed_wav(np.zeros(RATE * 5, np.float32), RATE, size, riff)
-    with pytest.raises(AudioTooLong, match="limit"):
-        decode(too_long, RATE, 4)
-
-
 @pytest.mark.parametrize("peak", [1e30, 3e38, -4.7e18, MAX_ABS_SAMPLE * 1.01])
 def test_float_samples_beyond_the_bound_are_refused(peak: float) -> None:
     """Finite floats near 1e18 overflow the model's power spectrum: null scores before."""
@@ -299,18 +284,6 @@ def _held_bytes(array: np.ndarray) -> int:
     return array.nbytes
 
 
-@pytest.mark.parametrize("channels", [1, 2, 3, 6])
-def test_mixdown_is_the_channel_mean(channels: int) -> None:
-    rng = np.random.default_rng(channels)
-    block = rng.uniform(-1, 1, (1000, channels)).astype(np.float32)
-    out = np.empty(1000, np.float32)
-    mix_into(block, out)
-    np.testing.assert_allclose(out, block.astype(np.float64).mean(axis=1), atol=1e-6)
-    ints = (block * 32767).astype(np.int16)  # int16 adds in float32: no wrap-around
-    mix_into(ints, out, 1 / 32768)
-    np.testing.assert_allclose(out, ints.mean(axis=1) / 32768, atol=1e-6)
-
-
 # Raw PCM (the application/octet-stream door): validated like a decoded upload.
 
 
@@ -403,90 +376,3 @@ def test_decode_cost_is_bounded_by_rate_and_channels() -> None:
     sf.write(buf, np.zeros((frames, 8), np.int16), 384_000, format="FLAC")
     with pytest.raises(AudioTooLong, match="at this sample rate and channel count"):
         decode(buf.getvalue(), 32_000, 600.0)
-
-
-@pytest.mark.parametrize(
-    ("rate", "channels", "subtype"),
-    [
-        (32000, 1, "PCM_16"),
-        (44100, 2, "PCM_16"),
-        (48000, 6, "FLOAT"),
-        (16000, 1, "FLOAT"),
-        (44100, 2, "PCM_24"),
-    ],
-)
-def test_plain_wav_fast_path_equals_libsndfile(rate: int, channels: int, subtype: str) -> None:
-    """16-bit and float WAV are read with numpy: the very numbers libsndfile gives."""
-    from service.core import audio, wav
-
-    rng = np.random.default_rng(rate + channels)
-    x = (0.3 * rng.standard_normal((rate * 3, channels))).clip(-1, 1).astype(np.float32)
-    buf = io.BytesIO()
-    sf.write(buf, x, rate, format="WAV", subtype=subtype)
-    data = buf.getvalue()
-    fast = audio.decode(data, 32000, 60.0)
-    with audio._opened(data, None) as (handle, name):  # the libsndfile path, forced
-        sink = audio.MonoSink(rate, 32000, handle.frames)
-        for block in audio._blocks(handle, name, 60.0):
-            sink.push(block)
-    slow = sink.finish()
-    assert (wav.plain_wav(data, 32000, 60.0) is None) == (subtype == "PCM_24")
-    np.testing.assert_array_equal(fast.waveform, slow)
-    assert fast.channels == channels and fast.source_rate == rate and fast.format == "WAV"
-
-
-@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000])
-def test_a_whole_block_resamples_to_the_same_samples_as_the_stream(rate: int) -> None:
-    """In-memory audio is resampled in one call; the streamed path (blocks) must agree."""
-    from service.core.mixdown import MonoSink, mono_at
-
-    rng = np.random.default_rng(rate)
-    x = (0.3 * rng.standard_normal((rate * 10 + 17, 2))).astype(np.float32)
-    whole = mono_at(x, rate, RATE)
-    streamed = MonoSink(rate, RATE, x.shape[0])
-    for first in range(0, x.shape[0], 65536):
-        streamed.push(x[first : first + 65536])
-    np.testing.assert_array_equal(whole, streamed.finish())
-
-
-def _size_zero_24_bit(x: np.ndarray) -> bytes:
-    """A 24-bit WAV (libsndfile's path) whose data size says 0: decoded through a patch."""
-    data = bytearray(encode(x, RATE, "WAV", "PCM_24"))
-    at = data.index(b"data") + 4
-    data[at : at + 4] = struct.pack("<I", 0)
-    return bytes(data)
-
-
-@pytest.mark.parametrize(
-    ("make", "rate"),
-    [
-        (lambda x: encode(x, 44100, "MP3", "MPEG_LAYER_III"), 44100),
-        (lambda x: encode(x, 44100, "OGG", "VORBIS"), 44100),
-        (lambda x: encode(x, 44100, "FLAC", "PCM_16"), 44100),
-        (_size_zero_24_bit, RATE),
-    ],
-    ids=["mp3", "ogg", "flac", "wav24-patched"],
-)
-def test_libsndfile_reads_a_memory_file_as_it_reads_the_buffer(
-    make: Callable[[np.ndarray], bytes], rate: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """libsndfile reads a memfd copy of the upload (no Python callbacks, GIL released) or,
-    past ``MEMFD_MAX_BYTES``, the buffer itself through virtual I/O: the same samples."""
-    from service.core import sndinput
-
-    data = make(sine(440, 2.0, rate))
-    opened: list[int | None] = []
-    real_memfd = sndinput._memfd
-
-    def recording(data: bytes, patch: tuple[int, bytes] | None) -> int | None:
-        opened.append(real_memfd(data, patch))
-        return opened[-1]
-
-    monkeypatch.setattr(sndinput, "_memfd", recording)
-    via_memfd = decode(data, RATE, 60).waveform
-    assert isinstance(opened[-1], int)  # the memory file was used
-    monkeypatch.setattr(sndinput, "MEMFD_MAX_BYTES", 0)
-    via_callbacks = decode(data, RATE, 60).waveform
-    assert opened[-1] is None  # no memory file: virtual I/O
-    np.testing.assert_array_equal(via_memfd, via_callbacks)
-    assert via_memfd.shape[0] > RATE

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,115 +19,18 @@ from service.core.batcher import (
     DeadlineExceeded,
     QueueFull,
     TooManyWindows,
-    WindowResult,
 )
-
-
-class Engine:
-    """infer(): each window's first sample x 2; records each batch's first samples (as it
-    starts) and its thread. Gated: every batch waits for a permit from ``allow``."""
-
-    def __init__(self, gated: bool = False, fail_length: int | None = None) -> None:
-        self.batches: list[list[int]] = []
-        self.lengths: list[int] = []
-        self.threads: set[int] = set()
-        self.fail_length = fail_length
-        self._permits = threading.Semaphore(0) if gated else None
-
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self.batches.append([int(v) for v in batch[:, 0]])
-        self.lengths.append(batch.shape[1])
-        self.threads.add(threading.get_ident())
-        if self._permits is not None:
-            assert self._permits.acquire(timeout=10), "the test never let this batch run"
-        if batch.shape[1] == self.fail_length:
-            raise RuntimeError("engine failure")
-        return {"clipwise": batch[:, :1] * 2}
-
-    def allow(self, batches: int = 1) -> None:
-        assert self._permits is not None
-        for _ in range(batches):
-            self._permits.release()
-
-
-class Observer:
-    def __init__(self) -> None:
-        self.drops: list[tuple[str, int]] = []
-        self.stacked: list[int] = []
-        self.done: list[int] = []
-
-    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
-        self.done.append(size)
-
-    def depth_changed(self, depth: int) -> None: ...
-
-    def dropped(self, reason: str, count: int) -> None:
-        self.drops.append((reason, count))
-
-    def batch_stacked(self, size: int, stack_s: float) -> None:
-        self.stacked.append(size)
-
-
-def windows(first: int, count: int, length: int = 8) -> list[np.ndarray]:
-    """Windows whose first samples are first, first + 1, ... (they name the window)."""
-    return [np.full(length, first + i, np.float32) for i in range(count)]
-
-
-def values(results: list[WindowResult]) -> list[int]:
-    return [int(r.outputs["clipwise"][0]) // 2 for r in results]
-
-
-def far() -> float:
-    return time.monotonic() + 60
-
-
-async def until(ready: Callable[[], bool], what: str) -> None:
-    for _ in range(5000):
-        if ready():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"never happened: {what}")
-
-
-Scenario = Callable[[Batcher], Coroutine[Any, Any, None]]
-
-
-def run(scenario: Scenario, engine: Callable[..., Any], stop: bool = True, **options: Any) -> None:
-    """``scenario`` against ``Batcher(engine, **options)``, started on a fresh event loop (its
-    tasks need a running one) and stopped after it, unless the scenario stops it itself."""
-
-    async def main() -> None:
-        b = Batcher(engine, **options)
-        b.start()
-        await scenario(b)
-        if stop:
-            await b.stop()
-
-    asyncio.run(main())
-
-
-async def occupy(b: Batcher, engine: Engine, count: int = 1) -> asyncio.Task[list[WindowResult]]:
-    """Submits windows 0 .. count - 1; returns once the (gated) engine holds the first batch."""
-    job = asyncio.create_task(b.submit(windows(0, count), far()))
-    await until(lambda: len(engine.batches) == 1, "the engine busy")
-    return job
-
-
-def random_requests(rng: np.random.Generator) -> Scenario:
-    """40 requests of 1 to 8 windows, 6 or 8 samples long: each gets its own results back."""
-
-    async def scenario(b: Batcher) -> None:
-        sizes = rng.integers(1, 9, size=40)
-        lengths = rng.choice([6, 8], size=40)
-        jobs = [
-            b.submit(windows(1000 * i, int(n), int(n_len)), far())
-            for i, (n, n_len) in enumerate(zip(sizes, lengths, strict=True))
-        ]
-        results = await asyncio.gather(*jobs)
-        for i, (n, res) in enumerate(zip(sizes, results, strict=True)):
-            assert values(res) == [1000 * i + k for k in range(n)]
-
-    return scenario
+from tests.service.core.batching import (
+    Engine,
+    Observer,
+    far,
+    occupy,
+    random_requests,
+    run,
+    until,
+    values,
+    windows,
+)
 
 
 def test_batches_fill_up_and_results_come_back_in_order() -> None:
@@ -413,126 +314,3 @@ def test_an_inference_error_drops_the_rest_of_the_request() -> None:
 
     run(main, engine, max_batch=1, max_delay_s=0, max_queue=100, observer=obs)
     assert obs.drops == [("failed", 3)]
-
-
-class KeyedEngine(Engine):
-    """Each batch waits for its own release (by its first window's value), so a test picks
-    the order in which batches running at once finish; records how many ran at once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gates: dict[int, threading.Event] = {}
-        self.running = self.most_at_once = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        first = int(batch[0, 0])
-        with self._lock:
-            gate = self.gates.setdefault(first, threading.Event())
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            assert gate.wait(10), f"the test never released batch {first}"
-            return super().__call__(batch)
-        finally:
-            with self._lock:
-                self.running -= 1
-
-    def release(self, first: int) -> None:
-        with self._lock:
-            self.gates.setdefault(first, threading.Event()).set()
-
-
-def test_two_batches_in_flight_overlap_and_finish_in_any_order() -> None:
-    engine, obs = KeyedEngine(), Observer()
-
-    async def main(b: Batcher) -> None:
-        first = asyncio.create_task(b.submit(windows(0, 2), far()))
-        await until(lambda: engine.running == 1, "batch 1 running")
-        second = asyncio.create_task(b.submit(windows(10, 2), far()))
-        await until(lambda: engine.running == 2, "batch 2 running beside batch 1")
-        third = asyncio.create_task(b.submit(windows(20, 2), far()))
-        await until(lambda: len(obs.stacked) == 3, "batch 3 stacked, waiting for a thread")
-        await asyncio.sleep(0.05)
-        assert engine.running == 2 and b.depth == 0  # no third run while two are in flight
-        engine.release(10)  # the second batch ends first
-        assert values(await second) == [10, 11]
-        assert not first.done()
-        await until(lambda: engine.running == 2, "batch 3 took the free thread")
-        engine.release(0)
-        engine.release(20)
-        assert values(await first) == [0, 1] and values(await third) == [20, 21]
-
-    run(main, engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs, inflight=2)
-    assert engine.most_at_once == 2 and len(engine.threads) == 2
-    assert sorted(obs.done) == [2, 2, 2] and obs.drops == []
-
-
-def test_in_flight_results_match_every_window() -> None:
-    rng = np.random.default_rng(1)
-
-    class Jittery(Engine):
-        def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-            time.sleep(float(rng.uniform(0, 0.004)))  # batches end out of order
-            return super().__call__(batch)
-
-    engine = Jittery()
-    run(random_requests(rng), engine, max_batch=3, max_delay_s=0.001, max_queue=1000, inflight=2)
-    assert len(engine.threads) == 2
-
-
-def test_stop_with_timeout_fails_both_batches_in_flight() -> None:
-    engine, obs = KeyedEngine(), Observer()
-
-    async def main(b: Batcher) -> None:
-        jobs = []
-        for i in range(3):
-            jobs.append(asyncio.create_task(b.submit(windows(10 * i, 2), far())))
-            await until(lambda: len(obs.stacked) == len(jobs), "one batch per request")
-        await until(lambda: engine.running == 2, "two batches running")
-        await asyncio.wait_for(b.stop(timeout=0.05), 5)
-        for job in jobs:
-            with pytest.raises(BatcherStopped):
-                await job
-
-    try:
-        run(
-            main,
-            engine,
-            stop=False,
-            max_batch=2,
-            max_delay_s=0,
-            max_queue=100,
-            observer=obs,
-            inflight=2,
-        )
-    finally:
-        for first in (0, 10, 20):
-            engine.release(first)
-
-
-def test_inflight_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="inflight must be at least 1"):
-        Batcher(Engine(), max_batch=1, max_delay_s=0, max_queue=1, inflight=0)
-
-
-def test_without_stacking_the_engine_gets_the_windows_themselves() -> None:
-    """``stack=False`` (an engine that copies batches into its own staging buffer): no copy
-    is made on the way; each batch is the list of its windows, in batch order."""
-    seen: list[list[np.ndarray]] = []
-
-    def engine(batch: Any) -> dict[str, np.ndarray]:
-        assert isinstance(batch, list)
-        seen.append(batch)
-        return {"clipwise": np.stack([w[:1] * 2 for w in batch])}
-
-    sent = windows(0, 3) + windows(10, 1)
-
-    async def main(b: Batcher) -> None:
-        first = asyncio.create_task(b.submit(sent[:3], far()))
-        second = asyncio.create_task(b.submit(sent[3:], far()))
-        assert values(await first) == [0, 1, 2] and values(await second) == [10]
-
-    run(main, engine, max_batch=2, max_delay_s=0.01, max_queue=100, stack=False)
-    assert sorted(id(w) for batch in seen for w in batch) == sorted(map(id, sent))
-    assert max(map(len, seen)) == 2

@@ -1,0 +1,146 @@
+"""The batcher's in-flight batches (two at once, finishing in any order) and unstacked hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.core.batcher import Batcher, BatcherStopped
+from tests.service.core.batching import (
+    Engine,
+    Observer,
+    far,
+    random_requests,
+    run,
+    until,
+    values,
+    windows,
+)
+
+
+class KeyedEngine(Engine):
+    """Each batch waits for its own release (by its first window's value), so a test picks
+    the order in which batches running at once finish; records how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: dict[int, threading.Event] = {}
+        self.running = self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        first = int(batch[0, 0])
+        with self._lock:
+            gate = self.gates.setdefault(first, threading.Event())
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            assert gate.wait(10), f"the test never released batch {first}"
+            return super().__call__(batch)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def release(self, first: int) -> None:
+        with self._lock:
+            self.gates.setdefault(first, threading.Event()).set()
+
+
+def test_two_batches_in_flight_overlap_and_finish_in_any_order() -> None:
+    engine, obs = KeyedEngine(), Observer()
+
+    async def main(b: Batcher) -> None:
+        first = asyncio.create_task(b.submit(windows(0, 2), far()))
+        await until(lambda: engine.running == 1, "batch 1 running")
+        second = asyncio.create_task(b.submit(windows(10, 2), far()))
+        await until(lambda: engine.running == 2, "batch 2 running beside batch 1")
+        third = asyncio.create_task(b.submit(windows(20, 2), far()))
+        await until(lambda: len(obs.stacked) == 3, "batch 3 stacked, waiting for a thread")
+        await asyncio.sleep(0.05)
+        assert engine.running == 2 and b.depth == 0  # no third run while two are in flight
+        engine.release(10)  # the second batch ends first
+        assert values(await second) == [10, 11]
+        assert not first.done()
+        await until(lambda: engine.running == 2, "batch 3 took the free thread")
+        engine.release(0)
+        engine.release(20)
+        assert values(await first) == [0, 1] and values(await third) == [20, 21]
+
+    run(main, engine, max_batch=2, max_delay_s=0, max_queue=100, observer=obs, inflight=2)
+    assert engine.most_at_once == 2 and len(engine.threads) == 2
+    assert sorted(obs.done) == [2, 2, 2] and obs.drops == []
+
+
+def test_in_flight_results_match_every_window() -> None:
+    rng = np.random.default_rng(1)
+
+    class Jittery(Engine):
+        def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            time.sleep(float(rng.uniform(0, 0.004)))  # batches end out of order
+            return super().__call__(batch)
+
+    engine = Jittery()
+    run(random_requests(rng), engine, max_batch=3, max_delay_s=0.001, max_queue=1000, inflight=2)
+    assert len(engine.threads) == 2
+
+
+def test_stop_with_timeout_fails_both_batches_in_flight() -> None:
+    engine, obs = KeyedEngine(), Observer()
+
+    async def main(b: Batcher) -> None:
+        jobs = []
+        for i in range(3):
+            jobs.append(asyncio.create_task(b.submit(windows(10 * i, 2), far())))
+            await until(lambda: len(obs.stacked) == len(jobs), "one batch per request")
+        await until(lambda: engine.running == 2, "two batches running")
+        await asyncio.wait_for(b.stop(timeout=0.05), 5)
+        for job in jobs:
+            with pytest.raises(BatcherStopped):
+                await job
+
+    try:
+        run(
+            main,
+            engine,
+            stop=False,
+            max_batch=2,
+            max_delay_s=0,
+            max_queue=100,
+            observer=obs,
+            inflight=2,
+        )
+    finally:
+        for first in (0, 10, 20):
+            engine.release(first)
+
+
+def test_inflight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="inflight must be at least 1"):
+        Batcher(Engine(), max_batch=1, max_delay_s=0, max_queue=1, inflight=0)
+
+
+def test_without_stacking_the_engine_gets_the_windows_themselves() -> None:
+    """``stack=False`` (an engine that copies batches into its own staging buffer): no copy
+    is made on the way; each batch is the list of its windows, in batch order."""
+    seen: list[list[np.ndarray]] = []
+
+    def engine(batch: Any) -> dict[str, np.ndarray]:
+        assert isinstance(batch, list)
+        seen.append(batch)
+        return {"clipwise": np.stack([w[:1] * 2 for w in batch])}
+
+    sent = windows(0, 3) + windows(10, 1)
+
+    async def main(b: Batcher) -> None:
+        first = asyncio.create_task(b.submit(sent[:3], far()))
+        second = asyncio.create_task(b.submit(sent[3:], far()))
+        assert values(await first) == [0, 1, 2] and values(await second) == [10]
+
+    run(main, engine, max_batch=2, max_delay_s=0.01, max_queue=100, stack=False)
+    assert sorted(id(w) for batch in seen for w in batch) == sorted(map(id, sent))
+    assert max(map(len, seen)) == 2
