@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
-from service.core.batcher import Batcher, BatchInput, InferFn  # noqa: E402
+from service.core.batcher import Batcher, InferFn, InferInput  # noqa: E402
 
 POLICIES = {
     "old": {"cut_when_idle": False, "pipeline": False},
@@ -76,7 +76,7 @@ class Stats:
 
 
 def fake_gpu(fixed_s: float, per_window_s: float) -> InferFn:
-    def infer(windows: BatchInput) -> dict[str, np.ndarray]:
+    def infer(windows: InferInput) -> dict[str, np.ndarray]:
         batch = np.asarray(windows)  # stacked by the batcher: as it is
         level = batch[:, ::4096].mean(axis=1, keepdims=True)  # reads every window
         time.sleep(fixed_s + per_window_s * batch.shape[0])

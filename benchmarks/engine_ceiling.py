@@ -29,10 +29,13 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import queue
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,16 +64,20 @@ class Plan(NamedTuple):
 
 class Clients:
     """The client processes: each connects (waiting for the engine's models) and places its
-    windows, says so, then waits for the plan, so loading time is never measured."""
+    windows, says so, then waits for the plan, so loading time is never measured. Daemons,
+    each reporting its failure instead of dying silently: a broken run fails fast and leaves
+    nothing behind."""
 
     def __init__(self, path: str, model: str, samples: int, args: argparse.Namespace) -> None:
         ctx = mp.get_context("spawn")
         self.ready, self.out, self.go = ctx.Queue(), ctx.Queue(), ctx.Event()
         self.times = ctx.Array("d", 3)
+        self.timeout_s = args.ready_timeout_s
         self.procs = [
             ctx.Process(
                 target=client_main,
                 args=(path, model, samples, args.inflight, self),
+                daemon=True,
             )
             for _ in range(args.procs)
         ]
@@ -78,25 +85,42 @@ class Clients:
     def __getstate__(self) -> dict[str, Any]:  # what a spawned client gets: not the processes
         return {k: v for k, v in self.__dict__.items() if k != "procs"}
 
-    def start(self, warmup_s: float, duration_s: float, ready_timeout_s: float) -> Plan:
+    def start(self, engine: subprocess.Popen[bytes], warmup_s: float, duration_s: float) -> Plan:
         for proc in self.procs:
             proc.start()
+        ends = time.monotonic() + self.timeout_s
         for _ in self.procs:
-            self.ready.get(timeout=ready_timeout_s)
+            while True:
+                if engine.poll() is not None:
+                    raise RuntimeError(f"the engine exited with {engine.returncode}")
+                if time.monotonic() > ends:
+                    raise TimeoutError(f"the clients were not ready in {self.timeout_s:g} s")
+                try:
+                    _raise_failure(self.ready.get(timeout=1.0))
+                    break
+                except queue.Empty:
+                    continue
         start = time.monotonic() + 0.2
         self.times[:] = [start, start + warmup_s, start + warmup_s + duration_s]
         self.go.set()
         return Plan(*self.times[:])
 
     def plan(self) -> Plan:
-        self.go.wait()
+        if not self.go.wait(self.timeout_s):
+            raise TimeoutError("no plan came: the benchmark gave up")
         return Plan(*self.times[:])
 
     def results(self, timeout_s: float) -> list[dict[str, Any]]:
-        results = [self.out.get(timeout=timeout_s) for _ in self.procs]
+        results = [_raise_failure(self.out.get(timeout=timeout_s)) for _ in self.procs]
         for proc in self.procs:
             proc.join(10)
         return results
+
+
+def _raise_failure(message: Any) -> Any:
+    if isinstance(message, dict) and "failed" in message:
+        raise RuntimeError(f"a client failed: {message['failed']}")
+    return message
 
 
 async def _client(
@@ -105,7 +129,7 @@ async def _client(
     from service.core.remote import EngineClient
 
     client = EngineClient(path)
-    await client.connect()
+    await client.connect(timeout_s=clients.timeout_s)
     assert client.arena is not None, "the benchmark needs the shared-memory arena (Linux)"
     rng = np.random.default_rng(os.getpid())
     windows = []
@@ -124,7 +148,7 @@ async def _client(
             result = (await client.submit(model, [windows[index % CLIPS]], now + 60.0))[0]
             if plan.open <= time.monotonic() < plan.close:
                 done += 1
-                batches.append(result.batch_size)
+                batches.append((result.batch_id, result.batch_size))
                 computes.append(result.compute_s / result.batch_size)
 
     async def mark(edge: str, at: float) -> None:
@@ -150,15 +174,23 @@ def client_main(path: str, model: str, samples: int, inflight: int, clients: Cli
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    with runner:
-        clients.out.put(runner.run(_client(path, model, samples, inflight, clients)))
+    try:
+        with runner:
+            clients.out.put(runner.run(_client(path, model, samples, inflight, clients)))
+    except Exception as exc:  # told to the parent, which is waiting on one of these queues
+        failure = {"failed": f"{type(exc).__name__}: {exc}"}
+        clients.ready.put(failure)
+        clients.out.put(failure)
 
 
-def start_engine(bundle: Path, batch: int, tmp: Path, args: argparse.Namespace) -> Any:
+def start_engine(
+    bundle: Path, batch: int, tmp: Path, args: argparse.Namespace
+) -> subprocess.Popen[bytes]:
     metrics = tmp / f"metrics-{batch}"
     metrics.mkdir()
     env = {
         **os.environ,
+        **dict(kv.split("=", 1) for kv in args.engine_env),
         "PANNS_MODELS": str(bundle),
         "PANNS_MAX_BATCH": str(batch),
         "PANNS_MAX_QUEUE": str(max(512, 4 * args.procs * args.inflight)),
@@ -188,13 +220,19 @@ def run_batch(bundle: Path, model: str, rate: int, batch: int, args: argparse.Na
         try:
             return _load(engine, str(tmp / f"engine-{batch}.sock"), model, rate, args)
         finally:
-            engine.terminate()
-            engine.wait(30)
+            engine.terminate()  # an engine still loading acts on it only once loaded
+            try:
+                engine.wait(30)
+            except subprocess.TimeoutExpired:
+                engine.kill()
+                engine.wait()
 
 
-def _load(engine: Any, path: str, model: str, rate: int, args: argparse.Namespace) -> dict:
+def _load(
+    engine: subprocess.Popen[bytes], path: str, model: str, rate: int, args: argparse.Namespace
+) -> dict:
     clients = Clients(path, model, int(CLIP_S * rate), args)
-    plan = clients.start(args.warmup_s, args.duration_s, args.ready_timeout_s)
+    plan = clients.start(engine, args.warmup_s, args.duration_s)
     time.sleep(max(0.0, plan.open - time.monotonic()))
     start, busy_start, loop_start = tree_usage(engine.pid), machine_busy(), loop_cpu_s(engine.pid)
     time.sleep(max(0.0, plan.close - time.monotonic()))
@@ -203,7 +241,7 @@ def _load(engine: Any, path: str, model: str, rate: int, args: argparse.Namespac
     done = sum(r["done"] for r in results)
     engine_cpu, loop_cpu = end.cpu_s - start.cpu_s, loop_end - loop_start
     busy = [e - s for s, e in zip(busy_start, busy_end, strict=True)]
-    sizes = [size for r in results for size in r["batch_sizes"]]
+    sizes = {bid: size for r in results for bid, size in r["batch_sizes"]}  # one per batch
     computes = [c for r in results for c in r["compute_s"]]
     return {
         "windows_per_s": round(done / args.duration_s, 1),
@@ -216,7 +254,7 @@ def _load(engine: Any, path: str, model: str, rate: int, args: argparse.Namespac
         "client_cpu_ms_per_window": round(1000 * sum(r["cpu_s"] for r in results) / done, 3)
         if done
         else None,
-        "mean_batch": round(statistics.fmean(sizes), 2) if sizes else None,
+        "mean_batch": round(statistics.fmean(sizes.values()), 2) if sizes else None,
         "run_ms_per_window": round(1000 * statistics.median(computes), 3) if computes else None,
         "machine_busy_pct": round(100 * busy[0] / busy[1], 1) if busy[1] else None,
     }
@@ -236,12 +274,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ready-timeout-s", type=float, default=300.0, help="for the engine to load"
     )
-    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--engine-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra environment for the engine (repeatable), e.g. PANNS_DEVICE=cuda",
+    )
+    parser.add_argument("--json", type=Path, help="also write the JSON here (after each batch)")
     return parser.parse_args(argv)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # the engine is stopped and the files go (the finally blocks)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # a bounded run (the GPU check) ends us so
     with tempfile.TemporaryDirectory(prefix="nearfree-") as tmp:
         bundle = args.bundle or build_nearfree_bundle(Path(tmp) / "nearfree", clip_s=CLIP_S)
         card = json.loads((bundle / "model.json").read_text())
@@ -252,14 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model": model,
             "procs": args.procs,
             "inflight_per_proc": args.inflight,
-            "by_max_batch": {
-                str(b): run_batch(bundle, model, rate, int(b), args) for b in args.batch.split(",")
-            },
+            "by_max_batch": {},
         }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+        for batch in args.batch.split(","):
+            result["by_max_batch"][batch] = run_batch(bundle, model, rate, int(batch), args)
+            if args.json:  # what is measured so far survives a run cut short
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
     return result
 
 

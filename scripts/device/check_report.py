@@ -66,8 +66,8 @@ class Report:
 
 
 def run_bounded(cmd: list[str], timeout: float) -> str | None:
-    """Run ``cmd``; past ``timeout`` send SIGTERM (frontend.py then stops its server), then
-    SIGKILL. Returns what went wrong, if anything."""
+    """Run ``cmd``; past ``timeout`` send SIGTERM (the benchmark then stops its server or
+    engine), then SIGKILL. Returns what went wrong, if anything."""
     script = Path(cmd[1]).relative_to(REPO) if Path(cmd[1]).is_relative_to(REPO) else cmd[1]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     try:

@@ -50,8 +50,8 @@ log = logging.getLogger("service.core.batcher")
 INLINE_STACK_BYTES = 4 << 20
 
 # A stacked (B, L) batch, or its B windows of L samples (``stack=False``)
-BatchInput = np.ndarray | list[np.ndarray]
-InferFn = Callable[[BatchInput], dict[str, np.ndarray]]
+InferInput = np.ndarray | list[np.ndarray]
+InferFn = Callable[[InferInput], dict[str, np.ndarray]]
 
 
 class QueueFull(Exception):
@@ -90,7 +90,7 @@ class BatcherStopped(Exception):
 
 class BatchObserver(Protocol):
     """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
-    called when a batch has been stacked and waits for (or goes to) the engine."""
+    called when a batch has been stacked (``stack=False``: cut) and waits for the engine."""
 
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
     def depth_changed(self, depth: int) -> None: ...
@@ -101,7 +101,7 @@ class BatchObserver(Protocol):
 class WindowResult:
     outputs: dict[str, np.ndarray]  # kind -> this window's row of the batch output
     queue_s: float  # from submit until the engine started its batch
-    compute_s: float  # the engine's time for the whole batch (stacking not included)
+    compute_s: float  # the engine's time for the whole batch (the batcher's stacking excluded)
     batch_size: int
     batch_id: int
 
@@ -148,7 +148,7 @@ class Batcher:
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
         self._closing = self._formed = False
         self._running = 0  # batches in the engine threads now
-        self._slot: tuple[Batch, BatchInput] | None = None  # stacked, waiting for the engine
+        self._slot: tuple[Batch, InferInput] | None = None  # stacked, waiting for the engine
         self._batches = 0
         self._avg_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
@@ -322,12 +322,12 @@ class Batcher:
                 async with asyncio.timeout(None if wait == math.inf else wait):
                     await self._wakeup.wait()
 
-    async def _stack(self, batch: Batch) -> BatchInput | None:
+    async def _stack(self, batch: Batch) -> InferInput | None:
         windows = [request.windows[index] for request, index in batch]
         start = time.monotonic()
         try:
             if not self.stack:
-                stacked: BatchInput = windows  # the engine copies them itself
+                stacked: InferInput = windows  # the engine copies them itself
             elif len(windows) == 1:  # a view, no copy and no thread hand-off (a lone request)
                 stacked = np.ascontiguousarray(windows[0], np.float32)[None]
             elif sum(w.nbytes for w in windows) <= INLINE_STACK_BYTES:
@@ -365,7 +365,7 @@ class Batcher:
                 self._wakeup.set()  # the slot is free: the next batch may be stacked
                 runs.create_task(self._run_one(batch, stacked))
 
-    async def _run_one(self, batch: Batch, stacked: BatchInput) -> None:
+    async def _run_one(self, batch: Batch, stacked: InferInput) -> None:
         assert self._slot_ready is not None and self._wakeup is not None
         try:
             await self._run(batch, stacked)
@@ -374,7 +374,7 @@ class Batcher:
             self._wakeup.set()
             self._slot_ready.set()
 
-    async def _run(self, batch: Batch, stacked: BatchInput) -> None:
+    async def _run(self, batch: Batch, stacked: InferInput) -> None:
         start = time.monotonic()
         waits = [start - request.enqueued for request, _ in batch]
         try:

@@ -30,8 +30,9 @@ async def _send_quietly(frames: Frames, header: dict[str, Any]) -> None:
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> Any:
-    """Drop a finished submit; a cancelled one still gets an answer, which tells the front
-    that its arena extent is no longer read (even if the task never started)."""
+    """Drop a finished submit; a cancelled one still gets an answer, which lets the front
+    reuse its arena extent (even if the task never started; a batch already cut may still
+    read it, which changes only this request's discarded rows: see ``handoff``)."""
 
     def done(task: asyncio.Task[None]) -> None:
         tasks.pop(rid, None)

@@ -12,8 +12,9 @@ engine without a copy. Either way an extent is an array whose memory returns to 
 once the array and every view of it are gone: the front keeps a request's windows until the
 engine has answered for them (result, error or cancellation), so it never overwrites windows
 the engine still reads for a live request. (A cancelled or expired request is answered at
-once; a batch already cut may still read its windows then, which can only change that
-request's own rows, discarded anyway: rows of a batch are independent.) Only waveforms
+once; a batch already cut may still read its windows then (stacking them, or on CUDA copying
+them into its staging buffer when the run starts), which can only change that request's own
+rows, discarded anyway: rows of a batch are independent.) Only waveforms
 decoded whole (up to 2**20 frames, about 33 s at 32 kHz) are written into the arena; longer
 ones are copied in window by window. When the arena cannot hold what is left to copy (or a
 request is larger than it) all the request's windows go inline through the socket.

@@ -307,15 +307,18 @@ def test_finetune_folder_export_serve(trained: dict[str, Path], serve: Serve) ->
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     # Measured: held-out (6 clips) mAP 1.0 from step 40 on; the new head starts near chance.
     # That early head (the best checkpoint when ties went to the first) ranked "alarm" first
-    # for 2 of 20 sirens on an AVX2 CPU; at 150 steps (ties go to the later) for 17 of 20.
+    # for 2 of 20 sirens on an AVX2 CPU; at 150 steps (ties go to the later) for 17 of 20,
+    # 6 of the 7 below.
     assert max(x["mAP"] for x in log) >= 0.8, log
     assert log[-1]["train_loss"] < log[0]["train_loss"], log
 
     bundle = root / "finetuned_bundle"
     _run("model_export", "--checkpoint", str(checkpoint), "--out", str(bundle), timeout=300)
     url = serve(bundle)
-    tagged = _tag(url, _siren_wav(seed=11))
-    assert len(tagged["scores"]) == len(labels)
-    assert {t["label"] for t in tagged["top"]} <= set(labels)
-    assert tagged["top"][0]["label"] == "alarm", tagged["top"]
-    assert tagged["top"][0]["score"] > tagged["top"][1]["score"]
+    tops = []
+    for seed in range(11, 18):  # a clear majority, not one siren: numerics differ by CPU
+        tagged = _tag(url, _siren_wav(seed=seed))
+        assert len(tagged["scores"]) == len(labels)
+        assert {t["label"] for t in tagged["top"]} <= set(labels)
+        tops.append(tagged["top"][0]["label"])
+    assert tops.count("alarm") >= 5, tops

@@ -71,7 +71,7 @@ class OipBackend:
         # batches in flight to the engine at once: the engine batches again, and two keep
         # its queue fed while one travels
         self.inflight = max(1, options.inflight or 2)
-        self.stages = False  # the request body is the batch's one copy: stacked first
+        self.stages = False  # the batcher stacks; the stacked batch is encoded into the body
         log.info(
             "model %s served by the engine at %s (%s)", self.card.name, self.url, self.provider
         )

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import queue
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from service.core.backends import BatchInput
 
 log = logging.getLogger("service.core.backends.ort")
 
@@ -57,11 +59,17 @@ class Staging:
         self.pinned = False
         self._buffer = np.empty(0, np.uint8)
 
-    def fill(self, batch: np.ndarray | Sequence[np.ndarray], dtype: type[np.generic]) -> np.ndarray:
+    def fill(self, batch: BatchInput, dtype: type[np.generic]) -> np.ndarray:
         """``batch`` (a (B, L) array or its B windows of L samples) cast to ``dtype`` in the
         buffer, in one pass; a view valid until the next fill."""
-        shape = (len(batch), len(batch[0]) if len(batch) else 0)
-        size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+        if isinstance(batch, np.ndarray):
+            shape: tuple[int, ...] = batch.shape
+        else:
+            length = len(batch[0]) if len(batch) else 0
+            if any(window.shape != (length,) for window in batch):
+                raise ValueError("the windows of a batch must all be 1-D, of one length")
+            shape = (len(batch), length)
+        size = math.prod(shape) * np.dtype(dtype).itemsize
         if size > self._buffer.nbytes:
             self._grow(size)
         view = self._buffer[:size].view(dtype).reshape(shape)

@@ -132,6 +132,8 @@ def test_staging_fills_from_windows_as_from_their_stack() -> None:
         staged = staging.fill(windows, dtype)
         assert staged.dtype == dtype and staged.shape == (3, 300)
         np.testing.assert_array_equal(staged, np.stack(windows).astype(dtype))
+    with pytest.raises(ValueError, match="of one length"):
+        staging.fill([wave[:300], wave[:299]], np.float32)  # no silent broadcast or cut
     staging.close()
 
 
