@@ -1,5 +1,6 @@
-"""What the benchmarks share: the CPU's facts, a process tree's CPU time and memory from /proc,
-a free port, and ``python -m service`` started on it and waited for.
+"""What the benchmarks share: the machine's facts and load, a process tree's (or an event
+loop's) CPU time and memory from /proc, a free port, and ``python -m service`` started on it
+and waited for.
 
 Standard library only, so that a benchmark run on a bare host (frontend.py on the GPU host)
 imports it with the service's own packages.
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -47,6 +48,44 @@ def cpu_flags(wanted: Iterable[str]) -> list[str]:
     """Those of ``wanted`` that this CPU has, in ``wanted``'s order."""
     have = set(cpuinfo().get("flags", "").split())
     return [flag for flag in wanted if flag in have]
+
+
+INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "hypervisor",
+)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, the SIMD flags that matter here (and whether it is a VM), cores, load:
+    recorded with every result."""
+    return {
+        "cpu": cpu_model(),
+        "flags": cpu_flags(INTERESTING_FLAGS),
+        "cpus": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "python": sys.version.split()[0],
+    }
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
 
 
 def _stat_fields(pid: str) -> list[str] | None:
@@ -92,18 +131,28 @@ class TreeUsage(NamedTuple):
     cpu_s: float  # reaped children's time is in their parent's cutime/cstime: counted too
     processes: int
     rss_mb: float
-    roles: dict[str, float]  # CPU seconds by role (``_role``): where a multi-process tree spends
+    roles: dict[str, float]  # CPU seconds by role (``_role``), when asked for: else {}
 
 
-def tree_usage(root: int) -> TreeUsage:
-    """CPU seconds, process count and resident MB of ``root`` and its descendants."""
+def tree_usage(root: int, by_role: bool = False) -> TreeUsage:
+    """CPU seconds, process count and resident MB of ``root`` and its descendants; with
+    ``by_role`` also the CPU seconds of each role (which reads every process's command line:
+    not for a sampler that wants the memory)."""
     tree = _tree(root)
+    cpu = {pid: sum(int(x) for x in f[11:15]) / CLK_TCK for pid, f in tree.items()}
     roles: dict[str, float] = {}
-    for pid, f in tree.items():
-        role = _role(pid, root)
-        roles[role] = roles.get(role, 0.0) + sum(int(x) for x in f[11:15]) / CLK_TCK
+    if by_role:
+        for pid, seconds in cpu.items():
+            role = _role(pid, root)
+            roles[role] = roles.get(role, 0.0) + seconds
     rss_mb = sum(int(f[21]) for f in tree.values()) * PAGE_BYTES / 2**20
-    return TreeUsage(sum(roles.values()), len(tree), rss_mb, roles)
+    return TreeUsage(sum(cpu.values()), len(tree), rss_mb, roles)
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's main thread (an event loop's, in a service process)."""
+    fields = _stat_fields(f"{pid}/task/{pid}")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else 0.0
 
 
 def free_port() -> int:

@@ -45,9 +45,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import tree_usage  # noqa: E402
-from benchmarks.frontend import machine, machine_busy  # noqa: E402
+from benchmarks.common import machine, machine_busy, main_thread_cpu_s, tree_usage  # noqa: E402
 from benchmarks.nearfree import build_nearfree_bundle  # noqa: E402
+from service.supervisor import ENV_SOCKET  # noqa: E402
 
 CLIP_S = 10.0
 CLIPS = 4  # distinct windows each client places in its arena once
@@ -196,20 +196,12 @@ def start_engine(
         "PANNS_MAX_QUEUE": str(max(512, 4 * args.procs * args.inflight)),
         "PANNS_THREADS": str(args.threads),
         "PANNS_LOG_LEVEL": "warning",
-        "PANNS_ENGINE_SOCKET": str(tmp / f"engine-{batch}.sock"),
+        ENV_SOCKET: str(tmp / f"engine-{batch}.sock"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "service.supervisor", "engine"], cwd=REPO, env=env
     )
-
-
-def loop_cpu_s(pid: int) -> float:
-    """CPU seconds of the process's main thread: the engine's event loop (ORT, the stacking
-    and the inference threads are others)."""
-    text = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_batch(bundle: Path, model: str, rate: int, batch: int, args: argparse.Namespace) -> dict:
@@ -234,9 +226,13 @@ def _load(
     clients = Clients(path, model, int(CLIP_S * rate), args)
     plan = clients.start(engine, args.warmup_s, args.duration_s)
     time.sleep(max(0.0, plan.open - time.monotonic()))
-    start, busy_start, loop_start = tree_usage(engine.pid), machine_busy(), loop_cpu_s(engine.pid)
+    start, busy_start, loop_start = (
+        tree_usage(engine.pid),
+        machine_busy(),
+        main_thread_cpu_s(engine.pid),
+    )
     time.sleep(max(0.0, plan.close - time.monotonic()))
-    end, busy_end, loop_end = tree_usage(engine.pid), machine_busy(), loop_cpu_s(engine.pid)
+    end, busy_end, loop_end = tree_usage(engine.pid), machine_busy(), main_thread_cpu_s(engine.pid)
     results = clients.results(timeout_s=120)
     done = sum(r["done"] for r in results)
     engine_cpu, loop_cpu = end.cpu_s - start.cpu_s, loop_end - loop_start

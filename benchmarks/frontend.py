@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow th
 
 from benchmarks.common import (  # noqa: E402
     TreeUsage,
-    cpu_flags,
-    cpu_model,
     free_port,
+    machine,
+    machine_busy,
     start_service,
     tree_usage,
     wait_ready,
@@ -55,46 +55,12 @@ from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: 
 from benchmarks.loadgen import probe, run_load  # noqa: E402
 
 log = logging.getLogger("benchmarks.frontend")
-INTERESTING_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-)
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, the SIMD flags that matter here, cores, load: recorded with every result."""
-    return {
-        "cpu": cpu_model(),
-        "flags": cpu_flags(INTERESTING_FLAGS),
-        "cpus": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-        "python": sys.version.split()[0],
-    }
 
 
 def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
     """The server's resident MB once the load has stopped (after ``settle_s``)."""
     time.sleep(settle_s)
     return tree_usage(root).rss_mb
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
 
 
 def _machine_cores(busy: list[int]) -> float:
@@ -149,7 +115,7 @@ def measure(
     marks: dict[str, tuple[TreeUsage, tuple[int, int]]] = {}
 
     def at_window(edge: str) -> None:
-        marks[edge] = (tree_usage(server.proc.pid), machine_busy())
+        marks[edge] = (tree_usage(server.proc.pid, by_role=True), machine_busy())
 
     load = run_load(
         server.port,

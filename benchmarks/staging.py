@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from service.core.backends.ort_cuda import Staging  # noqa: E402
 
 WINDOW = 320_000  # 10 s at 32 kHz
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), "flags": cpu_flags(("avx2", "avx512f", "f16c"))},
+        "machine": machine(),
         "command": " ".join(["benchmarks/staging.py", *(argv or sys.argv[1:])]),
         "window_samples": args.window,
     }

@@ -29,7 +29,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cpu_flags, cpu_model
+from benchmarks.common import machine
 
 
 def _worker(calls: queue.SimpleQueue[tuple[asyncio.Future[float], float] | None]) -> None:
@@ -84,11 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     result: dict[str, Any] = {
-        "machine": {
-            "cpu": cpu_model(),
-            "flags": cpu_flags(["avx2", "avx512f", "hypervisor"]),
-            "cpuidle": _cpuidle_driver(),
-        },
+        "machine": {**machine(), "cpuidle": _cpuidle_driver()},
         "command": " ".join(sys.argv),
         "rounds": args.rounds,
         "answer_at_once": _summary(uvloop.run(_wakes(args.rounds, 0.0, 0.0))),
