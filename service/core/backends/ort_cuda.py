@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import queue
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -61,23 +60,16 @@ class Staging:
 
     def fill(self, batch: BatchInput, dtype: type[np.generic]) -> np.ndarray:
         """``batch`` (a (B, L) array or its B windows of L samples) cast to ``dtype`` in the
-        buffer, in one pass; a view valid until the next fill."""
-        if isinstance(batch, np.ndarray):
-            shape: tuple[int, ...] = batch.shape
-        else:
-            length = len(batch[0]) if len(batch) else 0
-            if any(window.shape != (length,) for window in batch):
-                raise ValueError("the windows of a batch must all be 1-D, of one length")
-            shape = (len(batch), length)
-        size = math.prod(shape) * np.dtype(dtype).itemsize
+        buffer, row by row in one pass; a view valid until the next fill."""
+        length = len(batch[0]) if len(batch) else 0
+        if any(window.shape != (length,) for window in batch):
+            raise ValueError("the windows of a batch must all be 1-D, of one length")
+        size = len(batch) * length * np.dtype(dtype).itemsize
         if size > self._buffer.nbytes:
             self._grow(size)
-        view = self._buffer[:size].view(dtype).reshape(shape)
-        if isinstance(batch, np.ndarray):
-            np.copyto(view, batch, casting="same_kind")
-        else:
-            for row, window in zip(view, batch, strict=True):
-                np.copyto(row, window, casting="same_kind")
+        view = self._buffer[:size].view(dtype).reshape(len(batch), length)
+        for row, window in zip(view, batch, strict=True):
+            np.copyto(row, window, casting="same_kind")
         return view
 
     def _grow(self, size: int) -> None:
