@@ -21,24 +21,34 @@ log = logging.getLogger("gpu_check")
 ENGINE_STAGE_S = 45  # the engine stage's share of the time left for the last two stages
 
 
+def _run_benchmark(
+    script: str, options: list[str], timeout: float
+) -> tuple[dict[str, Any], str | None]:
+    """``benchmarks/<script> <options> --json F`` bounded by ``timeout``; its JSON and what went
+    wrong, if anything (a run cut short still counts when it wrote its JSON)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(REPO / "benchmarks" / script), *options]
+        cmd += ["--json", str(result_path)]
+        log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
+        note = run_bounded(cmd, timeout)
+        if not result_path.is_file():
+            raise RuntimeError(note or f"benchmarks/{script} wrote no result")
+        return json.loads(result_path.read_text()), note
+
+
 def engine_stage(args: argparse.Namespace, report: Report, ort_device: str) -> dict[str, Any]:
     """The engine process alone (``benchmarks/engine_ceiling.py``): windows/s one engine takes
     from 4 stand-in fronts at the service's batch size, no HTTP or decoding; against the raw
     engine it shows whether the engine process or the fronts limit the service."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = Path(tmp) / "engine.json"
-        cmd = [sys.executable, str(REPO / "benchmarks" / "engine_ceiling.py")]
-        cmd += ["--bundle", str(args.bundle), "--batch", str(args.service_max_batch)]
-        cmd += ["--procs", "4", "--inflight", str(2 * args.service_max_batch // 4 + 4)]
-        cmd += ["--duration-s", "5", "--warmup-s", "2", "--json", str(result_path)]
-        cmd += ["--engine-env", f"PANNS_DEVICE={ort_device}", "--engine-env", "PANNS_WARMUP=ends"]
-        log.info("%s", " ".join(cmd))
-        note = run_bounded(cmd, max(20.0, min(ENGINE_STAGE_S, report.left_s() - 60)))
-        if not result_path.is_file():
-            raise RuntimeError(note or "benchmarks/engine_ceiling.py wrote no result")
-        result: dict[str, Any] = json.loads(result_path.read_text())
+    options = ["--bundle", str(args.bundle), "--batch", str(args.service_max_batch)]
+    options += ["--procs", "4", "--inflight", str(2 * args.service_max_batch // 4 + 4)]
+    options += ["--duration-s", "5", "--warmup-s", "2"]
+    options += ["--engine-env", f"PANNS_DEVICE={ort_device}", "--engine-env", "PANNS_WARMUP=ends"]
+    timeout = max(20.0, min(ENGINE_STAGE_S, report.left_s() - 60))
+    result, note = _run_benchmark("engine_ceiling.py", options, timeout)
     row = result["by_max_batch"][str(args.service_max_batch)]
     raw = _raw_fp16(report.doc.get("engines", {}), args.service_max_batch)
     if raw and row.get("windows_per_s"):
@@ -54,43 +64,18 @@ def service_stage(args: argparse.Namespace, report: Report, ort_device: str) -> 
     """``benchmarks/frontend.py`` on the exported bundle; its clips/s over the raw engine's."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = Path(tmp) / "frontend.json"
-        cmd = [
-            sys.executable,
-            str(REPO / "benchmarks" / "frontend.py"),
-            "--bundle",
-            str(args.bundle),
-            "--workers",
-            args.service_workers,
-            "--formats",
-            args.service_formats,
-            "--no-stages",
-            "--duration-s",
-            str(args.service_duration_s),
-            "--warmup-s",
-            "4",
-            "--procs",
-            str(args.service_procs),
-            "--connections",
-            str(args.service_connections),
-            "--ready-timeout-s",
-            "240",
-            "--server-env",
-            f"PANNS_MAX_BATCH={args.service_max_batch}",
-            "--server-env",
-            "PANNS_WARMUP=ends",
-            "--server-env",
-            f"PANNS_DEVICE={ort_device}",
-            "--json",
-            str(result_path),
-        ]
-        timeout = max(30.0, report.left_s() - 10)
-        log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
-        note = run_bounded(cmd, timeout)
-        if not result_path.is_file():
-            raise RuntimeError(note or "benchmarks/frontend.py wrote no result")
-        result = json.loads(result_path.read_text())
+    options = ["--bundle", str(args.bundle), "--workers", args.service_workers]
+    options += ["--formats", args.service_formats, "--no-stages"]
+    options += ["--duration-s", str(args.service_duration_s), "--warmup-s", "4"]
+    options += ["--procs", str(args.service_procs), "--connections", str(args.service_connections)]
+    options += [
+        "--ready-timeout-s",
+        "240",
+        "--server-env",
+        f"PANNS_MAX_BATCH={args.service_max_batch}",
+    ]
+    options += ["--server-env", "PANNS_WARMUP=ends", "--server-env", f"PANNS_DEVICE={ort_device}"]
+    result, note = _run_benchmark("frontend.py", options, max(30.0, report.left_s() - 10))
     engines = report.doc.get("engines", {})
     return {
         "frontend": result,
