@@ -35,7 +35,7 @@ from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.models import default_args
 from training.rundir import RunDir
 from training.runtime import init_distributed, shutdown_distributed
-from training.train import Trainer, open_data
+from training.trainer import Trainer, open_data
 
 log = logging.getLogger(__name__)
 
