@@ -92,6 +92,17 @@ def environment(service: dict[str, Any], env: dict[str, str]) -> dict[str, str |
     return {k: None if v is None else interpolate(str(v), env) for k, v in raw.items()}
 
 
+def image_name(image: str) -> str:
+    return image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+
+
+def compose_image(service: str, *overrides: Any) -> str:
+    image = load_compose(COMPOSE)["services"][service]["image"]
+    for path in overrides:
+        image = load_compose(path)["services"][service].get("image", image)
+    return image_name(str(image).split(":$")[0])
+
+
 @dataclass
 class Dockerfile:
     """The parts of a Dockerfile the tests check."""

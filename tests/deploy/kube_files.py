@@ -1,4 +1,5 @@
-"""Readers for deploy/kubernetes: render with kustomize, validate, resolve what a pod sees.
+"""Readers for deploy/kubernetes: render with kustomize, validate, resolve what a pod sees
+(and read its settings and probe paths the way the service does).
 
 Rendering runs the real ``kubectl kustomize`` (or a standalone ``kustomize build``);
 validation uses kubernetes-validate's schemas of the Kubernetes API for built-in kinds and
@@ -20,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from service.app import create_app
+from service.settings import Settings
 from tests.conftest import REPO_ROOT
 
 KUBE_DIR = REPO_ROOT / "deploy" / "kubernetes"
@@ -143,6 +146,10 @@ def container_env(objects: tuple[Obj, ...], spec: Obj) -> dict[str, str]:
     return env
 
 
+def api_env(objects: tuple[Obj, ...], component: str | None = None) -> dict[str, str]:
+    return container_env(objects, container(pod_spec(objects, component), "api"))
+
+
 def container_port(spec: Obj, port: int | str) -> int:
     """A probe's or Service's port (a number or a container port's name) as a number."""
     if isinstance(port, int):
@@ -161,6 +168,19 @@ def mounted(spec: Obj, path: str, writable: bool) -> bool:
         ):
             return True
     return False
+
+
+def as_settings(env: dict[str, str]) -> Settings:
+    """``Settings`` from the PANNS_ variables of ``env``: the service's own parsing."""
+    return Settings(
+        **{k.removeprefix("PANNS_").lower(): v for k, v in env.items() if k.startswith("PANNS_")}
+    )
+
+
+@cache
+def route_paths() -> set[str]:
+    """The paths the app serves (its OpenAPI route list; nothing is loaded to build it)."""
+    return set(create_app(Settings(models="unused")).openapi()["paths"])
 
 
 @cache

@@ -2,27 +2,25 @@
 
 Offline: ``kubectl kustomize`` renders (skipped with the reason when neither kubectl nor
 kustomize is installed), kubernetes-validate's bundled API schemas and the CRD schemas in
-tests/deploy/schemas validate. test_kubernetes_pod.py runs the rendered pod's commands.
+tests/deploy/schemas validate. test_kubernetes_two_tier.py checks how the two-tier overlay's
+tiers agree; test_kubernetes_pod.py runs the rendered pod's commands.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from functools import cache
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from service.app import create_app
 from service.metrics import Metrics
-from service.settings import Settings
 from tests.deploy.deploy_files import (
     COMPOSE,
     COMPOSE_CPU,
     DOCKERFILES,
+    compose_image,
+    image_name,
     load_compose,
     parse_dockerfile,
     promql_metric_names,
@@ -30,22 +28,22 @@ from tests.deploy.deploy_files import (
 from tests.deploy.kube_files import (
     ADAPTER_VALUES,
     ALL_OVERLAYS,
-    COMPONENT,
     KSERVE_DIR,
     KUBE_DIR,
     OVERLAYS,
-    TWO_TIER,
     Obj,
+    api_env,
+    as_settings,
     container,
     container_env,
     container_port,
-    deployment,
     find,
     kustomize_command,
     mounted,
     overlay,
     pod_spec,
     render,
+    route_paths,
     schema_errors,
 )
 from tests.deploy.test_settings_env import model_step_variables, service_variables
@@ -79,17 +77,6 @@ def k8s_versions() -> list[str]:
     return [OLDEST_K8S, shipped[-1]]
 
 
-def api_env(objects: tuple[Obj, ...], component: str | None = None) -> dict[str, str]:
-    return container_env(objects, container(pod_spec(objects, component), "api"))
-
-
-def as_settings(env: dict[str, str]) -> Settings:
-    """``Settings`` from the PANNS_ variables of ``env``: the service's own parsing."""
-    return Settings(
-        **{k.removeprefix("PANNS_").lower(): v for k, v in env.items() if k.startswith("PANNS_")}
-    )
-
-
 def kserve_runtime() -> Obj:
     spec: Obj = find(render(KSERVE_DIR), "ServingRuntime")["spec"]
     return spec
@@ -97,23 +84,6 @@ def kserve_runtime() -> Obj:
 
 def kserve_env() -> dict[str, str]:
     return container_env(render(KSERVE_DIR), container(kserve_runtime(), "kserve-container"))
-
-
-@cache
-def route_paths() -> set[str]:
-    """The paths the app serves (its OpenAPI route list; nothing is loaded to build it)."""
-    return set(create_app(Settings(models="unused")).openapi()["paths"])
-
-
-def image_name(image: str) -> str:
-    return image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-
-
-def compose_image(service: str, *overrides: Any) -> str:
-    image = load_compose(COMPOSE)["services"][service]["image"]
-    for path in overrides:
-        image = load_compose(path)["services"][service].get("image", image)
-    return image_name(str(image).split(":$")[0])
 
 
 # --- rendering and schemas -------------------------------------------------------------------
@@ -400,102 +370,3 @@ def test_kubernetes_files_are_all_checked() -> None:
         used.update(root / r for r in kustomization.get("resources", []) if r.endswith(".yaml"))
         used.update(root / p["path"] for p in kustomization.get("patches", []) if "path" in p)
     assert sorted(KUBE_DIR.rglob("*.yaml")) == sorted(used)
-
-
-# --- two tiers: an engine tier behind a front tier -------------------------------------------
-
-TIERS = ("engine", "front")
-
-
-def test_two_tier_has_two_deployments_each_with_its_service_hpa_and_pdb() -> None:
-    objects = overlay(TWO_TIER)
-    deployments = [o for o in objects if o["kind"] == "Deployment"]
-    assert sorted(d["metadata"]["labels"][COMPONENT] for d in deployments) == sorted(TIERS)
-    for tier in TIERS:
-        dep = deployment(objects, tier)
-        name, labels = dep["metadata"]["name"], dep["spec"]["template"]["metadata"]["labels"]
-        assert name == f"panns-{tier}" and "replicas" not in dep["spec"], tier
-        hpas = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
-        (hpa,) = [h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == name]
-        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
-        assert hpa["spec"]["minReplicas"] >= 2, tier
-        for kind in ("PodDisruptionBudget", "Service"):
-            selectors = [
-                o["spec"]["selector"].get("matchLabels", o["spec"]["selector"])
-                for o in objects
-                if o["kind"] == kind
-            ]
-            assert [s for s in selectors if s.items() <= labels.items()], f"{tier}: no {kind}"
-            assert all(s[COMPONENT] in TIERS for s in selectors)
-    # The engine scales on its queue; the front on CPU (its queue waits on the engine).
-    hpa_metrics = {
-        h["spec"]["scaleTargetRef"]["name"]: [m["type"] for m in h["spec"]["metrics"]]
-        for h in objects
-        if h["kind"] == "HorizontalPodAutoscaler"
-    }
-    assert hpa_metrics == {"panns-engine": ["Pods"], "panns-front": ["Resource"]}
-
-
-@pytest.mark.parametrize("tier", TIERS)
-def test_two_tier_env_is_real_settings_and_probes_are_the_services(tier: str) -> None:
-    objects = overlay(TWO_TIER)
-    env = api_env(objects, tier)
-    panns = {k: v for k, v in env.items() if k.startswith("PANNS_")}
-    assert not sorted(set(panns) - service_variables()), sorted(set(panns) - service_variables())
-    settings = as_settings(panns)
-    assert settings.host == "0.0.0.0"
-    assert settings.backend == {"engine": "onnxruntime", "front": "oip"}[tier]
-    api = container(pod_spec(objects, tier), "api")
-    expected = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
-    for probe, path in expected.items():
-        get = api[probe]["httpGet"]
-        assert get["path"] == path and path in route_paths(), probe
-        assert container_port(api, get["port"]) == settings.port, probe
-    spec = pod_spec(objects, tier)
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    for item in [*spec["initContainers"], *spec["containers"]]:
-        assert item["securityContext"]["readOnlyRootFilesystem"] is True, (tier, item["name"])
-    pre_stop = int(api["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert spec["terminationGracePeriodSeconds"] > pre_stop + settings.graceful_timeout_s
-
-
-def test_the_front_calls_the_engine_service_with_the_engines_key() -> None:
-    objects = overlay(TWO_TIER)
-    front, engine = as_settings(api_env(objects, "front")), as_settings(api_env(objects, "engine"))
-    url = urlsplit(front.engine_url)
-    service = find(objects, "Service", url.hostname)
-    engine_pod = deployment(objects, "engine")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= engine_pod.items()
-    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
-    engine_api = container(pod_spec(objects, "engine"), "api")
-    assert container_port(engine_api, port["targetPort"]) == engine.port
-    key = front.engine_api_key.get_secret_value()
-    assert key and engine.api_key_list == [key], "the engine accepts the front's key only"
-    assert front.api_key_list and key not in front.api_key_list
-    # A front batch must fit one engine request (README "Two tiers", Sizing).
-    assert engine.max_files >= front.max_batch and engine.max_batch >= front.max_batch
-    assert engine.max_upload_bytes >= front.max_batch * 10 * 32000 * 4
-
-
-def test_the_front_is_cpu_sized_and_reads_the_card_of_the_engines_bundle() -> None:
-    objects = overlay(TWO_TIER)
-    front = pod_spec(objects, "front")
-    api = container(front, "api")
-    resources = api["resources"]
-    assert "nvidia.com/gpu" not in resources["limits"]
-    assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
-    assert as_settings(api_env(objects, "front")).workers == int(resources["requests"]["cpu"])
-    assert image_name(api["image"]) == compose_image("api", COMPOSE_CPU)
-    assert (
-        int(container(pod_spec(objects, "engine"), "api")["resources"]["limits"]["nvidia.com/gpu"])
-        == 1
-    )
-    model_env = container_env(objects, container(front, "model", init=True))
-    engine_model_env = container_env(
-        objects, container(pod_spec(objects, "engine"), "model", init=True)
-    )
-    for name in ("PANNS_MODEL", "PANNS_CHECKPOINT", "PANNS_MODELS", "PANNS_MODEL_NAME"):
-        assert model_env.get(name) == engine_model_env.get(name), name
-    assert model_env["PANNS_MODELS"] == api_env(objects, "front")["PANNS_MODELS"]
-    for path in api_env(objects, "front")["PANNS_MODELS"].split(","):
-        assert mounted(api, path, writable=False) and not mounted(api, path, writable=True)
