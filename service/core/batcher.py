@@ -19,8 +19,9 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   "Idle" (cut at once) still means no batch running, so batch fill does not drop.
 - Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
   than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
-- Deadlines: ``submit`` enforces its deadline itself and raises ``DeadlineExceeded``; a caller
-  that is cancelled (client gone) drops its queued windows as "cancelled".
+- Deadlines: ``submit`` enforces its deadline itself (a timer per request, no timeout scope)
+  and raises ``DeadlineExceeded``; a caller that is cancelled (client gone) drops its queued
+  windows as "cancelled". ``enqueue`` is the same without a coroutine: it returns the future.
 - Observer ``dropped`` reasons: "deadline", "cancelled", "failed" (the engine failed another
   window of the request), "stopped" (``stop(timeout)`` gave up on them).
 - Shutdown: ``stop()`` refuses new work and drains, requests with the fewest windows left
@@ -88,6 +89,16 @@ class BatcherStopped(Exception):
     code = "shutting_down"
 
 
+def _reason(future: asyncio.Future[list[WindowResult]]) -> str:
+    """Why a request's queued windows were dropped (the observer's ``dropped`` reason)."""
+    if future.cancelled():
+        return "cancelled"
+    exc = future.exception()
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline"
+    return "stopped" if isinstance(exc, BatcherStopped) else "failed"
+
+
 class BatchObserver(Protocol):
     """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
     called when a batch has been stacked (``stack=False``: cut) and waits for the engine."""
@@ -114,6 +125,7 @@ class _Request(Ticket):
     deadline: float
     results: list[WindowResult | None] = field(init=False)
     pending: int = field(init=False)
+    timer: asyncio.TimerHandle | None = field(default=None, init=False)  # the deadline's
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.windows)
@@ -195,23 +207,36 @@ class Batcher:
 
     async def submit(self, windows: Sequence[np.ndarray], deadline: float) -> list[WindowResult]:
         """Queue windows (all or none) and wait for their results, in order, until ``deadline``
-        (``time.monotonic()`` seconds); then raise ``DeadlineExceeded``."""
+        (``time.monotonic()`` seconds); then raise ``DeadlineExceeded``. Cancelling the caller
+        drops its windows not yet cut into a batch."""
+        return await self.enqueue(windows, deadline)
+
+    def enqueue(
+        self, windows: Sequence[np.ndarray], deadline: float
+    ) -> asyncio.Future[list[WindowResult]]:
+        """``submit`` without a coroutine: queue windows (all or none, or raise) and return the
+        future of their results. It fails with ``DeadlineExceeded`` at ``deadline``;
+        cancelling it drops the windows not yet cut. For a caller that handles many requests
+        per event-loop turn (the engine process): no task and no timeout scope per request."""
         self._admit(len(windows))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[WindowResult]] = loop.create_future()
         if not windows:
-            return []
+            future.set_result([])
+            return future
         now = time.monotonic()
         if deadline <= now:
             self._dropped("deadline", len(windows))
             raise DeadlineExceeded("the deadline passed before the windows were queued")
-        request = _Request(windows, now, asyncio.get_running_loop().create_future(), deadline)
+        request = _Request(windows, now, future, deadline)
         self._queue.put(request)
         self._live[request] = None
+        if math.isfinite(deadline):
+            request.timer = loop.call_later(deadline - now, self._expire, request)
+        future.add_done_callback(lambda _: self._settled(request))
         self._depth_changed()
         self._wake()
-        try:
-            return await self._wait(request)
-        finally:
-            del self._live[request]
+        return future
 
     def _admit(self, count: int) -> None:
         if self._closing or self._wakeup is None:
@@ -221,23 +246,24 @@ class Batcher:
         if self.depth + count > self.max_queue:
             raise QueueFull(self.retry_after())
 
-    async def _wait(self, request: _Request) -> list[WindowResult]:
-        scope = asyncio.timeout(request.deadline - time.monotonic())
-        try:
-            async with scope:
-                return await request.future
-        except TimeoutError:
-            if not scope.expired():  # raised by the engine, not by the deadline
-                self._discard(request, "failed")
-                raise
-            self._discard(request, "deadline")
-            raise DeadlineExceeded("the deadline passed before every window ran") from None
-        except asyncio.CancelledError:
-            self._discard(request, "cancelled")
-            raise
-        except Exception:
-            self._discard(request, "failed")
-            raise
+    @staticmethod
+    def _expire(request: _Request) -> None:
+        if not request.future.done():
+            msg = "the deadline passed before every window ran"
+            request.future.set_exception(DeadlineExceeded(msg))
+
+    def _settled(self, request: _Request) -> None:
+        """The request's future is done: its windows still queued go, counted by why."""
+        if request.timer is not None:
+            request.timer.cancel()
+        self._live.pop(request, None)
+        future = request.future
+        if not future.cancelled() and future.exception() is None:
+            return
+        removed = self._queue.remove(request)
+        if removed:
+            self._depth_changed()
+            self._dropped(_reason(future), removed)
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -250,15 +276,6 @@ class Batcher:
     def _dropped(self, reason: str, count: int) -> None:
         if self.observer and count:
             self.observer.dropped(reason, count)
-
-    def _discard(self, request: _Request, reason: str) -> None:
-        """Take the request's windows that have not been cut out of the queue."""
-        removed = self._queue.remove(request)
-        if removed:
-            self._depth_changed()
-            self._dropped(reason, removed)
-        if not request.future.done():
-            request.future.cancel()
 
     def _abandon(self) -> None:
         """Fail every live request with BatcherStopped (``stop`` ran out of time)."""

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from service.core.batcher import WindowResult
 from service.core.handoff import packed, receive_arena, windows_at
 from service.core.models import Models
 from service.core.wire import Frames, encode_results, error_header, receive
@@ -23,28 +25,24 @@ from service.core.wire import Frames, encode_results, error_header, receive
 log = logging.getLogger("service.core.engine_server")
 
 
-async def _send_quietly(frames: Frames, header: dict[str, Any]) -> None:
-    """A cancelled submit's answer, to a front that may be gone already."""
-    with contextlib.suppress(ConnectionError):
-        await frames.send({**header, "error": "cancelled"})
-
-
-def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, frames: Frames) -> Any:
-    """Drop a finished submit; a cancelled one still gets an answer, which lets the front
-    reuse its arena extent (even if the task never started; a batch already cut may still
-    read it, which changes only this request's discarded rows: see ``handoff``)."""
-
-    def done(task: asyncio.Task[None]) -> None:
-        tasks.pop(rid, None)
-        if task.cancelled() and not frames.is_closing():
-            reply = asyncio.ensure_future(_send_quietly(frames, {"id": rid, "ok": False}))
-            _answers.add(reply)
-            reply.add_done_callback(_answers.discard)
-
-    return done
-
-
-_answers: set[asyncio.Future[None]] = set()  # cancellation answers on their way
+def _answer(
+    rid: int,
+    frames: Frames,
+    pending: dict[int, asyncio.Future[list[WindowResult]]],
+    future: asyncio.Future[list[WindowResult]],
+) -> None:
+    """A submit's answer, once its future is done. A cancelled one is answered too, which
+    lets the front reuse its arena extent (a batch already cut may still read it, which
+    changes only this request's discarded rows: see ``handoff``)."""
+    pending.pop(rid, None)
+    if frames.is_closing():
+        return
+    if future.cancelled():
+        frames.post({"id": rid, "ok": False, "error": "cancelled"})
+    elif (exc := future.exception()) is not None:
+        frames.post(error_header(rid, exc))
+    else:
+        frames.post(*encode_results(rid, future.result()))
 
 
 class EngineServer:
@@ -118,7 +116,7 @@ class EngineServer:
         arena: np.ndarray | None,
     ) -> None:
         frames = Frames(writer)
-        tasks: dict[int, asyncio.Task[None]] = {}
+        pending: dict[int, asyncio.Future[list[WindowResult]]] = {}  # submits in the batcher
         hellos: set[asyncio.Task[None]] = set()  # waiting for the models to load
         try:
             while True:
@@ -129,39 +127,40 @@ class EngineServer:
                     hellos.add(hello)
                     hello.add_done_callback(hellos.discard)
                 elif header.get("op") == "cancel":
-                    task = tasks.pop(rid, None)
-                    if task is not None:
-                        task.cancel()
+                    future = pending.get(rid)
+                    if future is not None:
+                        future.cancel()
                 else:
-                    windows = _windows(header, payload, arena)
-                    task = asyncio.create_task(self._submit(rid, header, windows, frames))
-                    tasks[rid] = task
-                    task.add_done_callback(_forget(tasks, rid, frames))
+                    self._submit(rid, header, _windows(header, payload, arena), frames, pending)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the front went away (or the engine stops): its queued windows are dropped
         finally:
-            for task in [*tasks.values(), *hellos]:
-                task.cancel()
+            for future in pending.values():
+                future.cancel()
+            for hello in hellos:
+                hello.cancel()
             frames.close()
 
-    async def _submit(
+    def _submit(
         self,
         rid: int,
         header: dict[str, Any],
         windows: list[np.ndarray] | Exception,
         frames: Frames,
+        pending: dict[int, asyncio.Future[list[WindowResult]]],
     ) -> None:
+        """Queue a submit's windows in its model's batcher (no task per submit: the engine's
+        one event loop handles every window of every front); answered by ``_answer``."""
         try:
             deadline = time.monotonic() + float(header["deadline_in"])
             if isinstance(windows, Exception):
                 raise windows
-            runtime = self.models.get(header["model"])
-            results = await runtime.batcher.submit(windows, deadline)
-            reply, data = encode_results(rid, results)
+            future = self.models.get(header["model"]).batcher.enqueue(windows, deadline)
         except Exception as exc:
-            reply, data = error_header(rid, exc), b""
-        with contextlib.suppress(ConnectionError):
-            await frames.send(reply, data)
+            frames.post(error_header(rid, exc))
+            return
+        pending[rid] = future
+        future.add_done_callback(partial(_answer, rid, frames, pending))
 
 
 def _windows(

@@ -42,22 +42,28 @@ class Frames:
         self._out: list[bytes] = []
         self._scheduled = False
 
-    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+    def post(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Queue a frame for this turn's write (a large payload is written at once), without
+        waiting for the other side to read: for answers, whose bytes the engine's queue bound
+        already bounds."""
         head = orjson.dumps({**header, "bytes": len(payload)}, option=orjson.OPT_SERIALIZE_NUMPY)
         self._out.append(_LEN.pack(len(head)) + head)
         if len(payload) > _JOIN_BYTES:
             self.flush()
             if not self.writer.is_closing():
                 self.writer.write(payload)
-            await self.writer.drain()
             return
         if payload:
             self._out.append(payload)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
+
+    async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """``post``, then wait while the other side reads slowly (back-pressure)."""
+        self.post(header, payload)
         if self.writer.transport.get_write_buffer_size() > _JOIN_BYTES:
-            await self.writer.drain()  # the other side reads slowly: wait for it
+            await self.writer.drain()
 
     def flush(self) -> None:
         self._scheduled = False

@@ -7,6 +7,7 @@ so which windows share a batch does not depend on timing.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -314,3 +315,26 @@ def test_an_inference_error_drops_the_rest_of_the_request() -> None:
 
     run(main, engine, max_batch=1, max_delay_s=0, max_queue=100, observer=obs)
     assert obs.drops == [("failed", 3)]
+
+
+def test_enqueue_returns_the_future_cancel_and_deadline_drop_its_windows() -> None:
+    """The engine process's way in: a future per request, no task; cancelling the future or
+    passing its deadline drops the windows still queued, counted by why."""
+    engine, obs = Engine(gated=True), Observer()
+
+    async def main(b: Batcher) -> None:
+        busy = await occupy(b, engine)
+        kept = b.enqueue(windows(10, 2), math.inf)  # no deadline timer at all
+        doomed = b.enqueue(windows(20, 3), far())
+        late = b.enqueue(windows(30, 4), time.monotonic() + 0.05)
+        assert b.depth == 9 and all(isinstance(f, asyncio.Future) for f in (kept, late))
+        doomed.cancel()
+        with pytest.raises(DeadlineExceeded):
+            await late
+        # the cancelled and the late windows left the queue; kept's first waits, stacked
+        assert b.depth == 1
+        engine.allow(10)
+        assert values(await kept) == [10, 11] and values(await busy) == [0]
+
+    run(main, engine, max_batch=1, max_delay_s=0, max_queue=100, observer=obs)
+    assert sorted(obs.drops) == [("cancelled", 3), ("deadline", 4)]
