@@ -16,14 +16,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.audiocheck import AudioError
-from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.errors import (
+    BatcherStopped,
+    DeadlineExceeded,
     EngineUnavailable,
     InvalidParameters,
     MissingOutput,
     NotReady,
+    QueueFull,
     TaggingError,
     TimedOut,
+    TooManyWindows,
     TooMuchWork,
     UnknownModel,
 )

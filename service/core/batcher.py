@@ -42,6 +42,7 @@ from typing import Protocol, cast
 
 import numpy as np
 
+from service.core.errors import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.fairqueue import FairQueue, Ticket
 
 log = logging.getLogger("service.core.batcher")
@@ -53,40 +54,6 @@ INLINE_STACK_BYTES = 4 << 20
 # A stacked (B, L) batch, or its B windows of L samples (``stack=False``)
 InferInput = np.ndarray | list[np.ndarray]
 InferFn = Callable[[InferInput], dict[str, np.ndarray]]
-
-
-class QueueFull(Exception):
-    """The queue cannot take the request's windows now; retry after ``retry_after_s``."""
-
-    code = "overloaded"
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"queue full, retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class TooManyWindows(Exception):
-    """The request has more windows than the queue holds in all: it can never be admitted."""
-
-    code = "request_too_large"
-
-    def __init__(self, windows: int, limit: int) -> None:
-        super().__init__(
-            f"the request makes {windows} windows; at most {limit} fit in the queue at once"
-        )
-        self.windows, self.limit = windows, limit
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before all its windows ran."""
-
-    code = "timeout"
-
-
-class BatcherStopped(Exception):
-    """The batcher is shutting down and takes no new work (or gave up on queued work)."""
-
-    code = "shutting_down"
 
 
 def _reason(future: asyncio.Future[list[WindowResult]]) -> str:

@@ -61,3 +61,41 @@ class EngineUnavailable(TaggingError):
     """A remote engine (the ``oip`` backend's engine tier) could not run a batch."""
 
     code = "engine_unavailable"
+
+
+# The batcher's errors: plain exceptions with a ``code``, raised below the tagger (which
+# turns ``DeadlineExceeded`` into ``TimedOut``; the others reach the doors as they are).
+
+
+class QueueFull(Exception):
+    """The queue cannot take the request's windows now; retry after ``retry_after_s``."""
+
+    code = "overloaded"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"queue full, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class TooManyWindows(Exception):
+    """The request has more windows than the queue holds in all: it can never be admitted."""
+
+    code = "request_too_large"
+
+    def __init__(self, windows: int, limit: int) -> None:
+        super().__init__(
+            f"the request makes {windows} windows; at most {limit} fit in the queue at once"
+        )
+        self.windows, self.limit = windows, limit
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before all its windows ran."""
+
+    code = "timeout"
+
+
+class BatcherStopped(Exception):
+    """The batcher is shutting down and takes no new work (or gave up on queued work)."""
+
+    code = "shutting_down"

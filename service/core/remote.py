@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from service.core.backends import BatchInput
-from service.core.batcher import BatcherStopped, DeadlineExceeded, WindowResult
+from service.core.batcher import WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
-from service.core.errors import NotReady
+from service.core.errors import BatcherStopped, DeadlineExceeded, NotReady
 from service.core.handoff import Arena, send_arena
 from service.core.models import ModelRuntime, Models
 from service.core.wire import Frames, decode_results, raise_remote, receive

@@ -28,9 +28,9 @@ import numpy as np
 import soxr
 
 from service.core.audiocheck import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
-from service.core.batcher import BatcherStopped, DeadlineExceeded, QueueFull, WindowResult
+from service.core.batcher import WindowResult
 from service.core.card import ModelCard
-from service.core.errors import InvalidParameters
+from service.core.errors import BatcherStopped, DeadlineExceeded, InvalidParameters, QueueFull
 from service.core.mixdown import mix_into
 from service.core.models import ModelRuntime
 from service.core.pipeline import WindowSpec

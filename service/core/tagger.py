@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from service.core.batcher import DeadlineExceeded
 from service.core.card import ModelCard, OutputKind
-from service.core.errors import TimedOut
+from service.core.errors import DeadlineExceeded, TimedOut
 from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.mixdown import heap

@@ -17,14 +17,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.core.batcher import (
+from service.core.batcher import WindowResult
+from service.core.errors import (
     BatcherStopped,
     DeadlineExceeded,
+    NotReady,
     QueueFull,
+    TaggingError,
     TooManyWindows,
-    WindowResult,
+    UnknownModel,
 )
-from service.core.errors import NotReady, TaggingError, UnknownModel
 
 _LEN = struct.Struct("<I")
 MAX_HEADER = 16 << 20  # a bound against garbage: a submit's header is ~20 bytes per window

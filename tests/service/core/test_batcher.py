@@ -14,13 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from service.core.batcher import (
-    Batcher,
-    BatcherStopped,
-    DeadlineExceeded,
-    QueueFull,
-    TooManyWindows,
-)
+from service.core.batcher import Batcher
+from service.core.errors import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from tests.service.core.batching import (
     Engine,
     Observer,

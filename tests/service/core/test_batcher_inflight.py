@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.core.batcher import Batcher, BatcherStopped
+from service.core.batcher import Batcher
+from service.core.errors import BatcherStopped
 from tests.service.core.batching import (
     Engine,
     Observer,
