@@ -2,7 +2,9 @@
 
     python benchmarks/service.py --bundle models/cnn14 --batch 8 --clients 16 --seconds 60
 
-Both phases use the same bundle, device, precision and threads. The clips are real
+Both phases use the same bundle, device, precision and threads. The clients are separate
+processes on raw keep-alive sockets with their requests built once (``benchmarks/loadgen``),
+so that on a small machine the load generator takes little CPU from the service. The clips are real
 recordings (``../shared/audio`` by default), each cut or zero-padded to the model's 10 s
 window and sent as 16-bit WAV at the model's rate. Prints a Markdown table for BENCHMARKS.md
 (``--json PATH`` also writes the numbers). Not a test: run it on a quiet machine.
@@ -29,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import start_service, tree_usage, wait_ready  # noqa: E402
 from benchmarks.formats import FORMATS, audio_file, http_request  # noqa: E402
-from benchmarks.loadgen import read_response  # noqa: E402
+from benchmarks.loadgen import LoadResult, read_response, run_load  # noqa: E402
 from service.core.audio import decode  # noqa: E402
 from service.core.backends import BackendOptions  # noqa: E402
 from service.core.backends.ort import OrtBackend  # noqa: E402
@@ -80,7 +82,8 @@ def service_settings(args: argparse.Namespace) -> dict[str, str]:
 async def load(
     url: str, bodies: list[bytes], clients: int, seconds: float
 ) -> tuple[list[float], dict[int, int], float]:
-    """K clients posting one clip per request in a loop for ``seconds``."""
+    """K clients posting one clip per request in a loop for ``seconds``, through httpx in this
+    process (``two_tier.py``'s load, through its front; ``saturate`` costs less CPU)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     stop_at = time.perf_counter() + seconds
@@ -105,6 +108,25 @@ async def load(
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     return latencies, statuses, time.perf_counter() - start
+
+
+def saturate(args: argparse.Namespace, bodies: list[bytes], rate: int) -> LoadResult:
+    """``args.clients`` keep-alive connections posting clips for ``args.seconds`` (after
+    ``args.warmup_s``), from client processes on raw sockets with the requests built once:
+    an HTTP library in this process would take CPU from the service on a small machine."""
+    requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
+    procs = 2 if args.clients % 2 == 0 else 1
+    result = run_load(
+        args.port,
+        requests,
+        procs=procs,
+        connections=args.clients // procs,
+        warmup_s=args.warmup_s,
+        duration_s=args.seconds,
+    )
+    if result.errors:
+        log.warning("%d transport errors, the first: %s", result.errors, result.first_error)
+    return result
 
 
 class PeakTreeRss:
@@ -148,6 +170,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="PANNS_MAX_BATCH and raw batch size")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60, help="service load duration")
+    p.add_argument("--warmup-s", type=float, default=3, help="service load before the timing")
     p.add_argument("--raw-seconds", type=float, default=20)
     p.add_argument("--max-delay-ms", type=float, default=5)
     p.add_argument("--threads", type=int, default=0)
@@ -162,13 +185,12 @@ def parse_args() -> argparse.Namespace:
 
 def run_service(
     args: argparse.Namespace, bodies: list[bytes], reference: Reference, rate: int
-) -> tuple[list[float], dict[int, int], float, float, list[tuple[float, float, float]]]:
+) -> tuple[LoadResult, float, list[tuple[float, float, float]]]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers.
 
     The tree's peak RSS is sampled while the service starts and while it is under load, not
     during the lone requests: their sub-millisecond overheads are measured in this process,
     which the sampling thread would disturb."""
-    url = f"http://127.0.0.1:{args.port}"
     proc = start_service(args.port, service_settings(args))
     peak = PeakTreeRss(proc.pid)
     try:
@@ -178,11 +200,11 @@ def run_service(
         reference.close()  # the raw engine's last user: its session goes before the load
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         with peak:
-            lat, statuses, elapsed = asyncio.run(load(url, bodies, args.clients, args.seconds))
+            loaded = saturate(args, bodies, rate)
     finally:
         proc.terminate()
         proc.wait(60)
-    return lat, statuses, elapsed, peak.mb, lone
+    return loaded, peak.mb, lone
 
 
 def lone_latencies(
@@ -289,7 +311,8 @@ def main() -> None:
     bodies = [audio_file(c, card.sample_rate) for c in clips]  # encoded once, used by both
     reference = Reference(engine, clips, bodies, card.sample_rate)
     del engine  # the reference holds it until the lone requests are timed
-    lat, statuses, elapsed, rss, lone = run_service(args, bodies, reference, card.sample_rate)
+    loaded, rss, lone = run_service(args, bodies, reference, card.sample_rate)
+    lat, statuses, elapsed = loaded.latencies, loaded.statuses, loaded.duration_s
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (
         float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
@@ -310,6 +333,7 @@ def main() -> None:
         **lone_summary(lone),
         "workers": args.workers,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "client_cpu_ms_per_clip": round(1000 * loaded.client_cpu_s / max(1, len(lat)), 2),
         "peak_rss_mb": round(rss, 1),  # all service processes summed, sampled: PeakTreeRss
         "cpus": os.cpu_count(),
     }
