@@ -1,0 +1,110 @@
+"""The event loop's CPU per window in the batcher, by how requests reach it.
+
+With ``PANNS_WORKERS`` > 1 every window of every front passes through the engine process's one
+event loop, so its CPU per window bounds the windows/s one engine takes. The engine used to
+give each submit a task (``create_task(batcher.submit(...))``); it now calls
+``Batcher.enqueue`` and answers from the future's done callback. This runs both side by side
+in one run, on the real batcher with a near-free ``infer`` (no ORT, no sockets): ``--concurrency``
+one-window requests kept in flight, each answered request replaced by a new one, as a front
+keeps its submits coming. Prints JSON: microseconds of the loop thread's CPU per window.
+
+    .venv/bin/python benchmarks/batcher_loop.py --windows 40000 --repeats 3 --json loop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine
+from service.core.batcher import Batcher, InferInput
+
+_OUT = np.zeros((256, 527), np.float32)
+PATHS = ("task_per_submit", "enqueue")
+
+
+def _infer(batch: InferInput) -> dict[str, np.ndarray]:
+    return {"clipwise": _OUT[: len(batch)]}
+
+
+async def _one_run(path: str, windows: int, concurrency: int, max_batch: int) -> float:
+    """Loop-thread CPU microseconds per window for ``windows`` one-window requests."""
+    batcher = Batcher(
+        _infer, max_batch=max_batch, max_delay_s=0.002, max_queue=4 * concurrency, stack=False
+    )
+    batcher.start()
+    window = np.zeros(320_000, np.float32)
+    finished = asyncio.get_running_loop().create_future()
+    counts = {"sent": 0, "done": 0}
+
+    def answered(_: object) -> None:
+        counts["done"] += 1
+        if counts["sent"] < windows:
+            send()
+        elif counts["done"] == windows and not finished.done():
+            finished.set_result(None)
+
+    def send() -> None:
+        counts["sent"] += 1
+        deadline = time.monotonic() + 60
+        if path == "enqueue":
+            batcher.enqueue([window], deadline).add_done_callback(answered)
+        else:
+            asyncio.create_task(batcher.submit([window], deadline)).add_done_callback(answered)
+
+    start = time.thread_time()
+    for _ in range(min(concurrency, windows)):
+        send()
+    await finished
+    cpu = time.thread_time() - start
+    await batcher.stop()
+    return 1e6 * cpu / windows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--windows", type=int, default=40_000, help="requests per run")
+    p.add_argument("--concurrency", type=int, default=64, help="requests kept in flight")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="runs per path, alternating")
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    runs: dict[str, list[float]] = {path: [] for path in PATHS}
+    for _ in range(args.repeats):  # alternating, so a drifting machine drifts under both
+        for path in PATHS:
+            one = _one_run(path, args.windows, args.concurrency, args.max_batch)
+            runs[path].append(round(uvloop.run(one), 2))
+    medians = {path: statistics.median(values) for path, values in runs.items()}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["benchmarks/batcher_loop.py", *(argv or sys.argv[1:])]),
+        "unit": "loop-thread CPU microseconds per window (one-window requests)",
+        "max_batch": args.max_batch,
+        "concurrency": args.concurrency,
+        "runs": runs,
+        "median": medians,
+        "enqueue_vs_task": round(medians["enqueue"] / medians["task_per_submit"], 2),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
