@@ -46,7 +46,7 @@ class Arena:
 
     Extents are taken in any thread (decoding runs in threads too) and come back from
     whichever thread drops an array's last view: a finaliser only queues the extent, and
-    the next ``alloc`` merges it back, so no lock is ever taken inside a finaliser."""
+    the next ``array`` merges it back, so no lock is ever taken inside a finaliser."""
 
     def __init__(self, size: int) -> None:
         self.size = size - size % ALIGN
@@ -60,12 +60,6 @@ class Arena:
         self._released: collections.deque[tuple[int, int, bool]] = collections.deque()
         self._decoded = 0  # bytes of extents ``array(..., decoded=True)`` holds now
 
-    def alloc(self, nbytes: int) -> int | None:
-        """The offset of ``nbytes`` of free arena, or None when no extent is large enough."""
-        with self._lock:
-            self._reclaim()
-            return self._take(_rounded(nbytes))
-
     def _take(self, need: int) -> int | None:
         for i, (at, size) in enumerate(self._free):
             if size >= need:
@@ -75,11 +69,6 @@ class Arena:
                     self._free[i] = (at + need, size - need)
                 return at
         return None
-
-    def free(self, at: int, nbytes: int) -> None:
-        """Give an extent back, merged with its free neighbours."""
-        with self._lock:
-            self._merge(at, _rounded(nbytes))
 
     def _reclaim(self) -> None:
         while self._released:

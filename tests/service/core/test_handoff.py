@@ -25,16 +25,19 @@ from tests.service.conftest import RATE, encode, noise, run_bundle, settings_for
 
 def test_arena_extents_are_first_fit_and_merge_back() -> None:
     arena = Arena(10 * ALIGN)
-    a, b, c = arena.alloc(ALIGN), arena.alloc(3 * ALIGN - 5), arena.alloc(2 * ALIGN)
-    assert (a, b, c) == (0, ALIGN, 4 * ALIGN)
-    assert arena.alloc(5 * ALIGN) is None  # 4 blocks left
-    arena.free(b, 3 * ALIGN - 5)
-    assert arena.alloc(2 * ALIGN) == ALIGN  # first fit: the hole b left
-    arena.free(ALIGN, 2 * ALIGN)
-    arena.free(a, ALIGN)
-    arena.free(c, 2 * ALIGN)
+    f = ALIGN // 4  # float32 per aligned block
+    a, b, c = arena.array(f), arena.array(3 * f - 1), arena.array(2 * f)
+    assert a is not None and b is not None and c is not None
+    assert [arena.offset_of(x) for x in (a, b, c)] == [0, ALIGN, 4 * ALIGN]
+    assert arena.array(5 * f) is None  # 4 blocks left
+    del b  # its extent comes back once its last view is gone
+    d = arena.array(2 * f)
+    assert d is not None and arena.offset_of(d) == ALIGN  # first fit: the hole b left
+    del a, c, d
     assert arena.free_bytes == arena.size
-    assert arena.alloc(arena.size) == 0  # merged back into one extent
+    whole = arena.array(arena.size // 4)
+    assert whole is not None and arena.offset_of(whole) == 0  # merged back into one extent
+    del whole
     arena.close()
 
 
@@ -102,7 +105,9 @@ def test_extents_taken_and_dropped_in_many_threads_all_come_back() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert arena.free_bytes == arena.size
-    assert arena.alloc(arena.size) == 0  # merged back into one extent
+    whole = arena.array(arena.size // 4)
+    assert whole is not None and arena.offset_of(whole) == 0  # merged back into one extent
+    del whole
     arena.close()
 
 
