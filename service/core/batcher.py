@@ -192,7 +192,7 @@ class Batcher:
             future.set_result([])
             return future
         now = time.monotonic()
-        if deadline <= now:
+        if not deadline > now:  # NaN too: a deadline that cannot be kept
             self._dropped("deadline", len(windows))
             raise DeadlineExceeded("the deadline passed before the windows were queued")
         request = _Request(windows, now, future, deadline)

@@ -127,12 +127,14 @@ def test_submit_enforces_its_deadline_and_counts_it_as_deadline() -> None:
         assert b.depth == 0
         with pytest.raises(DeadlineExceeded):
             await b.submit(windows(20, 2), time.monotonic() - 1)
+        with pytest.raises(DeadlineExceeded):  # not queued without a deadline to keep
+            b.enqueue(windows(30, 2), math.nan)
         engine.allow(10)
         await busy
 
     run(main, engine, max_batch=1, max_delay_s=0, max_queue=10, observer=obs)
     # 2 of the 3 were still queued (one was stacked and waiting for the engine: it runs)
-    assert obs.drops == [("deadline", 2), ("deadline", 2)]
+    assert obs.drops == [("deadline", 2), ("deadline", 2), ("deadline", 2)]
     assert engine.batches == [[0], [10]]
 
 
