@@ -1,13 +1,15 @@
-"""Service benchmark: raw engine throughput, then the HTTP service under K concurrent clients.
+"""Service benchmark: raw engine throughput, the HTTP service under K clients, the raw again.
 
     python benchmarks/service.py --bundle models/cnn14 --batch 8 --clients 16 --seconds 60
 
-Both phases use the same bundle, device, precision and threads. The clients are separate
-processes on raw keep-alive sockets with their requests built once (``benchmarks/loadgen``),
-so that on a small machine the load generator takes little CPU from the service. The clips are real
-recordings (``../shared/audio`` by default), each cut or zero-padded to the model's 10 s
-window and sent as 16-bit WAV at the model's rate. Prints a Markdown table for BENCHMARKS.md
-(``--json PATH`` also writes the numbers). Not a test: run it on a quiet machine.
+All phases use the same bundle, device, precision and threads. The raw engine runs before and
+after the service (the ratio is over their mean, so a machine whose speed drifts shows as two
+raw figures). The clients are separate processes on raw keep-alive sockets with their requests
+built once (``benchmarks/loadgen``): on a small machine the load generator takes little CPU
+from the service. The clips are real recordings (``../shared/audio`` by default), each cut or
+zero-padded to the model's 10 s window and sent as 16-bit WAV at the model's rate. Prints a
+Markdown table for BENCHMARKS.md (``--json PATH`` also writes the numbers). Not a test: run
+it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -279,6 +281,7 @@ def report(result: dict[str, object]) -> None:
         "batch",
         "clients",
         "raw_clips_s",
+        "raw_before_after",
         "service_clips_s",
         "ratio",
         "p50_ms",
@@ -296,14 +299,16 @@ def report(result: dict[str, object]) -> None:
     print("| " + " | ".join(str(result[k]) for k in keys) + " |")
 
 
+def _engine(args: argparse.Namespace) -> OrtBackend:
+    options = BackendOptions(device=args.device, precision=args.precision, threads=args.threads)
+    return OrtBackend(args.bundle, options)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args()
-    engine = OrtBackend(
-        args.bundle,
-        BackendOptions(device=args.device, precision=args.precision, threads=args.threads),
-    )
+    engine = _engine(args)
     card, provider, precision = engine.card, engine.provider, engine.precision
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
@@ -313,6 +318,11 @@ def main() -> None:
     del engine  # the reference holds it until the lone requests are timed
     loaded, rss, lone = run_service(args, bodies, reference, card.sample_rate)
     lat, statuses, elapsed = loaded.latencies, loaded.statuses, loaded.duration_s
+    # the raw engine again, the service stopped: a machine whose speed drifts between the
+    # two phases shows as two different raw figures; the ratio is over their mean
+    log.info("raw engine again ...")
+    raw_after = raw_throughput(_engine(args), clips, args.batch, args.raw_seconds)
+    raw_before, raw = raw, (raw + raw_after) / 2
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (
         float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
@@ -324,7 +334,8 @@ def main() -> None:
         "batch": args.batch,
         "clients": args.clients,
         "seconds": round(elapsed, 1),
-        "raw_clips_s": round(raw, 2),
+        "raw_clips_s": round(raw, 2),  # the mean of the runs before and after the service
+        "raw_before_after": [round(raw_before, 2), round(raw_after, 2)],
         "service_clips_s": round(served, 2),
         "ratio": round(served / raw, 3),
         "p50_ms": round(p50, 1),
