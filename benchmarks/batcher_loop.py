@@ -3,10 +3,12 @@
 With ``PANNS_WORKERS`` > 1 every window of every front passes through the engine process's one
 event loop, so its CPU per window bounds the windows/s one engine takes. The engine used to
 give each submit a task (``create_task(batcher.submit(...))``); it now calls
-``Batcher.enqueue`` and answers from the future's done callback. This runs both side by side
-in one run, on the real batcher with a near-free ``infer`` (no ORT, no sockets): ``--concurrency``
-one-window requests kept in flight, each answered request replaced by a new one, as a front
-keeps its submits coming. Prints JSON: microseconds of the loop thread's CPU per window.
+``Batcher.enqueue`` and answers from the future's done callback. This runs both ways into
+today's batcher side by side in one run (what a task per submit costs; the old ``submit`` also
+had a timeout scope, gone from both here), on the real batcher with a near-free ``infer`` (no
+ORT, no sockets, no answer encoding): ``--concurrency`` one-window requests kept in flight,
+each answered request replaced by a new one, as a front keeps its submits coming. Prints
+JSON: microseconds of the loop thread's CPU per window.
 
     .venv/bin/python benchmarks/batcher_loop.py --windows 40000 --repeats 3 --json loop.json
 """

@@ -115,7 +115,8 @@ async def load(
 def saturate(args: argparse.Namespace, bodies: list[bytes], rate: int) -> LoadResult:
     """``args.clients`` keep-alive connections posting clips for ``args.seconds`` (after
     ``args.warmup_s``), from client processes on raw sockets with the requests built once:
-    an HTTP library in this process would take CPU from the service on a small machine."""
+    an HTTP library in this process would take CPU from the service on a small machine. The
+    latencies are of every answer, whatever its status (the statuses show any not 200)."""
     requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
     procs = 2 if args.clients % 2 == 0 else 1
     result = run_load(

@@ -213,9 +213,9 @@ class Batcher:
         if self.depth + count > self.max_queue:
             raise QueueFull(self.retry_after())
 
-    @staticmethod
-    def _expire(request: _Request) -> None:
+    def _expire(self, request: _Request) -> None:
         if not request.future.done():
+            self._remove(request, "deadline")  # now, not a loop turn later in ``_settled``
             msg = "the deadline passed before every window ran"
             request.future.set_exception(DeadlineExceeded(msg))
 
@@ -225,12 +225,24 @@ class Batcher:
             request.timer.cancel()
         self._live.pop(request, None)
         future = request.future
-        if not future.cancelled() and future.exception() is None:
-            return
+        if future.cancelled() or future.exception() is not None:
+            self._remove(request, _reason(future))
+
+    def _remove(self, request: _Request, reason: str) -> None:
         removed = self._queue.remove(request)
         if removed:
             self._depth_changed()
-            self._dropped(_reason(future), removed)
+            self._dropped(reason, removed)
+
+    def _unsettled(self, batch: Batch) -> Batch:
+        """The batch without the windows of requests already done (cancelled, say, in the
+        loop turn that queued them: ``_settled`` runs a turn later), counted as dropped."""
+        if all(not request.future.done() for request, _ in batch):
+            return batch
+        for request, _ in batch:
+            if request.future.done():
+                self._dropped(_reason(request.future), 1)
+        return [(request, index) for request, index in batch if not request.future.done()]
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -287,9 +299,12 @@ class Batcher:
         assert self._wakeup is not None
         while True:
             if self._closing:
-                batch = self._queue.take_shortest(self.max_batch)
+                taken = self._queue.take_shortest(self.max_batch)
+                batch = self._unsettled(taken)
                 self._depth_changed()
-                return batch or None
+                if batch or not taken:
+                    return batch or None
+                continue
             length, wait = self._queue.pick(
                 time.monotonic(),
                 max_batch=self.max_batch,
@@ -297,9 +312,11 @@ class Batcher:
                 cut_now=self.cut_when_idle and self._running == 0,
             )
             if length is not None:
-                batch = self._queue.take_round_robin(length, self.max_batch)
+                batch = self._unsettled(self._queue.take_round_robin(length, self.max_batch))
                 self._depth_changed()
-                return batch
+                if batch:
+                    return batch
+                continue
             self._wakeup.clear()
             # asyncio.timeout, not wait_for: no task per wait, no loop turn before it waits
             with contextlib.suppress(TimeoutError):

@@ -42,7 +42,11 @@ def _answer(
     elif (exc := future.exception()) is not None:
         frames.post(error_header(rid, exc))
     else:
-        frames.post(*encode_results(rid, future.result()))
+        try:  # a callback's exception would only be logged: the front would wait in vain
+            frames.post(*encode_results(rid, future.result()))
+        except Exception as failure:  # e.g. MemoryError joining a huge answer
+            log.exception("answering submit %d failed", rid)
+            frames.post(error_header(rid, failure))
 
 
 class EngineServer:

@@ -46,8 +46,9 @@ class Frames:
 
     def post(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """Queue a frame for this turn's write (a large payload is written at once), without
-        waiting for the other side to read: for answers, whose bytes the engine's queue bound
-        already bounds."""
+        waiting for the other side to read: for the engine's answers, whose bytes are bounded
+        by the requests the front has outstanding (the windows it placed in its arena, or
+        inline ones the batcher admitted), not by a high-water mark here."""
         head = orjson.dumps({**header, "bytes": len(payload)}, option=orjson.OPT_SERIALIZE_NUMPY)
         self._out.append(_LEN.pack(len(head)) + head)
         if len(payload) > _JOIN_BYTES:

@@ -1,0 +1,52 @@
+"""The engine's side of the wire (``service.core.engine_server``): answers on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from service.core.batcher import WindowResult
+from service.core.engine_server import _answer
+from service.core.wire import Frames, decode_results, receive
+
+
+async def _answered(result: list[WindowResult]) -> tuple[dict[str, Any], bytes, dict[int, Any]]:
+    """Settle a submit's future with ``result``; what the front reads back, and what is
+    still pending on the engine's side."""
+    engine_end, front_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _, writer = await asyncio.open_unix_connection(sock=engine_end)
+    reader, front_writer = await asyncio.open_unix_connection(sock=front_end)
+    frames = Frames(writer)
+    future: asyncio.Future[list[WindowResult]] = asyncio.get_running_loop().create_future()
+    pending = {7: future}
+    future.add_done_callback(partial(_answer, 7, frames, pending))
+    future.set_result(result)
+    header, payload = await asyncio.wait_for(receive(reader), 5)
+    frames.close()
+    front_writer.close()
+    return header, payload, pending
+
+
+def test_a_result_goes_back_to_the_front() -> None:
+    row = np.arange(4, dtype=np.float32)
+    header, payload, pending = asyncio.run(
+        _answered([WindowResult({"clipwise": row}, 0.001, 0.002, 1, 3)])
+    )
+    assert header["id"] == 7 and header["ok"] and pending == {}
+    (back,) = decode_results(header, payload)
+    np.testing.assert_array_equal(back.outputs["clipwise"], row)
+    assert back.batch_id == 3
+
+
+def test_an_answer_that_cannot_be_encoded_goes_back_as_an_error() -> None:
+    """A failure while answering (MemoryError on a huge answer, say) reaches the front as an
+    error for that request: the front does not wait for its deadline, and lets go of the
+    windows it holds for it."""
+    broken = WindowResult({"clipwise": object()}, 0.0, 0.0, 1, 1)  # type: ignore[dict-item]
+    header, _, pending = asyncio.run(_answered([broken]))
+    assert header["id"] == 7 and header["ok"] is False and pending == {}
+    assert header["error"] == "AttributeError"
