@@ -22,8 +22,6 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
 - Deadlines: ``submit`` enforces its deadline itself (a timer per request, no timeout scope)
   and raises ``DeadlineExceeded``; a caller that is cancelled (client gone) drops its queued
   windows as "cancelled". ``enqueue`` is the same without a coroutine: it returns the future.
-- Observer ``dropped`` reasons: "deadline", "cancelled", "failed" (the engine failed another
-  window of the request), "stopped" (``stop(timeout)`` gave up on them).
 - Shutdown: ``stop()`` refuses new work and drains, requests with the fewest windows left
   first; ``stop(timeout)`` fails whatever is left after ``timeout`` with ``BatcherStopped``.
 """
@@ -57,7 +55,9 @@ InferFn = Callable[[InferInput], dict[str, np.ndarray]]
 
 
 def _reason(future: asyncio.Future[list[WindowResult]]) -> str:
-    """Why a request's queued windows were dropped (the observer's ``dropped`` reason)."""
+    """Why a request's queued windows were dropped (the observer's ``dropped`` reason):
+    "deadline", "cancelled", "failed" (the engine failed another window of the request) or
+    "stopped" (``stop(timeout)`` gave up on them)."""
     if future.cancelled():
         return "cancelled"
     exc = future.exception()
@@ -237,12 +237,10 @@ class Batcher:
     def _unsettled(self, batch: Batch) -> Batch:
         """The batch without the windows of requests already done (cancelled, say, in the
         loop turn that queued them: ``_settled`` runs a turn later), counted as dropped."""
-        if all(not request.future.done() for request, _ in batch):
-            return batch
-        for request, _ in batch:
-            if request.future.done():
-                self._dropped(_reason(request.future), 1)
-        return [(request, index) for request, index in batch if not request.future.done()]
+        dead = [request for request, _ in batch if request.future.done()]
+        for request in dead:
+            self._dropped(_reason(request.future), 1)
+        return [(r, index) for r, index in batch if not r.future.done()] if dead else batch
 
     def _wake(self) -> None:
         if self._wakeup is not None:
