@@ -7,7 +7,9 @@ machine whose idle vCPU has halted it can cost a few hundred, and that lands in 
 request's latency, not in the engine's batch-1 time it is compared with. This measures the
 floor, side by side in one run: the event loop (uvloop, as the service runs it) waits for a
 worker thread that answers at once, and one that answers after ``--busy-ms`` of work (the
-loop sleeps meanwhile, as it does while the engine runs a batch).
+loop sleeps meanwhile, as it does while the engine runs a batch). It also times a fixed
+millisecond of a request's CPU work back to back and after ``--gap-ms`` of idle: on a VM the
+work itself can run slower after an idle gap, which a lone request pays too.
 
     .venv/bin/python benchmarks/wakeup.py --rounds 200 --busy-ms 50 --json wakeup.json
 """
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,6 +64,33 @@ async def _wakes(rounds: int, busy_s: float, gap_s: float) -> list[float]:
     return out
 
 
+def _work(floats: np.ndarray, scores: dict[str, list[Any]]) -> float:
+    """Seconds of a fixed piece of a request's CPU work (JSON of 527 scores, numpy over a
+    10 s window), about a millisecond."""
+    start = time.perf_counter()
+    for _ in range(3):
+        json.dumps(scores)
+        float((floats * 0.5).sum())
+    return time.perf_counter() - start
+
+
+def _cold_work(rounds: int, gap_s: float) -> tuple[list[float], list[float]]:
+    """Microseconds of the same work back to back, and each after ``gap_s`` idle: on a VM
+    whose vCPU was idle the first millisecond of work can run slower (caches, the host), a
+    cost a lone request pays and a saturated service does not."""
+    floats = np.linspace(-1, 1, 320_000, dtype=np.float32)
+    scores: dict[str, list[Any]] = {
+        "scores": [i / 527 for i in range(527)],
+        "labels": [f"label {i}" for i in range(527)],
+    }
+    hot = [1e6 * _work(floats, scores) for _ in range(rounds)]
+    cold = []
+    for _ in range(rounds):
+        time.sleep(gap_s)
+        cold.append(1e6 * _work(floats, scores))
+    return hot, cold
+
+
 def _summary(micros: list[float]) -> dict[str, float]:
     ordered = sorted(micros)
     return {
@@ -92,6 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             uvloop.run(_wakes(args.rounds, args.busy_ms / 1000, args.gap_ms / 1000))
         ),
     }
+    hot, cold = _cold_work(args.rounds, args.gap_ms / 1000)
+    result["work_back_to_back"], result["work_after_gap"] = _summary(hot), _summary(cold)
+    result["work_after_gap_vs_back_to_back"] = round(
+        statistics.median(cold) / statistics.median(hot), 2
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
