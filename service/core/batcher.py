@@ -257,10 +257,9 @@ class Batcher:
     def _abandon(self) -> None:
         """Fail every live request with BatcherStopped (``stop`` ran out of time)."""
         for request in list(self._live):
-            self._dropped("stopped", self._queue.remove(request))
+            self._remove(request, "stopped")
             if not request.future.done():
                 request.future.set_exception(BatcherStopped("the service stopped first"))
-        self._depth_changed()
 
     @staticmethod
     def _fail(batch: Batch, exc: BaseException) -> None:
