@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine
+from benchmarks.common import emit, machine
 from service.core.batcher import Batcher, InferInput
 
 _OUT = np.zeros((256, 527), np.float32)
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "median": medians,
         "enqueue_vs_task": round(medians["enqueue"] / medians["task_per_submit"], 2),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.json)
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import json
 import os
 import platform
 import socket
@@ -153,6 +154,19 @@ def main_thread_cpu_s(pid: int) -> float:
     """CPU seconds of a process's main thread (an event loop's, in a service process)."""
     fields = _stat_fields(f"{pid}/task/{pid}")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else 0.0
+
+
+def save_json(path: Path | None, result: Mapping[str, Any]) -> None:
+    """Write a benchmark's result as JSON to ``path`` (nothing when None); called after each
+    step, a run cut short keeps what it measured."""
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def emit(result: Mapping[str, Any], path: Path | None) -> None:
+    """Print a benchmark's result as JSON and write it to ``path`` too."""
+    print(json.dumps(result, indent=2))
+    save_json(path, result)
 
 
 def free_port() -> int:

@@ -45,7 +45,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine, machine_busy, main_thread_cpu_s, tree_usage  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    TreeUsage,
+    machine,
+    machine_busy,
+    main_thread_cpu_s,
+    save_json,
+    tree_usage,
+)
 from benchmarks.nearfree import build_nearfree_bundle  # noqa: E402
 from service.supervisor import ENV_SOCKET  # noqa: E402
 
@@ -220,19 +227,20 @@ def run_batch(bundle: Path, model: str, rate: int, batch: int, args: argparse.Na
                 engine.wait()
 
 
+def _sample(pid: int) -> tuple[TreeUsage, tuple[int, int], float]:
+    """The engine's CPU (all threads), the machine's busy jiffies, the engine loop's CPU."""
+    return tree_usage(pid), machine_busy(), main_thread_cpu_s(pid)
+
+
 def _load(
     engine: subprocess.Popen[bytes], path: str, model: str, rate: int, args: argparse.Namespace
 ) -> dict:
     clients = Clients(path, model, int(CLIP_S * rate), args)
     plan = clients.start(engine, args.warmup_s, args.duration_s)
     time.sleep(max(0.0, plan.open - time.monotonic()))
-    start, busy_start, loop_start = (
-        tree_usage(engine.pid),
-        machine_busy(),
-        main_thread_cpu_s(engine.pid),
-    )
+    start, busy_start, loop_start = _sample(engine.pid)
     time.sleep(max(0.0, plan.close - time.monotonic()))
-    end, busy_end, loop_end = tree_usage(engine.pid), machine_busy(), main_thread_cpu_s(engine.pid)
+    end, busy_end, loop_end = _sample(engine.pid)
     results = clients.results(timeout_s=120)
     done = sum(r["done"] for r in results)
     engine_cpu, loop_cpu = end.cpu_s - start.cpu_s, loop_end - loop_start
@@ -303,8 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for batch in args.batch.split(","):
             result["by_max_batch"][batch] = run_batch(bundle, model, rate, int(batch), args)
-            if args.json:  # what is measured so far survives a run cut short
-                args.json.write_text(json.dumps(result, indent=2) + "\n")
+            save_json(args.json, result)  # what is measured so far survives a run cut short
     print(json.dumps(result, indent=2))
     return result
 

@@ -44,9 +44,11 @@ sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow th
 
 from benchmarks.common import (  # noqa: E402
     TreeUsage,
+    emit,
     free_port,
     machine,
     machine_busy,
+    save_json,
     start_service,
     tree_usage,
     wait_ready,
@@ -246,11 +248,6 @@ def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _save(path: Path | None, result: dict[str, Any]) -> None:
-    if path is not None:
-        path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -332,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for workers in args.workers:
             result["load"][workers] = run_setting(workers, bundle, requests, args)
-            _save(args.json, result)  # a run cut short keeps the settings it finished
+            save_json(args.json, result)  # a run cut short keeps the settings it finished
         if len(args.workers) > 1:
             result["scaling"] = scaling(result["load"])
         if not args.no_stages:
@@ -348,8 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             stages["attribution"] = attribute(stages, result["load"][args.workers[0]])
             result["stages"] = stages
-    print(json.dumps(result, indent=2))
-    _save(args.json, result)
+    emit(result, args.json)
     return result
 
 

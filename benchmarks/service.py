@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import start_service, tree_usage, wait_ready  # noqa: E402
+from benchmarks.common import save_json, start_service, tree_usage, wait_ready  # noqa: E402
 from benchmarks.formats import FORMATS, audio_file, http_request  # noqa: E402
 from benchmarks.loadgen import LoadResult, read_response, run_load  # noqa: E402
 from service.core.audio import decode  # noqa: E402
@@ -112,12 +111,11 @@ async def load(
     return latencies, statuses, time.perf_counter() - start
 
 
-def saturate(args: argparse.Namespace, bodies: list[bytes], rate: int) -> LoadResult:
+def saturate(args: argparse.Namespace, requests: list[bytes]) -> LoadResult:
     """``args.clients`` keep-alive connections posting clips for ``args.seconds`` (after
     ``args.warmup_s``), from client processes on raw sockets with the requests built once:
     an HTTP library in this process would take CPU from the service on a small machine. The
     latencies are of every answer, whatever its status (the statuses show any not 200)."""
-    requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
     procs = 2 if args.clients % 2 == 0 else 1
     result = run_load(
         args.port,
@@ -190,20 +188,22 @@ def run_service(
     args: argparse.Namespace, bodies: list[bytes], reference: Reference, rate: int
 ) -> tuple[LoadResult, float, list[tuple[float, float, float]]]:
     """Start ``python -m service``, load it with K clients, stop it; return the numbers.
+    The requests (each clip's body as a 32 kHz WAV upload) are built once, for both loads.
 
     The tree's peak RSS is sampled while the service starts and while it is under load, not
     during the lone requests: their sub-millisecond overheads are measured in this process,
     which the sampling thread would disturb."""
+    requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
     proc = start_service(args.port, service_settings(args))
     peak = PeakTreeRss(proc.pid)
     try:
         with peak:
             wait_ready(args.port, proc)
-        lone = lone_latencies(args.port, bodies, args.lone, reference, rate)
+        lone = lone_latencies(args.port, requests, args.lone, reference)
         reference.close()  # the raw engine's last user: its session goes before the load
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         with peak:
-            loaded = saturate(args, bodies, rate)
+            loaded = saturate(args, requests)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -211,16 +211,15 @@ def run_service(
 
 
 def lone_latencies(
-    port: int, bodies: list[bytes], count: int, reference: Reference, rate: int
+    port: int, requests: list[bytes], count: int, reference: Reference
 ) -> list[tuple[float, float, float]]:
     """One client, one request at a time (after one warm-up): what an idle service adds.
 
-    Requests are built once and sent on one raw keep-alive socket (an HTTP library would add
-    its own milliseconds to every figure). Each is paired with the engine's batch-1 run and
-    the decode of the same clip, timed in this process right after it (the service idle
-    meanwhile), so that a shared machine's drifting speed cancels out of the difference:
-    (request, engine, decode) in seconds."""
-    requests = [http_request(FORMATS["wav32k"], body, rate) for body in bodies]
+    The requests (built once, clip n's the n-th) go on one raw keep-alive socket (an HTTP
+    library would add its own milliseconds to every figure). Each is paired with the engine's
+    batch-1 run and the decode of the same clip, timed in this process right after it (the
+    service idle meanwhile), so that a shared machine's drifting speed cancels out of the
+    difference: (request, engine, decode) in seconds."""
     out = []
     with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -313,7 +312,7 @@ def main() -> None:
     card, provider, precision = engine.card, engine.provider, engine.precision
     clips = load_clips(args.audio_dir, card.sample_rate, card.clip_samples)
     log.info("raw engine: %s %s on %s, batch %d ...", card.name, precision, provider, args.batch)
-    raw = raw_throughput(engine, clips, args.batch, args.raw_seconds)
+    raw_before = raw_throughput(engine, clips, args.batch, args.raw_seconds)
     bodies = [audio_file(c, card.sample_rate) for c in clips]  # encoded once, used by both
     reference = Reference(engine, clips, bodies, card.sample_rate)
     del engine  # the reference holds it until the lone requests are timed
@@ -323,7 +322,7 @@ def main() -> None:
     # two phases shows as two different raw figures; the ratio is over their mean
     log.info("raw engine again ...")
     raw_after = raw_throughput(_engine(args), clips, args.batch, args.raw_seconds)
-    raw_before, raw = raw, (raw + raw_after) / 2
+    raw = (raw_before + raw_after) / 2
     served = statuses.get(200, 0) / elapsed
     p50, p95, p99 = (
         float(np.percentile(lat, q)) * 1000 if lat else float("nan") for q in (50, 95, 99)
@@ -350,8 +349,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(args.json, result)
 
 
 if __name__ == "__main__":

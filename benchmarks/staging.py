@@ -16,7 +16,6 @@ Prints JSON: ms per window for each way, batch size and dtype, and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import emit, machine  # noqa: E402
 from service.core.backends.ort_cuda import Staging  # noqa: E402
 
 WINDOW = 320_000  # 10 s at 32 kHz
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             str(b): measure(int(b), dtype, args.repeats, args.window)
             for b in args.batches.split(",")
         }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
     return result
 
 

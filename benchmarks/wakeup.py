@@ -32,7 +32,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine
+from benchmarks.common import emit, machine
 
 
 def _worker(calls: queue.SimpleQueue[tuple[asyncio.Future[float], float] | None]) -> None:
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["work_after_gap_vs_back_to_back"] = round(
         statistics.median(cold) / statistics.median(hot), 2
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
     return result
 
 
