@@ -16,7 +16,10 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
-  "Idle" (cut at once) still means no batch running, so batch fill does not drop.
+  "Idle" (cut at once) still means no batch handed to the engine, so batch fill does not drop.
+- The engine threads are the batcher's own: each takes batches from a queue and hands the
+  outcome back with one ``call_soon_threadsafe``; no task or executor future per batch (one
+  engine's loop may take thousands of batches a second from its fronts).
 - Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
   than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
 - Deadlines: ``submit`` enforces its deadline itself (a timer per request, no timeout scope)
@@ -32,6 +35,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,16 +130,15 @@ class Batcher:
         self.stack = stack
         self._queue: FairQueue[_Request] = FairQueue()
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
-        self._closing = self._formed = False
-        self._running = 0  # batches in the engine threads now
-        self._slot: tuple[Batch, InferInput] | None = None  # stacked, waiting for the engine
+        self._closing = False
+        self._handed = 0  # batches handed to the engine threads and not yet finished
+        self._todo: queue.SimpleQueue[tuple[Batch, InferInput] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._batches = 0
         self._avg_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
-        self._slot_ready: asyncio.Event | None = None  # for the engine task
         self._tasks: list[asyncio.Task[None]] = []
         self._stacker = ThreadPoolExecutor(1, thread_name_prefix=f"stack-{name}")
-        self._engine = ThreadPoolExecutor(inflight, thread_name_prefix=f"infer-{name}")
 
     @property
     def depth(self) -> int:
@@ -142,11 +146,17 @@ class Batcher:
         return self._queue.depth
 
     def start(self) -> None:
-        self._wakeup, self._slot_ready = asyncio.Event(), asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}"),
-            asyncio.create_task(self._engine_loop(), name=f"engine-{self.name}"),
+        loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._engine_thread, args=(loop,), name=f"infer-{self.name}-{i}", daemon=True
+            )
+            for i in range(self.inflight)
         ]
+        for thread in self._threads:
+            thread.start()
+        self._tasks = [asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}")]
 
     async def stop(self, timeout: float | None = None) -> None:
         """Refuse new work and run every queued window, shortest requests first.
@@ -166,7 +176,19 @@ class Batcher:
                 task.cancel()
             await asyncio.wait(pending)
         self._stacker.shutdown(wait=not pending, cancel_futures=True)
-        self._engine.shutdown(wait=not pending, cancel_futures=True)
+        self._stop_threads(join=not pending)
+
+    def _stop_threads(self, join: bool) -> None:
+        """End the engine threads: batches still waiting for one are dropped (``stop`` gave up
+        on their requests); a batch still running ends unwaited for (``join=False``)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._todo.get_nowait()
+        for _ in self._threads:
+            self._todo.put(None)
+        if join:  # idle now: they take the None at once
+            for thread in self._threads:
+                thread.join()
 
     def retry_after(self) -> int:
         batches = math.ceil(self.depth / self.max_batch)
@@ -267,24 +289,20 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(exc)
 
-    # The forming task: cut batches, stack them (in the stacking thread), hand them over.
+    # The forming task: cut batches, stack them (in the stacking thread), hand them to the
+    # engine threads.
 
     async def _form_loop(self) -> None:
-        assert self._slot_ready is not None
-        try:
-            while (batch := await self._next_batch()) is not None:
-                stacked = await self._stack(batch)
-                if stacked is None:
-                    continue
-                self._slot = (batch, stacked)
-                self._slot_ready.set()
-                # The engine takes the slot at once when free: at most one batch waits for it.
-                await self._until(
-                    lambda: self._slot is None and (self.pipeline or not self._running)
-                )
-        finally:  # drained (or stopped): the engine task ends after the batch it runs
-            self._formed = True
-            self._slot_ready.set()
+        # at most one stacked batch waits for a free engine thread; without pipelining, none
+        limit = self.inflight if self.pipeline else 0
+        while (batch := await self._next_batch()) is not None:
+            stacked = await self._stack(batch)
+            if stacked is None:
+                continue
+            self._handed += 1
+            self._todo.put((batch, stacked))
+            await self._until(lambda: self._handed <= limit)
+        await self._until(lambda: self._handed == 0)  # drained: the last batches end
 
     async def _until(self, ready: Callable[[], bool]) -> None:
         assert self._wakeup is not None
@@ -306,7 +324,7 @@ class Batcher:
                 time.monotonic(),
                 max_batch=self.max_batch,
                 max_delay_s=self.max_delay_s,
-                cut_now=self.cut_when_idle and self._running == 0,
+                cut_now=self.cut_when_idle and self._handed == 0,
             )
             if length is not None:
                 batch = self._unsettled(self._queue.take_round_robin(length, self.max_batch))
@@ -343,47 +361,37 @@ class Batcher:
             stacked_hook(len(batch), time.monotonic() - start)
         return stacked
 
-    # The engine task: start each stacked batch in an engine thread (up to ``inflight`` at
-    # once), hand out the results as each ends.
+    # The engine threads: run each batch, hand the outcome back to the event loop.
 
-    async def _engine_loop(self) -> None:
-        assert self._slot_ready is not None and self._wakeup is not None
-        async with asyncio.TaskGroup() as runs:  # on exit (or cancel): waits for the runs
-            while True:
-                await self._slot_ready.wait()
-                self._slot_ready.clear()
-                if self._slot is None:
-                    if self._formed:
-                        return
-                    continue
-                if self._running >= self.inflight:
-                    continue  # a run that ends sets _slot_ready again
-                (batch, stacked), self._slot = self._slot, None
-                self._running += 1
-                self._wakeup.set()  # the slot is free: the next batch may be stacked
-                runs.create_task(self._run_one(batch, stacked))
+    def _engine_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (job := self._todo.get()) is not None:
+            batch, stacked = job
+            start = time.monotonic()
+            try:
+                outcome: dict[str, np.ndarray] | Exception = self.infer(stacked)
+            except Exception as exc:  # the engine failed: every window of the batch fails
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: stop gave up on it
+                loop.call_soon_threadsafe(self._finish, batch, outcome, start, time.monotonic())
 
-    async def _run_one(self, batch: Batch, stacked: InferInput) -> None:
-        assert self._slot_ready is not None and self._wakeup is not None
-        try:
-            await self._run(batch, stacked)
-        finally:
-            self._running -= 1
-            self._wakeup.set()
-            self._slot_ready.set()
+    def _finish(
+        self, batch: Batch, outcome: dict[str, np.ndarray] | Exception, start: float, end: float
+    ) -> None:
+        """On the loop: a batch ended; each window's row goes to its request."""
+        self._handed -= 1
+        if isinstance(outcome, Exception):
+            log.error("inference failed for a batch of %d", len(batch), exc_info=outcome)
+            self._fail(batch, outcome)
+        else:
+            self._deliver(batch, outcome, start, end - start)
+        # after the results: a failed request's ``_settled`` drops its windows before the
+        # forming task could cut them
+        self._wake()
 
-    async def _run(self, batch: Batch, stacked: InferInput) -> None:
-        start = time.monotonic()
+    def _deliver(
+        self, batch: Batch, outputs: dict[str, np.ndarray], start: float, compute: float
+    ) -> None:
         waits = [start - request.enqueued for request, _ in batch]
-        try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._engine, self.infer, stacked
-            )
-        except Exception as exc:  # the engine failed: every window of the batch fails with it
-            log.exception("inference failed for a batch of %d", len(batch))
-            self._fail(batch, exc)
-            return
-        compute = time.monotonic() - start
         self._batches += 1
         self._avg_compute_s = 0.8 * self._avg_compute_s + 0.2 * compute
         for row, (request, index) in enumerate(batch):

@@ -145,3 +145,44 @@ def test_without_stacking_the_engine_gets_the_windows_themselves() -> None:
     run(main, engine, max_batch=2, max_delay_s=0.01, max_queue=100, stack=False)
     assert sorted(id(w) for batch in seen for w in batch) == sorted(map(id, sent))
     assert max(map(len, seen)) == 2
+
+
+def _engine_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"infer-{name}-")]
+
+
+def test_stop_ends_the_engine_threads() -> None:
+    """The batcher's own engine threads end with ``stop()``: none is left behind."""
+
+    async def main(b: Batcher) -> None:
+        assert len(_engine_threads("ends")) == 2
+        assert values(await b.submit(windows(0, 3), far())) == [0, 1, 2]
+
+    run(main, Engine(), name="ends", max_batch=2, max_delay_s=0, max_queue=10, inflight=2)
+    assert _engine_threads("ends") == []
+
+
+def test_a_batch_still_waiting_for_the_engine_at_stop_timeout_never_runs() -> None:
+    """``stop(timeout)`` fails the requests of the batch stacked behind the running one and
+    drops that batch: the engine does not run it for nobody once released."""
+    engine, obs = Engine(gated=True), Observer()
+    threads: list[threading.Thread] = []
+
+    async def main(b: Batcher) -> None:
+        jobs = [asyncio.create_task(b.submit(windows(10 * i, 1), far())) for i in range(2)]
+        await until(lambda: len(obs.stacked) == 2, "one batch running, one stacked")
+        threads.extend(_engine_threads("waiting"))
+        await asyncio.wait_for(b.stop(timeout=0.05), 5)
+        for job in jobs:
+            with pytest.raises(BatcherStopped):
+                await job
+
+    try:
+        options: dict[str, Any] = {"max_batch": 1, "max_delay_s": 0, "max_queue": 10}
+        run(main, engine, stop=False, name="waiting", observer=obs, **options)
+    finally:
+        engine.allow(10)  # the running batch ends; nothing else may start
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    assert engine.batches == [[0]]
