@@ -27,6 +27,7 @@ import soundfile as sf
 import uvicorn
 
 from service.app import create_app
+from service.core.batcher import Batcher, InferInput
 from service.guards import bounded_http
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, free_port
@@ -154,6 +155,40 @@ class LiveServer:
         """``x`` (float samples at ``RATE``) uploaded to ``path`` as the WAV file ``name``."""
         with self.client() as c:
             return c.post(path, params=params, files=files((name, encode(x, RATE))))
+
+
+@contextlib.contextmanager
+def engine_held(live: LiveServer, model: str | None = None) -> Iterator[Batcher]:
+    """Hold every batch of ``model``'s batcher (default: the first model's) in its engine
+    thread until the block ends, so that its queue cannot drain meanwhile, however fast the
+    machine; on the way out the held batches run and the requests behind them complete.
+
+    The batcher reads ``infer`` for every batch it starts, so wrapping it holds them all."""
+    batcher: Batcher = live.app.state.tagger.models.get(model).batcher
+    infer, released = batcher.infer, threading.Event()
+
+    def held(batch: InferInput) -> dict[str, np.ndarray]:
+        released.wait()
+        return infer(batch)
+
+    batcher.infer = held
+    try:
+        yield batcher
+    finally:
+        released.set()
+        batcher.infer = infer
+
+
+def wait_held_queue(batcher: Batcher, queued: int, timeout: float = 30) -> int:
+    """Until a held batcher's queue (see ``engine_held``) settles after ``queued`` windows
+    were queued at once: less one batch per engine thread (running) and one stacked (waiting
+    for the engine), it cannot move until the hold ends. Its depth then."""
+    settled = queued - (batcher.inflight + 1) * batcher.max_batch
+    deadline = time.monotonic() + timeout
+    while batcher.depth != settled:
+        assert time.monotonic() < deadline, f"{batcher.depth} windows queued, not {settled}"
+        time.sleep(0.01)
+    return settled
 
 
 def wait_until_200(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,12 +18,14 @@ from tests.service.conftest import (
     RATE,
     LiveServer,
     encode,
+    engine_held,
     files,
     metric_total,
     noise,
     parse_metrics,
     run_bundle,
     settings_for,
+    wait_held_queue,
 )
 
 
@@ -67,17 +71,48 @@ def _post_in_thread(url: str, data: bytes, out: list[httpx.Response], **params: 
     )
 
 
-def _queue_depth(url: str, name: str) -> float:
-    return metric_total(
-        parse_metrics(httpx.get(f"{url}/metrics").text), "panns_queue_depth", model=name
-    )
+Scrape = dict[str, dict[Any, float]]
 
 
-def _wait_for_queue(url: str, name: str, at_least: float = 1) -> None:
+def _scrape(url: str, name: str) -> float:
+    return metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), name)
+
+
+def _settled_metrics(url: str, windows: int, **labels: str) -> Scrape:
+    """/metrics once ``windows`` windows either ran or were dropped from the queue: the
+    batches running or stacked when the rest were dropped end after the answer went out."""
     deadline = time.monotonic() + 30
-    while _queue_depth(url, name) < at_least:
-        assert time.monotonic() < deadline, "the queue never filled"
+    while True:
+        m = parse_metrics(httpx.get(f"{url}/metrics").text)
+        done = metric_total(m, "panns_batch_size_sum", **labels) + metric_total(
+            m, "panns_dropped_windows_total", **labels
+        )
+        if done >= windows:
+            return m
+        assert time.monotonic() < deadline, f"only {done} of {windows} windows ran or dropped"
+        time.sleep(0.05)
+
+
+def _wait_for_audio(url: str, seconds: float) -> None:
+    """Until ``seconds`` of audio were decoded. In-process (``LiveServer``), a file counts
+    in the same turn of the event loop that queues its windows: they are queued then."""
+    deadline = time.monotonic() + 30
+    while _scrape(url, "panns_audio_seconds_total") < seconds:
+        assert time.monotonic() < deadline, "the audio was never decoded"
         time.sleep(0.01)
+
+
+def _post_unread(url: str, data: bytes, **params: str | float) -> socket.socket:
+    """Send a /v1/tag request with ``data`` over a plain socket and read no answer: the
+    client leaves when the caller closes the socket, not after some timeout."""
+    request = httpx.Request(
+        "POST", f"{url}/v1/tag", params=params, files=files(("long.flac", data))
+    )
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    line = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\n"
+    sock = socket.create_connection((request.url.host, request.url.port or 80))
+    sock.sendall(f"{line}{head}\r\n".encode() + request.read())
+    return sock
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +124,22 @@ def test_overload_answers_503_with_retry_after(tagger_bundle: Path, long_clip: b
     server = LiveServer(
         settings_for(tagger_bundle, max_batch=1, max_delay_ms=0, max_queue=12)
     ).start()
-    name = read_card(tagger_bundle).name
     first: list[httpx.Response] = []
     worker = threading.Thread(target=_post_in_thread, args=(server.url, long_clip, first))
     try:
-        worker.start()
-        _wait_for_queue(server.url, name, at_least=6)
-        with server.client() as c:  # 12 more windows fit only an empty queue of 12
-            r = c.post("/v1/tag", files=files(("y.flac", long_clip)))
-            huge = c.post(
-                "/v1/tag",
-                params={"window_s": 1, "hop_s": 1},
-                files=files(("z.wav", encode(noise(20.0, 9), RATE))),
-            )
+        # the engine is held while the second request comes: the queue cannot drain first
+        with engine_held(server) as batcher:
+            worker.start()
+            assert wait_held_queue(batcher, 12) >= 1
+            # 12 more windows fit only an empty queue of 12 (admitted, it would wait for
+            # the hold: the timeout then ends the test)
+            with server.client(timeout=30) as c:
+                r = c.post("/v1/tag", files=files(("y.flac", long_clip)))
+                huge = c.post(
+                    "/v1/tag",
+                    params={"window_s": 1, "hop_s": 1},
+                    files=files(("z.wav", encode(noise(20.0, 9), RATE))),
+                )
         worker.join()
         assert r.status_code == 503, r.text[:300]
         assert int(r.headers["retry-after"]) >= 1
@@ -123,8 +161,7 @@ def test_a_request_past_its_deadline_gets_504(tagger_bundle: Path, long_clip: by
             r = c.post("/v1/tag", params={"hop_s": 1}, files=files(("long.flac", long_clip)))
             assert r.status_code == 504, r.text
             assert "PANNS_TIMEOUT_S" in r.json()["error"]["message"], r.text
-            time.sleep(1.0)
-            m = parse_metrics(c.get("/metrics").text)
+            m = _settled_metrics(server.url, 111)
             ok = c.post(
                 "/v1/tag",
                 params={"pad": "false"},
@@ -151,25 +188,17 @@ def test_client_disconnect_drops_its_queued_windows(tagger_bundle: Path, long_cl
     ).start()
     name = read_card(tagger_bundle).name
     windows = 441  # 120 s with a 0.25 s hop: far more work than the clients wait for
-
-    def impatient(timeout: float) -> None:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(
-                f"{server.url}/v1/tag",
-                params={"hop_s": 0.25},
-                files=files(("long.flac", long_clip)),
-                timeout=timeout,
-            )
-
-    worker = threading.Thread(target=impatient, args=(3.0,))
+    clients: list[socket.socket] = []
     try:
-        worker.start()
-        _wait_for_queue(server.url, name, at_least=50)
-        impatient(0.5)  # a second one, sharing the batches with the first, leaves sooner
-        worker.join()
-        time.sleep(1.0)  # the batch running at the disconnect finishes
-        m = parse_metrics(httpx.get(f"{server.url}/metrics").text)
+        for queued in (1, 2):  # each client leaves only once its windows were queued
+            clients.append(_post_unread(server.url, long_clip, hop_s=0.25))
+            _wait_for_audio(server.url, 120.0 * queued)
+        for client in reversed(clients):  # the second one leaves first
+            client.close()
+        m = _settled_metrics(server.url, 2 * windows, model=name)
     finally:
+        for client in clients:
+            client.close()
         server.stop()
     ran = metric_total(m, "panns_batch_size_sum", model=name)
     dropped = metric_total(m, "panns_dropped_windows_total", model=name, reason="cancelled")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -36,14 +37,24 @@ def test_json_time_matches_the_record(caplog: pytest.LogCaptureFixture) -> None:
     assert abs((parsed - before).total_seconds()) < 5
 
 
+def _access_levels(caplog: pytest.LogCaptureFixture) -> dict[str, int]:
+    """The level of each path's access record so far."""
+    access = [r for r in caplog.records if r.name == "service.access"]
+    return {getattr(r, "fields", {})["path"]: r.levelno for r in access}
+
+
 def test_probes_are_logged_at_debug_api_calls_at_info(
     tagger_server: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    paths = ("/metrics", "/healthz", "/readyz", "/v1/models")
     with caplog.at_level(logging.DEBUG, logger="service.access"), tagger_server.client() as c:
-        for path in ("/metrics", "/healthz", "/readyz", "/v1/models"):
+        for path in paths:
             assert c.get(path).status_code == 200, path
-    access = [r for r in caplog.records if r.name == "service.access"]
-    levels = {getattr(r, "fields", {})["path"]: r.levelno for r in access}
+        # the server thread writes a request's record once the response has gone out
+        deadline = time.monotonic() + 5
+        while len(levels := _access_levels(caplog)) < len(paths):
+            assert time.monotonic() < deadline, f"access records only for {sorted(levels)}"
+            time.sleep(0.01)
     assert levels == {
         "/metrics": logging.DEBUG,
         "/healthz": logging.DEBUG,

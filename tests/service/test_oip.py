@@ -6,7 +6,6 @@ A real server on a real exported bundle; results are compared with /v1 on the sa
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,13 @@ from tests.service.conftest import (
     RATE,
     LiveServer,
     encode,
+    engine_held,
     files,
     metric_total,
     noise,
     parse_metrics,
     settings_for,
+    wait_held_queue,
 )
 
 tritonhttp = pytest.importorskip("tritonclient.http")
@@ -281,18 +282,16 @@ def test_overload_is_503_with_retry_after(tagger_bundle: Path) -> None:
 
     try:
         waiting = threading.Thread(target=long_v1_request)
-        waiting.start()
-        deadline = time.monotonic() + 30
-        while True:
-            with live.client() as c:
-                m = parse_metrics(c.get("/metrics").text)
-            if metric_total(m, "panns_queue_depth", model=name) >= 6:
-                break
-            assert time.monotonic() < deadline, "the queue never filled"
-            time.sleep(0.01)
-        refused = raw_infer(
-            live, name, head + wave.tobytes(), **{"Inference-Header-Content-Length": str(len(head))}
-        )
+        # the engine is held while the OIP request comes: the queue cannot drain first
+        with engine_held(live) as batcher:
+            waiting.start()
+            assert wait_held_queue(batcher, 12) >= 1
+            refused = raw_infer(
+                live,
+                name,
+                head + wave.tobytes(),
+                **{"Inference-Header-Content-Length": str(len(head))},
+            )
         waiting.join(60)
     finally:
         live.stop()

@@ -74,15 +74,19 @@ class Prometheus:
     def _running(self) -> None:
         assert self.proc.poll() is None, f"prometheus exited: {self.proc.returncode}"
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, evaluated now or at ``at`` (Unix time)."""
+        params: dict[str, str | float] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        r = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=10)
         assert r.status_code == 200, r.text
         result: list[dict[str, Any]] = r.json()["data"]["result"]
         return result
 
-    def value(self, promql: str) -> float | None:
+    def value(self, promql: str, at: float | None = None) -> float | None:
         """The single value of an instant query, None when it returns no series."""
-        result = self.query(promql)
+        result = self.query(promql, at)
         assert len(result) <= 1, result
         return float(result[0]["value"][1]) if result else None
 
@@ -131,10 +135,16 @@ def test_dashboard_queries_on_a_live_prometheus(scraped: tuple[LiveServer, Prome
     assert prom.value(errors_expr) == 0  # no errors yet: 0, not an empty panel
     assert prom.value(f"sum({pre})") == 0
 
+    inflight = f'panns_inflight_requests{{job="{JOB}"}}'
     with server.client() as c:
         for _ in range(3):
             assert c.get("/v1/models").status_code == 200
             assert c.get("/healthz").status_code == 200
+        # The scrapes up to ``before`` (two at least, waited for above) all ended before the
+        # inference request below starts: a target's scrapes never overlap, and a later one
+        # has been stored. In flight in them, a scrape could only have counted itself.
+        before = time.time()
+        prom.wait_for(f"timestamp({inflight})", lambda t: t is not None and t > before)
         timed_out = c.post("/v1/tag", files=files(("a.wav", encode(noise(1.0, 1), RATE))))
     assert timed_out.status_code == 504, timed_out.text
 
@@ -149,7 +159,7 @@ def test_dashboard_queries_on_a_live_prometheus(scraped: tuple[LiveServer, Prome
     probes = f'panns_requests_total{{job="{JOB}", endpoint=~"/metrics|/healthz|/readyz"}}'
     assert prom.query(probes) == []
     assert prom.query('panns_request_duration_seconds_count{endpoint="/metrics"}') == []
-    assert prom.value(f'max_over_time(panns_inflight_requests{{job="{JOB}"}}[1m])') == 0
+    assert prom.value(f"max_over_time({inflight}[1m])", at=before) == 0
     # Process metrics, and the dashboard's panels that show them.
     assert (prom.value(f'process_resident_memory_bytes{{job="{JOB}"}}') or 0) > 10e6
     for title in ("Process CPU", "Process memory and open files"):

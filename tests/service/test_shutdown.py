@@ -31,12 +31,27 @@ from tests.service.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def wait_queued(url: str, windows: int) -> None:
-    """Until at least ``windows`` windows wait in the queue: accepted, not yet run."""
+def wait_handed_over(url: str, audio_s: float) -> None:
+    """Until the fronts decoded ``audio_s`` seconds of audio (every request's) and the
+    engine has windows queued. A front counts a file in ``panns_audio_seconds_total`` in the
+    turn of its event loop that hands the file's windows to its engine client, so a drain
+    that SIGTERM starts later waits for them (a request handed over after the drain began
+    would get 503); the queue depth then says the engine has work left to drain (it reaches
+    the engine's batcher a little after the count)."""
     deadline = time.monotonic() + 60
     metrics = f"{url}/metrics"
-    while metric_total(parse_metrics(httpx.get(metrics).text), "panns_queue_depth") < windows:
-        assert time.monotonic() < deadline, "the requests were never queued"
+    while True:
+        m = parse_metrics(httpx.get(metrics).text)
+        audio, depth = (
+            metric_total(m, "panns_audio_seconds_total"),
+            metric_total(m, "panns_queue_depth"),
+        )
+        if audio >= audio_s and depth >= 1:
+            return
+        assert time.monotonic() < deadline, (
+            f"{audio} s of {audio_s} s decoded, {depth} windows queued: the requests never "
+            "reached the engine, or it ran them all before they had all been handed over"
+        )
         time.sleep(0.01)
 
 
@@ -58,13 +73,15 @@ def wait_refused(url: str, within: float) -> None:
 def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
     with service_process(tagger_bundle, max_batch=1, warmup="none") as svc:
         url = svc.url
-        data = encode(noise(60.0, seed=20), RATE, "FLAC", "PCM_16")  # 6 windows each
+        # 41 windows each, decoded into the fronts' arenas: they reach the engine uncopied
+        data = encode(noise(30.0, seed=20), RATE, "WAV", "PCM_16")
         results: list[int] = []
 
         def post(index: int) -> None:
             r = httpx.post(
                 f"{url}/v1/tag",
-                files=files(("a.flac", data)),
+                params={"hop_s": 0.5},
+                files=files(("a.wav", data)),
                 timeout=120,
                 headers={"X-Request-ID": f"drain-{index}"},
             )
@@ -73,7 +90,7 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
         threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        wait_queued(url, 12)  # at least 12 of the 24 windows
+        wait_handed_over(url, 4 * 30.0)  # all four with the engine, which has work left
         svc.proc.send_signal(signal.SIGTERM)
         wait_refused(f"{url}/healthz", within=5)  # no longer accepting new connections
         for t in threads:
@@ -96,24 +113,41 @@ def test_sigterm_drains_accepted_requests(tagger_bundle: Path) -> None:
 
 def test_work_left_at_the_end_of_the_grace_time_gets_json_503(tagger_bundle: Path) -> None:
     answers: list[httpx.Response] = []
-    with service_process(tagger_bundle, max_batch=1, warmup="none", graceful_timeout_s=2) as svc:
+    windows = 401  # 30 s with a 0.05 s hop; 1604 in all: tens of seconds of work, not 1 s
+    with service_process(
+        tagger_bundle,
+        max_batch=1,
+        warmup="none",
+        graceful_timeout_s=2,  # each front drains for about 1 s, then answers 503
+        max_windows=windows,
+        max_queue=4 * windows,
+    ) as svc:
         url = svc.url
-        data = encode(noise(120.0, seed=21), RATE, "FLAC", "PCM_16")  # 12 windows each
+        # decoded into the fronts' arenas (a WAV under 32 s): its windows reach the engine
+        # uncopied, not as a payload that a drain would wait behind
+        data = encode(noise(30.0, seed=21), RATE, "WAV", "PCM_16")
 
         def post() -> None:
-            answers.append(httpx.post(f"{url}/v1/tag", files=files(("a.flac", data)), timeout=120))
+            answers.append(
+                httpx.post(
+                    f"{url}/v1/tag",
+                    params={"hop_s": 0.05},
+                    files=files(("a.wav", data)),
+                    timeout=120,
+                )
+            )
 
-        threads = [threading.Thread(target=post) for _ in range(6)]
+        threads = [threading.Thread(target=post) for _ in range(4)]
         for t in threads:
             t.start()
-        wait_queued(url, 40)
+        wait_handed_over(url, 4 * 30.0)
         svc.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
         code = svc.proc.wait(60)
     output = svc.output()
     statuses = sorted(r.status_code for r in answers)
-    assert len(answers) == 6 and 503 in statuses, (statuses, output[-2000:])
+    assert len(answers) == 4 and 503 in statuses, (statuses, output[-2000:])
     for r in answers:
         assert r.headers["content-type"].startswith("application/json"), r.text
         if r.status_code == 503:

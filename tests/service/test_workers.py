@@ -42,7 +42,10 @@ def _children(pid: int) -> list[int]:
 def _fronts(pid: int) -> list[int]:
     fronts = []
     for child in _children(pid):
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # reaped since pgrep listed it (a killed front being replaced)
         if b"front" in cmdline:
             fronts.append(child)
     return fronts
