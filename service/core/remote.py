@@ -110,14 +110,36 @@ class EngineClient:
         self._pending[rid] = future
         if held is not None:
             self._held[rid] = held  # let go when the engine answers, whatever the answer
-        await self._frames.send({**header, "id": rid}, payload)
         try:
+            await self._sent(self._frames, {**header, "id": rid}, payload, future)
             return await future
         except asyncio.CancelledError:
             self._pending.pop(rid, None)
             with contextlib.suppress(Exception):
                 await self._frames.send({"op": "cancel", "id": rid})
             raise
+
+    @staticmethod
+    async def _sent(
+        frames: Frames,
+        header: dict[str, Any],
+        payload: bytes,
+        answer: asyncio.Future[tuple[dict[str, Any], bytes]],
+    ) -> None:
+        """Post a frame; while the engine is slow to read it (a large inline payload), wait
+        for it to take the bytes, but no longer than the answer stays open: ``fail_pending``
+        (shutdown, the engine gone) must reach a request still sending, or it would wait out
+        the shutdown's grace and leave as the server's bare 500."""
+        frames.post(header, payload)
+        if not frames.backlogged():
+            return
+        drain = asyncio.ensure_future(frames.writer.drain())
+        try:
+            await asyncio.wait((drain, answer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+        if drain.done() and not drain.cancelled():
+            drain.result()  # the connection broke while sending: as before, it raises
 
     async def submit(
         self, model: str, windows: list[np.ndarray], deadline: float

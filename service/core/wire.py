@@ -65,8 +65,12 @@ class Frames:
     async def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         """``post``, then wait while the other side reads slowly (back-pressure)."""
         self.post(header, payload)
-        if self.writer.transport.get_write_buffer_size() > _JOIN_BYTES:
+        if self.backlogged():
             await self.writer.drain()
+
+    def backlogged(self) -> bool:
+        """More bytes wait for the other side than one joined write holds."""
+        return self.writer.transport.get_write_buffer_size() > _JOIN_BYTES
 
     def flush(self) -> None:
         self._scheduled = False
