@@ -115,8 +115,8 @@ class EngineClient:
             return await future
         except asyncio.CancelledError:
             self._pending.pop(rid, None)
-            with contextlib.suppress(Exception):
-                await self._frames.send({"op": "cancel", "id": rid})
+            # posted, not awaited: a cancelled request does not wait for a slow engine to read
+            self._frames.post({"op": "cancel", "id": rid})
             raise
 
     @staticmethod
