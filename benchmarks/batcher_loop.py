@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "runs": runs["loop"],
         "process_cpu_runs": runs["process"],
+        "wall_runs": runs["wall"],
         "median": medians,
         "enqueue_vs_task": round(medians["enqueue"] / medians["task_per_submit"], 2),
     }

@@ -17,9 +17,8 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
   "Idle" (cut at once) still means no batch handed to the engine, so batch fill does not drop.
-- The engine threads are the batcher's own: each takes batches from a queue and hands the
-  outcome back with one ``call_soon_threadsafe``; no task or executor future per batch (one
-  engine's loop may take thousands of batches a second from its fronts).
+- The engine threads are the batcher's own (``engine_threads``): no task or executor future
+  per batch, one ``call_soon_threadsafe`` back.
 - Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
   than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
 - Deadlines: ``submit`` enforces its deadline itself (a timer per request, no timeout scope)
@@ -35,8 +34,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +42,7 @@ from typing import Protocol, cast
 
 import numpy as np
 
+from service.core.engine_threads import EngineThreads
 from service.core.errors import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
 from service.core.fairqueue import FairQueue, Ticket
 
@@ -69,6 +67,14 @@ def _reason(future: asyncio.Future[list[WindowResult]]) -> str:
     if isinstance(exc, DeadlineExceeded):
         return "deadline"
     return "stopped" if isinstance(exc, BatcherStopped) else "failed"
+
+
+def _as_exception(error: BaseException) -> Exception:
+    """What a request fails with when its batch failed: ``CancelledError`` or ``SystemExit``
+    raised inside ``infer`` would read as the caller's own cancellation or exit."""
+    if isinstance(error, Exception):
+        return error
+    return RuntimeError(f"inference failed: {error!r}")
 
 
 class BatchObserver(Protocol):
@@ -130,10 +136,11 @@ class Batcher:
         self.stack = stack
         self._queue: FairQueue[_Request] = FairQueue()
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
-        self._closing = False
+        self._closing = self._gave_up = False
         self._handed = 0  # batches handed to the engine threads and not yet finished
-        self._todo: queue.SimpleQueue[tuple[Batch, InferInput] | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._threads: EngineThreads[Batch, InferInput, dict[str, np.ndarray]] = EngineThreads(
+            inflight, f"infer-{name}", self._finish
+        )
         self._batches = 0
         self._avg_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
@@ -146,16 +153,8 @@ class Batcher:
         return self._queue.depth
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._threads = [
-            threading.Thread(
-                target=self._engine_thread, args=(loop,), name=f"infer-{self.name}-{i}", daemon=True
-            )
-            for i in range(self.inflight)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads.start(asyncio.get_running_loop())
         self._tasks = [asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}")]
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -167,28 +166,23 @@ class Batcher:
         """
         self._closing = True
         self._wake()
+        done: set[asyncio.Task[None]] = set()
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the batcher's forming task failed", exc_info=task.exception())
         if pending:
+            self._gave_up = True  # a batch that ends from now on reports nothing
             self._abandon()
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)
         self._stacker.shutdown(wait=not pending, cancel_futures=True)
-        self._stop_threads(join=not pending)
-
-    def _stop_threads(self, join: bool) -> None:
-        """End the engine threads: batches still waiting for one are dropped (``stop`` gave up
-        on their requests); a batch still running ends unwaited for (``join=False``)."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._todo.get_nowait()
-        for _ in self._threads:
-            self._todo.put(None)
-        if join:  # idle now: they take the None at once
-            for thread in self._threads:
-                thread.join()
+        # a batch still waiting for a thread is dropped (its requests failed); joined only
+        # when none runs a batch (none does unless ``stop(timeout)`` gave up on it)
+        self._threads.stop(join=self._handed == 0)
 
     def retry_after(self) -> int:
         batches = math.ceil(self.depth / self.max_batch)
@@ -300,7 +294,8 @@ class Batcher:
             if stacked is None:
                 continue
             self._handed += 1
-            self._todo.put((batch, stacked))
+            self._threads.submit(batch, self.infer, stacked)
+            del batch, stacked  # held by the engine thread now, and only there
             await self._until(lambda: self._handed <= limit)
         await self._until(lambda: self._handed == 0)  # drained: the last batches end
 
@@ -361,32 +356,30 @@ class Batcher:
             stacked_hook(len(batch), time.monotonic() - start)
         return stacked
 
-    # The engine threads: run each batch, hand the outcome back to the event loop.
-
-    def _engine_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        while (job := self._todo.get()) is not None:
-            batch, stacked = job
-            start = time.monotonic()
-            try:
-                outcome: dict[str, np.ndarray] | Exception = self.infer(stacked)
-            except Exception as exc:  # the engine failed: every window of the batch fails
-                outcome = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed: stop gave up on it
-                loop.call_soon_threadsafe(self._finish, batch, outcome, start, time.monotonic())
+    # The engine threads run each batch and hand its outcome back to the event loop.
 
     def _finish(
-        self, batch: Batch, outcome: dict[str, np.ndarray] | Exception, start: float, end: float
+        self, batch: Batch, outcome: dict[str, np.ndarray] | BaseException, start: float, end: float
     ) -> None:
-        """On the loop: a batch ended; each window's row goes to its request."""
-        self._handed -= 1
-        if isinstance(outcome, Exception):
-            log.error("inference failed for a batch of %d", len(batch), exc_info=outcome)
-            self._fail(batch, outcome)
-        else:
-            self._deliver(batch, outcome, start, end - start)
-        # after the results: a failed request's ``_settled`` drops its windows before the
-        # forming task could cut them
-        self._wake()
+        """On the loop: a batch ended; each window's row goes to its request. Whatever goes
+        wrong here, the forming task is told the engine is free (or it would wait forever)."""
+        try:
+            if self._gave_up:  # ``stop(timeout)`` already failed these requests
+                return
+            if isinstance(outcome, BaseException):
+                log.error("inference failed for a batch of %d", len(batch), exc_info=outcome)
+                self._fail(batch, _as_exception(outcome))
+                return
+            try:
+                self._deliver(batch, outcome, start, end - start)
+            except Exception as exc:  # e.g. an engine that returned too few rows
+                log.exception("handing out the results of a batch of %d failed", len(batch))
+                self._fail(batch, exc)
+        finally:
+            self._handed -= 1
+            # after the results: a failed request's ``_settled`` drops its windows before the
+            # forming task could cut them
+            self._wake()
 
     def _deliver(
         self, batch: Batch, outputs: dict[str, np.ndarray], start: float, compute: float

@@ -118,6 +118,9 @@ class EngineClient:
             # posted, not awaited: a cancelled request does not wait for a slow engine to read
             self._frames.post({"op": "cancel", "id": rid})
             raise
+        except BaseException:
+            self._pending.pop(rid, None)  # nobody awaits its answer any more
+            raise
 
     @staticmethod
     async def _sent(
@@ -138,8 +141,10 @@ class EngineClient:
             await asyncio.wait((drain, answer), return_when=asyncio.FIRST_COMPLETED)
         finally:
             drain.cancel()
-        if drain.done() and not drain.cancelled():
-            drain.result()  # the connection broke while sending: as before, it raises
+        # retrieved either way; when the answer is done, its own outcome (shutdown, say) stands
+        broken = drain.exception() if drain.done() and not drain.cancelled() else None
+        if broken is not None and not answer.done():
+            raise BatcherStopped(f"the engine process went away: {broken}")
 
     async def submit(
         self, model: str, windows: list[np.ndarray], deadline: float

@@ -164,25 +164,103 @@ def test_stop_ends_the_engine_threads() -> None:
 
 def test_a_batch_still_waiting_for_the_engine_at_stop_timeout_never_runs() -> None:
     """``stop(timeout)`` fails the requests of the batch stacked behind the running one and
-    drops that batch: the engine does not run it for nobody once released."""
+    drops that batch: the engine does not run it for nobody once released. The running batch,
+    ending after ``stop`` gave up on it (the loop still running, as in the app's lifespan),
+    is not reported to the observer (metrics) as a batch served."""
     engine, obs = Engine(gated=True), Observer()
-    threads: list[threading.Thread] = []
 
     async def main(b: Batcher) -> None:
         jobs = [asyncio.create_task(b.submit(windows(10 * i, 1), far())) for i in range(2)]
         await until(lambda: len(obs.stacked) == 2, "one batch running, one stacked")
-        threads.extend(_engine_threads("waiting"))
+        await until(lambda: len(engine.batches) == 1, "the engine holds the first batch")
+        threads = _engine_threads("waiting")
         await asyncio.wait_for(b.stop(timeout=0.05), 5)
         for job in jobs:
             with pytest.raises(BatcherStopped):
                 await job
+        engine.allow(10)  # the running batch ends; nothing else may start
+
+        def join() -> None:
+            for thread in threads:
+                thread.join(5)
+                assert not thread.is_alive()
+
+        # the thread posted its outcome before it ended: that callback has run by the time
+        # this task resumes (callbacks run in the order they were posted)
+        await asyncio.to_thread(join)
 
     try:
         options: dict[str, Any] = {"max_batch": 1, "max_delay_s": 0, "max_queue": 10}
         run(main, engine, stop=False, name="waiting", observer=obs, **options)
     finally:
-        engine.allow(10)  # the running batch ends; nothing else may start
-    for thread in threads:
-        thread.join(5)
-        assert not thread.is_alive()
+        engine.allow(10)
     assert engine.batches == [[0]]
+    assert obs.done == []
+
+
+class Raising(Engine):
+    """Raises ``error`` on the first batch, then behaves."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error: BaseException | None = error
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return super().__call__(batch)
+
+
+@pytest.mark.parametrize("error", [asyncio.CancelledError(), SystemExit(3), KeyboardInterrupt()])
+def test_an_infer_raising_a_base_exception_fails_its_batch_only(error: BaseException) -> None:
+    """Not an ``Exception``: it still fails only its batch's requests (as an error, not as
+    their own cancellation), and the engine thread, the next request and ``stop`` go on."""
+
+    async def main(b: Batcher) -> None:
+        with pytest.raises(RuntimeError, match="inference failed"):
+            await b.submit(windows(0, 1), far())
+        assert values(await b.submit(windows(5, 1), far())) == [5]
+
+    run(main, Raising(error), max_batch=1, max_delay_s=0, max_queue=10)
+
+
+class FailingObserver(Observer):
+    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
+        raise RuntimeError("observer failure")
+
+
+def test_a_failure_handing_out_results_does_not_wedge_the_batcher() -> None:
+    """An observer (metrics) that raises, or an engine that returns too few rows (the windows
+    left without a row fail): the forming task still learns that the engine is free, so the
+    next batch runs and ``stop`` returns."""
+    short = Engine()
+
+    def too_few_rows(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"clipwise": short(batch)["clipwise"][:1]}
+
+    async def main(b: Batcher) -> None:
+        # reported after the results went out: the request has them; the engine is free
+        assert values(await b.submit(windows(0, 1), far())) == [0]
+        assert values(await b.submit(windows(1, 1), far())) == [1]
+        await asyncio.wait_for(b.stop(), 5)
+
+    run(
+        main,
+        Engine(),
+        stop=False,
+        max_batch=1,
+        max_delay_s=0,
+        max_queue=10,
+        observer=FailingObserver(),
+    )
+
+    async def rows(b: Batcher) -> None:
+        first, second = await asyncio.gather(
+            b.submit(windows(0, 1), far()), b.submit(windows(1, 1), far()), return_exceptions=True
+        )
+        assert values(first) == [0]  # type: ignore[arg-type]
+        assert isinstance(second, IndexError)
+        await asyncio.wait_for(b.stop(), 5)
+
+    run(rows, too_few_rows, stop=False, max_batch=2, max_delay_s=0.05, max_queue=10)

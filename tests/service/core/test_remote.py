@@ -39,7 +39,9 @@ async def _stalled_engine(path: str, stalled: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _stuck_submit(tmp_path: Path) -> AsyncIterator[tuple[EngineClient, asyncio.Task[Any]]]:
+async def _stuck_submit(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[EngineClient, asyncio.Task[Any], asyncio.Task[None]]]:
     """A front's client connected to a stalled engine, and a submit of 32 MB inline (no arena:
     far more than a socket holds) stuck on its way there."""
     path = str(tmp_path / "engine.sock")
@@ -55,7 +57,7 @@ async def _stuck_submit(tmp_path: Path) -> AsyncIterator[tuple[EngineClient, asy
         assert frames is not None
         while not (frames.backlogged() and client._pending):  # stuck sending
             await asyncio.sleep(0.01)
-        yield client, job
+        yield client, job, engine
     finally:
         await client.close()
         engine.cancel()
@@ -69,7 +71,7 @@ def test_a_request_still_sending_sees_the_shutdown_fail_it(tmp_path: Path) -> No
     wait out its deadline while the server's grace runs out (it then left as a bare 500)."""
 
     async def main() -> None:
-        async with _stuck_submit(tmp_path) as (client, job):
+        async with _stuck_submit(tmp_path) as (client, job, _):
             started = time.monotonic()
             await RemoteQueue(client, "m").stop(timeout=0.05)
             with pytest.raises(BatcherStopped, match="shutting down"):
@@ -84,10 +86,24 @@ def test_a_request_cancelled_while_sending_ends_at_once(tmp_path: Path) -> None:
     cancel frame is posted behind them, not waited for."""
 
     async def main() -> None:
-        async with _stuck_submit(tmp_path) as (client, job):
+        async with _stuck_submit(tmp_path) as (client, job, _):
             job.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(job, 5)
+            assert not client._pending
+
+    asyncio.run(main())
+
+
+def test_an_engine_gone_while_a_request_is_sending_is_a_503_not_a_500(tmp_path: Path) -> None:
+    """The engine dies while a request's windows are on their way: the request fails with
+    ``BatcherStopped`` (the service's 503), not with the socket's ``ConnectionError`` (a 500)."""
+
+    async def main() -> None:
+        async with _stuck_submit(tmp_path) as (client, job, engine):
+            engine.cancel()  # closes the engine's end of the connection
+            with pytest.raises(BatcherStopped, match="went away"):
+                await asyncio.wait_for(job, 10)
             assert not client._pending
 
     asyncio.run(main())
