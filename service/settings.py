@@ -112,7 +112,10 @@ class Settings(BaseSettings):
         default=1800.0, gt=0, description="decoded duration limit per request, all files"
     )
     max_windows: int = Field(
-        default=128, ge=1, description="model windows per request, all files (the cost bound)"
+        default=128,
+        ge=1,
+        description="model windows per request, all files (the cost bound); by length too, in "
+        "the model's own windows (a 60 s window counts as six of 10 s)",
     )
     min_hop_s: float = Field(default=0.05, gt=0, description="the smallest hop_s accepted")
     max_response_values: int = Field(

@@ -2,7 +2,9 @@
 
 Costs are bounded here, before any window is made: audio seconds per file and per request,
 and windows per request (a tiny ``hop_s`` on a long file would otherwise fan out into
-millions of windows).
+millions of windows), counted twice: by number, and by length in the model's own windows
+(10 s), since a window's compute, memory and hand-off bytes grow with its length: 128 windows
+of 60 s overlapping by 59.95 s hold 983 MB of float32 from a few seconds of upload.
 """
 
 from __future__ import annotations
@@ -101,6 +103,26 @@ class _Budget:
     limits: Limits
     seconds: float = 0.0
     windows: int = 0
+    window_samples: int = 0  # the windows' lengths, summed
+
+
+def _check_window_budget(budget: _Budget, count: int, window: int, card: ModelCard) -> None:
+    """``TooMuchWork`` past ``max_windows`` windows, or past the length of that many of the
+    model's own windows (10 s each): a 60 s window counts as six."""
+    limits, rate = budget.limits, card.sample_rate
+    if budget.windows + count > limits.max_windows:
+        raise TooMuchWork(
+            f"this request would cut {budget.windows + count} windows: the limit is "
+            f"{limits.max_windows} per request (use a longer hop_s or fewer files)"
+        )
+    allowed = limits.max_windows * card.clip_samples
+    if budget.window_samples + count * window > allowed:
+        total_s = (budget.window_samples + count * window) / rate
+        raise TooMuchWork(
+            f"this request's windows would hold {total_s:g} s of audio in all: the limit is "
+            f"{allowed / rate:g} s ({limits.max_windows} windows of {card.clip_samples / rate:g}"
+            " s) per request (use a longer hop_s, a shorter window_s or fewer files)"
+        )
 
 
 def _prepare_one(
@@ -118,14 +140,11 @@ def _prepare_one(
         work.decoded = item.decode(card.sample_rate, allowed, alloc)
         n = work.decoded.waveform.shape[0]
         count = count_windows(n, *cut_at)
-        if budget.windows + count > limits.max_windows:
-            raise TooMuchWork(
-                f"this request would cut {budget.windows + count} windows: the limit is "
-                f"{limits.max_windows} per request (use a longer hop_s or fewer files)"
-            )
+        _check_window_budget(budget, count, cut_at[0], card)
         work.windows = cut(work.decoded.waveform, *cut_at, spec.pad, card.min_samples)
         budget.seconds += work.decoded.duration_s
         budget.windows += count
+        budget.window_samples += count * cut_at[0]
     except AudioTooLong as exc:
         work.error = exc
         if allowed < limits.per_file_s:

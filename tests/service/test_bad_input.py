@@ -187,6 +187,19 @@ def test_bad_parameters_are_422(
     assert field in r.json()["error"]["message"]
 
 
+def test_long_overlapping_windows_are_413_not_a_gigabyte(server: LiveServer) -> None:
+    """60 s windows every 0.25 s over a 70 s clip: 41 windows (within the count of 128) that
+    hold 315 MB of float32, and as much to hand to the engine, from a small upload: 2460 s of
+    windows against 1280 s (128 of the model's 10 s). Refused before any window is made."""
+    clip = encode(np.zeros(RATE * 70, np.float32), RATE, "FLAC", "PCM_16")
+    with server.client() as c:
+        r = c.post("/v1/tag", params={"window_s": 60, "hop_s": 0.25}, files=files(("a.flac", clip)))
+        assert_still_serving(c)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+    assert "2460 s of audio" in r.json()["error"]["message"]
+
+
 def test_wrong_field_names_and_bodies(server: LiveServer) -> None:
     with server.client() as c:
         wrong = c.post("/v1/tag", files=[("audio", ("a.wav", GOOD))])

@@ -92,6 +92,29 @@ def test_window_fan_out_is_bounded(tagger_bundle: Path) -> None:
     assert "limit is 20" in result.error.message
 
 
+def test_long_windows_count_by_their_length(tagger_bundle: Path) -> None:
+    """Windows are bounded by length too, in the model's own windows (10 s): 7 windows of 60 s
+    (overlapping, from 66 s of audio) are 42 such windows, past a limit of 12; 2 windows of
+    60 s are 12 and pass. A window's compute, memory and hand-off bytes grow with its length."""
+    card = read_card(tagger_bundle)
+    wave = np.zeros(card.sample_rate * 66, np.float32)
+    limits = Limits(per_file_s=600, per_request_s=1800, max_windows=12, min_hop_s=0.05)
+
+    def prepared(hop_s: float) -> list[object]:
+        (work,) = prepare(
+            [AudioInput("a", waveform=wave, sample_rate=card.sample_rate)],
+            card,
+            WindowSpec(window_s=60.0, hop_s=hop_s),
+            limits,
+        )
+        return [work.error, len(work.windows)]
+
+    error, windows = prepared(1.0)
+    assert isinstance(error, TooMuchWork) and windows == 0
+    assert "420 s of audio" in error.message and "limit is 120 s" in error.message
+    assert prepared(60.0) == [None, 2]
+
+
 def test_a_refused_input_is_let_go_at_once(tagger_bundle: Path) -> None:
     """A file refused after decoding keeps its error, not its audio: the error's traceback
     would hold the decoding frame (and the upload) in a cycle until the garbage collector
