@@ -170,8 +170,10 @@ class PcmDecoder:
 class WindowCutter:
     """A buffer from which windows are cut at 0, hop, 2*hop, ... as ``windows.cut`` does.
 
-    Frames are kept as they come and joined only when a window completes (once per hop),
-    not at every frame: a 20 ms frame does not copy a 10 s buffer."""
+    Frames are kept as they come and joined only when a window is taken, not at every frame:
+    a 20 ms frame does not copy a 10 s buffer. ``push`` says which windows the new samples
+    complete; only those ``take`` asks for are copied out, so a message that completes
+    hundreds of windows (a 0.05 s hop) of which the stream keeps the latest costs one copy."""
 
     def __init__(self, window: int, hop: int) -> None:
         self.window, self.hop = window, hop
@@ -180,16 +182,20 @@ class WindowCutter:
         self._pieces: list[np.ndarray] = []
         self._offset = 0  # absolute index of the first kept sample
 
-    def push(self, samples: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        """Every whole window the new samples complete: (start, end, samples)."""
+    def push(self, samples: np.ndarray) -> list[int]:
+        """The starts of the whole windows the new samples complete; ``take`` any of them,
+        then ``trim``."""
         self._pieces.append(samples)
         self.total += samples.shape[0]
-        out = []
+        starts = []
         while self.next_start + self.window <= self.total:
-            out.append(self._take(self.next_start, self.next_start + self.window))
-        if out:
-            self._trim()
-        return out
+            starts.append(self.next_start)
+            self.next_start += self.hop
+        return starts
+
+    def take(self, start: int) -> tuple[int, int, np.ndarray]:
+        """A window ``push`` completed (and not yet trimmed away): (start, end, samples)."""
+        return self._take(start, start + self.window)
 
     def finish(self) -> list[tuple[int, int, np.ndarray]]:
         """The last windows, zero-padded: the starts ``window_starts`` gives past what was cut."""
@@ -209,10 +215,11 @@ class WindowCutter:
         samples = np.zeros(self.window, np.float32)
         piece = self._buffer()[start - self._offset : end - self._offset]
         samples[: piece.shape[0]] = piece
-        self.next_start = start + self.hop
+        self.next_start = max(self.next_start, start + self.hop)
         return start, end, samples
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Let go of the samples no window still to come needs."""
         drop = min(self.next_start, self.total) - self._offset
         if drop > 0:
             self._pieces = [self._buffer()[drop:]]
@@ -272,13 +279,19 @@ class LiveStream:
     def feed(self, data: bytes) -> float:
         """Decode ``data`` and queue the windows it completes; the seconds of audio it held."""
         samples = self.decoder.feed(data)
-        for item in self.cutter.push(samples):
-            self._offer(item)
+        starts = self.cutter.push(samples)
+        for i, start in enumerate(starts):
+            if self._busy() and i < len(starts) - 1:  # a later window replaces it at once
+                self._skip()
+                continue
+            self._offer(self.cutter.take(start))
+        self.cutter.trim()
         return samples.shape[0] / self.card.sample_rate
 
     async def finish(self) -> None:
         """End of stream: the padded last windows, each waiting for room (none skipped)."""
-        tail = self.cutter.push(self.decoder.finish()) + self.cutter.finish()
+        tail = [self.cutter.take(s) for s in self.cutter.push(self.decoder.finish())]
+        tail += self.cutter.finish()
         for item in tail:
             while self._ready is not None or self._busy():
                 self._room.clear()
@@ -297,10 +310,13 @@ class LiveStream:
     def _offer(self, item: tuple[int, int, np.ndarray]) -> None:
         """Submit now if there is room; else keep only the latest waiting window."""
         if self._ready is not None:
-            self._skipped += 1
-            self.skipped_total += 1
+            self._skip()
         self._ready = item
         self._pump()
+
+    def _skip(self) -> None:
+        self._skipped += 1
+        self.skipped_total += 1
 
     def _pump(self) -> None:
         if self._ready is None or self._busy():
