@@ -18,7 +18,7 @@ import numpy as np
 from service.core.audiocheck import AudioError, AudioTooLong, Decoded
 from service.core.batcher import WindowResult
 from service.core.card import ModelCard
-from service.core.errors import InvalidParameters, TaggingError, TooMuchWork
+from service.core.errors import DeadlineExceeded, InvalidParameters, TaggingError, TooMuchWork
 from service.core.inputs import AudioInput
 from service.core.mixdown import Alloc, heap
 from service.core.models import ModelRuntime
@@ -171,13 +171,21 @@ def prepare(
     spec: WindowSpec,
     limits: Limits,
     alloc: Alloc = heap,
+    deadline: float = math.inf,
 ) -> list[FileWork]:
     """Decode and cut every input, one after the other (blocking: run it in a thread).
 
-    A bad input fails only its own entry. ``alloc``: where waveforms are written whole."""
+    A bad input fails only its own entry. ``alloc``: where waveforms are written whole.
+    ``DeadlineExceeded`` once ``deadline`` (``time.monotonic()``) has passed before a file:
+    a request that waited long for a decoding thread does not start its work after it."""
     cut_at = spec.samples(card, limits.min_hop_s)
     budget = _Budget(limits)
-    return [_prepare_one(item, card, spec, cut_at, budget, alloc) for item in items]
+    works = []
+    for item in items:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded("the deadline passed before every file was decoded")
+        works.append(_prepare_one(item, card, spec, cut_at, budget, alloc))
+    return works
 
 
 async def infer(works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:

@@ -226,7 +226,10 @@ class Tagger:
         started = time.monotonic()
         deadline = started + (timeout_s or self.settings.timeout_s)
         items = [as_input(s, i) for i, s in enumerate(sources)]
-        works = await self._prepare(items, runtime.card, window or WindowSpec())
+        try:
+            works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
+        except DeadlineExceeded as exc:
+            raise self._timed_out() from exc
         self._report(runtime.name, works)
         try:
             await self.infer(works, runtime, deadline)
@@ -238,7 +241,7 @@ class Tagger:
                 asyncio.get_running_loop().run_in_executor(self._decoders, release_memory)
 
     async def _prepare(
-        self, items: list[AudioInput], card: ModelCard, window: WindowSpec
+        self, items: list[AudioInput], card: ModelCard, window: WindowSpec, deadline: float
     ) -> list[FileWork]:
         """Decode and cut in a thread, or right here when that is only a short copy: a
         thread hand-off (a wake-up and two GIL switches) costs more than converting
@@ -248,9 +251,9 @@ class Tagger:
         # a front decodes into its arena: the windows then reach the engine without a copy
         alloc = heap if self._engine is None else self._engine.waveform
         if len(quick) == len(sizes) and sum(quick) <= INLINE_DECODE_BYTES:
-            return prepare(items, card, window, self.limits, alloc)
+            return prepare(items, card, window, self.limits, alloc, deadline)
         return await asyncio.get_running_loop().run_in_executor(
-            self._decoders, prepare, items, card, window, self.limits, alloc
+            self._decoders, prepare, items, card, window, self.limits, alloc, deadline
         )
 
     def _report(self, model: str, works: list[FileWork]) -> None:
@@ -266,9 +269,12 @@ class Tagger:
         try:
             await infer(works, runtime, deadline)  # the batcher enforces the deadline
         except DeadlineExceeded as exc:
-            raise TimedOut(
-                f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
-            ) from exc
+            raise self._timed_out() from exc
+
+    def _timed_out(self) -> TimedOut:
+        return TimedOut(
+            f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
+        )
 
 
 def _one(results: list[R]) -> R:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import threading
 import weakref
 from pathlib import Path
 
@@ -15,7 +16,13 @@ import pytest
 from service import SyncTagger, Tagger, TagOptions, WindowSpec
 from service.core.audiocheck import UnsupportedFormat
 from service.core.card import read_card
-from service.core.errors import InvalidParameters, MissingOutput, TooMuchWork, UnknownModel
+from service.core.errors import (
+    InvalidParameters,
+    MissingOutput,
+    TimedOut,
+    TooMuchWork,
+    UnknownModel,
+)
 from service.core.inputs import AudioInput
 from service.core.pipeline import Limits, prepare
 from tests.conftest import REPO_ROOT, shared_path
@@ -90,6 +97,46 @@ def test_window_fan_out_is_bounded(tagger_bundle: Path) -> None:
         )
     assert result.error is not None and result.error.code == "request_too_large"
     assert "limit is 20" in result.error.message
+
+
+def test_a_request_that_waited_past_its_deadline_for_a_decoder_is_not_decoded(
+    tagger_bundle: Path,
+) -> None:
+    """Every decoding thread is busy (held here) past a request's deadline: when one frees,
+    the request ends with ``TimedOut`` (504) instead of decoding and cutting then; its time
+    was up before its work began. The next request is served."""
+    flac = encode(noise(20.0, 3), RATE, "FLAC", "PCM_16")  # not inline: a decoding thread
+
+    class Decoded:
+        """The files the tagger reports decoded (``FileEvents``)."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def file_done(self, model: str, seconds: float) -> None:
+            self.seconds.append(seconds)
+
+        def file_failed(self, code: str) -> None: ...
+
+    decoded = Decoded()
+
+    async def main() -> None:
+        async with Tagger(settings=settings_for(tagger_bundle), events=decoded) as tagger:
+            held = threading.Event()
+            pool = tagger._decoders
+            blockers = [pool.submit(held.wait, 10) for _ in range(pool._max_workers)]
+            late = asyncio.create_task(tagger.tag(flac, timeout_s=0.2))
+            await asyncio.sleep(0.4)  # past its deadline, still waiting for a thread
+            held.set()
+            for blocker in blockers:
+                blocker.result(5)
+            with pytest.raises(TimedOut, match="deadline"):
+                await asyncio.wait_for(late, 10)
+            assert decoded.seconds == []  # refused before decoding, not after
+            assert (await tagger.tag(flac)).scores is not None
+            assert decoded.seconds == [pytest.approx(20.0)]
+
+    asyncio.run(main())
 
 
 def test_long_windows_count_by_their_length(tagger_bundle: Path) -> None:
