@@ -9,7 +9,8 @@ hop the service sends ``{"type": "result", "start_s", "end_s", "top", "skipped",
 
 Close codes: 1008 bad or missing API key, 1013 too many streams or models not ready,
 1009 frame larger than ``max_frame_kb``, 1003 a binary opening message, 1007 a malformed
-opening message or bad PCM, 1001 idle for ``stream_idle_s``, 1011 an internal error.
+opening message or bad PCM, 1001 idle for ``stream_idle_s``, 1011 an internal error or a
+tail (the results after ``end``) not delivered within ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -153,17 +154,43 @@ async def _serve(ws: WebSocket, stream: LiveStream, settings: Settings, metrics:
                     raise Close(1007, exc.message) from None
             elif _is_end(message.get("text")):
                 break
-        await stream.finish()
-        await sender
+        await _tail(ws, stream, sender, settings)
     except BaseException:
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
         raise
-    await _send(
-        ws, {"type": "end", "windows": stream.windows_total, "skipped": stream.skipped_total}
-    )
     await ws.close(1000, "end of stream")
+
+
+async def _tail(
+    ws: WebSocket, stream: LiveStream, sender: asyncio.Future[None], settings: Settings
+) -> None:
+    """After ``{"type": "end"}``: the last windows, their results and the end message,
+    within ``timeout_s``. ``finish`` waits for room that only the sender makes (by delivering
+    results), so a sender that ends first (the client left, a send or the engine failed)
+    ends the stream with its error instead of leaving ``finish`` waiting forever."""
+    finish = asyncio.ensure_future(stream.finish())
+    try:
+        async with asyncio.timeout(settings.timeout_s) as limit:
+            await asyncio.wait({finish, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if not finish.done():
+                sender.result()  # the sender failed: raise its error
+                raise RuntimeError("the results ended before the stream did")
+            finish.result()
+            await sender
+            end = {"type": "end", "windows": stream.windows_total, "skipped": stream.skipped_total}
+            await _send(ws, end)
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise Close(
+            1011, f"the end of the stream took over {settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
+        ) from None
+    finally:
+        finish.cancel()
+        with contextlib.suppress(BaseException):
+            await finish
 
 
 def _is_end(text: str | None) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,12 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from service.core.stream import LiveStream
 from tests.conftest import shared_path
 from tests.service.conftest import (
     RATE,
     LiveServer,
+    engine_held,
     noise,
     parse_metrics,
     settings_for,
@@ -259,3 +263,57 @@ def test_api_key_in_header_and_too_many_streams(server: LiveServer) -> None:
     assert (code, "streams are open") == (1013, reason[reason.find("streams") :][:16])
     # a broken or refused stream leaves the service serving the others
     assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_a_client_gone_after_end_frees_its_stream(
+    tagger_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sends end and leaves at once, reading nothing, while the stream still owes it
+    the tail: windows in flight, one waiting, the padded last one waiting for room. Sending
+    to the gone client fails; the stream must end and give back its place (the only one, so
+    the next client would be refused 1013), not wait for room forever. The engine is held
+    until the client is gone and the stream is in ``finish``."""
+    live = LiveServer(settings_for(tagger_bundle, max_streams=1)).start()
+    finishing = threading.Event()
+    finish = LiveStream.finish
+
+    async def observed(self: LiveStream) -> None:
+        finishing.set()
+        await finish(self)
+
+    monkeypatch.setattr(LiveStream, "finish", observed)
+    url = ws_url(live.url)
+    opening = {"window_s": 2, "hop_s": 1, "top_k": 3}
+    wave = noise(5.5, 21)  # windows at 0, 1, 2, 3 and the padded one at 4
+
+    async def end_and_leave() -> None:
+        async with connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"sample_rate": RATE, "sample_format": "float32", **opening}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            for chunk in np.array_split(wave, 11):
+                await ws.send(chunk.astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            async with asyncio.timeout(30):
+                while not finishing.is_set():
+                    await asyncio.sleep(0.01)
+        # leaving the block closed the connection: nothing was read after ready
+
+    def open_streams() -> float:
+        with live.client() as client:
+            return sum(parse_metrics(client.get("/metrics").text)["panns_open_streams"].values())
+
+    try:
+        with engine_held(live):
+            asyncio.run(end_and_leave())
+        deadline = time.monotonic() + 5
+        while live.app.state.open_streams or open_streams():
+            assert time.monotonic() < deadline, "the stream of the gone client is still open"
+            time.sleep(0.05)
+        monkeypatch.setattr(LiveStream, "finish", finish)
+        results, end = asyncio.run(
+            stream_audio(url, wave[:, None], RATE, opening, random_frames(2), paced=True)
+        )
+        assert end == {"type": "end", "windows": 5, "skipped": 0}
+        assert [r["start_s"] for r in results] == [0, 1, 2, 3, 4]
+    finally:
+        live.stop()
