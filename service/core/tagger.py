@@ -12,16 +12,18 @@ files through the same batcher at once, so their windows share batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from service.core.card import ModelCard, OutputKind
-from service.core.errors import DeadlineExceeded, TimedOut
+from service.core.errors import BatcherStopped, DeadlineExceeded, TimedOut
 from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.mixdown import heap
@@ -48,6 +50,9 @@ INLINE_DECODE_BYTES = 2 << 20
 T = TypeVar("T")
 Build = Callable[[FileWork, float], R]
 Bundles = str | Path | Iterable[str | Path] | None
+# Set inside ``Tagger.admit``: the work of this task is counted already.
+_ADMITTED: ContextVar[bool] = ContextVar("panns_admitted", default=False)
+SHUTTING_DOWN = "the service is shutting down"
 
 
 def make_settings(
@@ -91,6 +96,11 @@ class Tagger:
         self._decoders = ThreadPoolExecutor(
             max(1, usable_cores() // fronts), thread_name_prefix="decode"
         )
+        # Requests admitted and not yet answered: ``close`` waits for them before stopping
+        # the batchers, and admits no more once it has begun.
+        self._active = 0
+        self._closing = False
+        self._idle: asyncio.Event | None = None  # made by ``close`` (on its event loop)
 
     async def start(self) -> Tagger:
         """Read every card, then load and warm up every model; raise if one fails."""
@@ -112,11 +122,43 @@ class Tagger:
             raise
 
     async def close(self, timeout_s: float | None = None) -> None:
-        """Finish every queued window (or fail what is left after ``timeout_s``), then stop."""
+        """Refuse new requests, let those admitted already finish (their upload may still be
+        arriving), finish every queued window, then stop; after ``timeout_s`` in all, what is
+        left fails with ``BatcherStopped``."""
+        started = time.monotonic()
+        self._closing = True
+        if self._active:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._idle.wait()
+        if timeout_s is not None:
+            timeout_s = max(0.0, timeout_s - (time.monotonic() - started))
         await self.models.stop(timeout_s)
         if self._engine is not None:
             await self._engine.close()
         self._decoders.shutdown(wait=False)
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request's work from here to its end, so that ``close`` waits for it
+        (a server enters this before reading the request's body); once ``close`` has begun,
+        refuse it with ``BatcherStopped``. Nested in another ``admit``, it does nothing."""
+        if _ADMITTED.get():
+            yield
+            return
+        if self._closing:
+            raise BatcherStopped(SHUTTING_DOWN)
+        self._active += 1
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._active -= 1
+            if not self._active and self._idle is not None:
+                self._idle.set()
 
     async def __aenter__(self) -> Tagger:
         return await self.start()
@@ -223,22 +265,28 @@ class Tagger:
         timeout_s: float | None = None,
     ) -> list[R]:
         """Decode and cut (in a thread), batch and infer, then ``build`` each result."""
-        started = time.monotonic()
-        deadline = started + (timeout_s or self.settings.timeout_s)
-        items = [as_input(s, i) for i, s in enumerate(sources)]
-        try:
-            works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
-        except DeadlineExceeded as exc:
-            raise self._timed_out() from exc
-        self._report(runtime.name, works)
-        try:
-            await self.infer(works, runtime, deadline)
-            return [build(w, started) for w in works]
-        finally:
-            if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > LARGE_REQUEST_BYTES:
-                works.clear()
-                # malloc_trim walks the heap: not on the event loop
-                asyncio.get_running_loop().run_in_executor(self._decoders, release_memory)
+        with self.admit():
+            started = time.monotonic()
+            deadline = started + (timeout_s or self.settings.timeout_s)
+            items = [as_input(s, i) for i, s in enumerate(sources)]
+            try:
+                works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
+            except DeadlineExceeded as exc:
+                raise self._timed_out() from exc
+            self._report(runtime.name, works)
+            try:
+                await self.infer(works, runtime, deadline)
+                return [build(w, started) for w in works]
+            finally:
+                if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > LARGE_REQUEST_BYTES:
+                    works.clear()
+                    self._release_memory()
+
+    def _release_memory(self) -> None:
+        """malloc_trim in a decoding thread (it walks the heap: not on the event loop); not
+        at all once ``close`` shut them down (it must not replace the request's outcome)."""
+        with contextlib.suppress(RuntimeError):  # cannot schedule new futures after shutdown
+            asyncio.get_running_loop().run_in_executor(self._decoders, release_memory)
 
     async def _prepare(
         self, items: list[AudioInput], card: ModelCard, window: WindowSpec, deadline: float
@@ -252,9 +300,15 @@ class Tagger:
         alloc = heap if self._engine is None else self._engine.waveform
         if len(quick) == len(sizes) and sum(quick) <= INLINE_DECODE_BYTES:
             return prepare(items, card, window, self.limits, alloc, deadline)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._decoders, prepare, items, card, window, self.limits, alloc, deadline
-        )
+        try:
+            decoding = asyncio.get_running_loop().run_in_executor(
+                self._decoders, prepare, items, card, window, self.limits, alloc, deadline
+            )
+        except RuntimeError:  # cannot schedule new futures after shutdown: ``close`` ran
+            if not self._closing:
+                raise
+            raise BatcherStopped(SHUTTING_DOWN) from None
+        return await decoding
 
     def _report(self, model: str, works: list[FileWork]) -> None:
         if self.events is None:

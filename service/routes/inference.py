@@ -103,15 +103,19 @@ async def run_upload(
     call: Callable[[Tagger, str, list[AudioInput]], Coroutine[Any, Any, list[R]]],
     present: Callable[[R], Json],
 ) -> OrjsonResponse:
-    """Read the body, resolve the model (query or form field), run ``call``, present results."""
+    """Read the body, resolve the model (query or form field), run ``call``, present results.
+
+    Admitted by the tagger first: a drain (SIGTERM) waits for a request whose body is still
+    arriving, and refuses one that comes after it began (503 ``shutting_down``)."""
     tagger, settings = tagger_of(request), settings_of(request)
-    tagger.models.get(model) if model else tagger.model()  # 503/404 before reading the body
-    limits = BodyLimits.of(settings)
-    body = await read_body(request, limits)
-    runtime = tagger.model(model or body.fields.get("model") or None)
-    request.state.model = runtime.name
-    inputs = _inputs(body, pcm)
-    results = await watch(request, call(tagger, runtime.name, inputs))
+    with tagger.admit():
+        tagger.models.get(model) if model else tagger.model()  # 503/404 before the body
+        limits = BodyLimits.of(settings)
+        body = await read_body(request, limits)
+        runtime = tagger.model(model or body.fields.get("model") or None)
+        request.state.model = runtime.name
+        inputs = _inputs(body, pcm)
+        results = await watch(request, call(tagger, runtime.name, inputs))
     raise_if_all_failed(results)
     content = {"model": model_ref(runtime), "results": [present(r) for r in results]}
     return OrjsonResponse(content)

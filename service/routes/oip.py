@@ -255,16 +255,17 @@ async def _read(request: Request) -> InferRequest:
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     tagger = tagger_of(request)
-    runtime = runtime_for(tagger, name, version)  # 404 / 503 before reading the body
-    request.state.model = runtime.name
-    req = await _read(request)
-    sources = _sources(req, runtime.card, settings_of(request).max_files)
-    wanted = _outputs(req, runtime)
-    window = _window(req.parameters)
-    call = tagger.tensors_many(
-        sources, model=runtime.name, kinds=[k for _, k, _ in wanted], window=window
-    )
-    results = await watch(request, call)
+    with tagger.admit():  # a drain waits for this request, body and all
+        runtime = runtime_for(tagger, name, version)  # 404 / 503 before reading the body
+        request.state.model = runtime.name
+        req = await _read(request)
+        sources = _sources(req, runtime.card, settings_of(request).max_files)
+        wanted = _outputs(req, runtime)
+        window = _window(req.parameters)
+        call = tagger.tensors_many(
+            sources, model=runtime.name, kinds=[k for _, k, _ in wanted], window=window
+        )
+        results = await watch(request, call)
     _raise_first_error(results)
     tensors = []
     for out_name, kind, asked in wanted:

@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -223,3 +224,49 @@ def test_a_failed_drain_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in failed] == ["draining failed"]
     assert failed[0].exc_info is not None and "the drain broke" in str(failed[0].exc_info[1])
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def wait_inflight(url: str, count: int) -> None:
+    """Until ``count`` inference requests are in the app (``panns_inflight_requests``): the
+    middleware counts a request in the turn of the event loop that starts its handler, which
+    runs on until it waits for the body."""
+    deadline = time.monotonic() + 30
+    while (
+        metric_total(parse_metrics(httpx.get(f"{url}/metrics").text), "panns_inflight_requests")
+        < count
+    ):
+        assert time.monotonic() < deadline, "the request never reached the app"
+        time.sleep(0.01)
+
+
+def test_an_upload_still_arriving_at_sigterm_is_answered(tagger_bundle: Path) -> None:
+    """SIGTERM while a request's body is on its way: uvicorn lets the connection finish, and
+    the drain waits for the request (it was accepted) before stopping the batchers and the
+    decoding threads. It used to stop them at once: the FLAC (decoded in a thread) then met
+    a shut-down thread pool, a 500 ``internal_error``."""
+    data = encode(noise(20.0, seed=22), RATE, "FLAC", "PCM_16")
+    half = len(data) // 2
+    with service_process(tagger_bundle, workers=1, warmup="none") as svc:
+        url = svc.url
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=60) as sock:
+            head = (
+                f"POST /v1/tag HTTP/1.1\r\nHost: 127.0.0.1:{svc.port}\r\n"
+                f"Content-Type: audio/flac\r\nContent-Length: {len(data)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            sock.sendall(head.encode() + data[:half])
+            wait_inflight(url, 1)  # accepted: its handler waits for the rest of the body
+            svc.proc.send_signal(signal.SIGTERM)
+            wait_refused(f"{url}/healthz", within=5)  # the drain has begun
+            sock.sendall(data[half:])
+            reply = b""
+            while chunk := sock.recv(1 << 16):
+                reply += chunk
+        code = svc.proc.wait(60)
+    output = svc.output()
+    head_bytes, _, body = reply.partition(b"\r\n\r\n")
+    status = head_bytes.split(b"\r\n", 1)[0].decode()
+    assert status.split()[1] == "200", (status, body[:500], output[-3000:])
+    results = json.loads(body)["results"]
+    assert len(results) == 1 and results[0]["top"], body[:500]
+    assert code == 0, output[-3000:]

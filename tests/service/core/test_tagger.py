@@ -9,6 +9,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,3 +183,37 @@ def test_a_refused_input_is_let_go_at_once(tagger_bundle: Path) -> None:
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_work_the_drain_gave_up_on_fails_with_batcher_stopped(tagger_bundle: Path) -> None:
+    """``close(timeout_s)`` past its time stops the batchers and the decoding threads: a
+    request decoded before then, ending after (its heap trimmed in a decoding thread), and
+    one decoding after then fail with ``BatcherStopped`` (503 ``shutting_down``), never with
+    the thread pool's ``RuntimeError: cannot schedule new futures after shutdown`` (500)."""
+    big = noise(270.0, seed=23)  # decoded, over LARGE_REQUEST_BYTES: trimmed afterwards
+    flac = encode(noise(5.0, seed=24), RATE, "FLAC", "PCM_16")  # decoded in a thread
+
+    async def go() -> list[str]:
+        tagger = await Tagger(settings=settings_for(tagger_bundle, max_audio_s=300)).start()
+        decoded, resume = asyncio.Event(), asyncio.Event()
+        infer = tagger.infer
+
+        async def held(*args: Any) -> None:
+            decoded.set()
+            await resume.wait()
+            await infer(*args)
+
+        tagger.infer = held  # type: ignore[method-assign]
+        first = asyncio.create_task(tagger.tag((big, RATE)))
+        await decoded.wait()
+        await tagger.close(timeout_s=0)  # gives up on it at once
+        resume.set()
+        errors = []
+        for work in (first, tagger.tag(flac)):
+            try:
+                await work
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+        return errors
+
+    assert asyncio.run(go()) == ["BatcherStopped", "BatcherStopped"]
