@@ -21,6 +21,7 @@ from service.routes.docs import PROTECTED
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
+FRONT_READY_WAIT_S = 10.0
 
 
 async def _load(tagger: Tagger, on_failure: Callable[[], None] | None) -> None:
@@ -38,6 +39,12 @@ def _lifespan(tagger: Tagger, on_failure: Callable[[], None] | None):  # type: i
         check_bundles(tagger.settings)  # a wrong path stops the start-up at once
         # Load and warm up in the background: /healthz answers and /readyz says 503 meanwhile.
         loader = asyncio.create_task(_load(tagger, on_failure), name="load-models")
+        if tagger.settings.engine_socket:
+            # A front shares the listening socket with the others: it starts taking
+            # connections once it is ready (the engine loaded), if that comes soon, so that a
+            # front that starts (or replaces a dead one) beside ready ones answers no client
+            # with 503 not_ready. A long load (a first start) goes on in the background.
+            await asyncio.wait({loader}, timeout=FRONT_READY_WAIT_S)
         try:
             yield
         finally:

@@ -91,7 +91,8 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
                     range(16),
                 )
             )
-        assert all(r.status_code == 200 for r in answers), answers[0].text
+        refused = [(r.status_code, r.text[:300]) for r in answers if r.status_code != 200]
+        assert not refused, refused
         # the same numbers whichever front answered, and each clip its own (the fronts
         # decode into shared memory: no window may be read after another took its place)
         scores = [
