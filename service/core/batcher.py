@@ -43,7 +43,13 @@ from typing import Protocol, cast
 import numpy as np
 
 from service.core.engine_threads import EngineThreads
-from service.core.errors import BatcherStopped, DeadlineExceeded, QueueFull, TooManyWindows
+from service.core.errors import (
+    SHUTTING_DOWN,
+    BatcherStopped,
+    DeadlineExceeded,
+    QueueFull,
+    TooManyWindows,
+)
 from service.core.fairqueue import FairQueue, Ticket
 
 log = logging.getLogger("service.core.batcher")
@@ -223,7 +229,7 @@ class Batcher:
 
     def _admit(self, count: int) -> None:
         if self._closing or self._wakeup is None:
-            raise BatcherStopped("the service is shutting down")
+            raise BatcherStopped(SHUTTING_DOWN)
         if count > self.max_queue:
             raise TooManyWindows(count, self.max_queue)
         if self.depth + count > self.max_queue:

@@ -95,6 +95,9 @@ class DeadlineExceeded(Exception):
     code = "timeout"
 
 
+SHUTTING_DOWN = "the service is shutting down"  # why work is refused once a drain began
+
+
 class BatcherStopped(Exception):
     """The batcher is shutting down and takes no new work (or gave up on queued work)."""
 

@@ -103,7 +103,6 @@ class _Budget:
     limits: Limits
     seconds: float = 0.0
     windows: int = 0
-    window_samples: int = 0  # the windows' lengths, summed
 
 
 def _check_window_budget(budget: _Budget, count: int, window: int, card: ModelCard) -> None:
@@ -115,9 +114,10 @@ def _check_window_budget(budget: _Budget, count: int, window: int, card: ModelCa
             f"this request would cut {budget.windows + count} windows: the limit is "
             f"{limits.max_windows} per request (use a longer hop_s or fewer files)"
         )
+    # every file of a request is cut with the same window
     allowed = limits.max_windows * card.clip_samples
-    if budget.window_samples + count * window > allowed:
-        total_s = (budget.window_samples + count * window) / rate
+    if (budget.windows + count) * window > allowed:
+        total_s = (budget.windows + count) * window / rate
         raise TooMuchWork(
             f"this request's windows would hold {total_s:g} s of audio in all: the limit is "
             f"{allowed / rate:g} s ({limits.max_windows} windows of {card.clip_samples / rate:g}"
@@ -144,7 +144,6 @@ def _prepare_one(
         work.windows = cut(work.decoded.waveform, *cut_at, spec.pad, card.min_samples)
         budget.seconds += work.decoded.duration_s
         budget.windows += count
-        budget.window_samples += count * cut_at[0]
     except AudioTooLong as exc:
         work.error = exc
         if allowed < limits.per_file_s:

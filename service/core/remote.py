@@ -27,7 +27,7 @@ import numpy as np
 from service.core.backends import BatchInput
 from service.core.batcher import WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
-from service.core.errors import BatcherStopped, DeadlineExceeded, NotReady
+from service.core.errors import SHUTTING_DOWN, BatcherStopped, DeadlineExceeded, NotReady
 from service.core.handoff import Arena, send_arena
 from service.core.models import ModelRuntime, Models
 from service.core.wire import Frames, decode_results, raise_remote, receive
@@ -230,7 +230,7 @@ class RemoteQueue:
         waiting = [f for f in self.client._pending.values() if not f.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        self.client.fail_pending("the service is shutting down")
+        self.client.fail_pending(SHUTTING_DOWN)
 
 
 async def connect_models(models: Models, path: str) -> EngineClient:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from service.core.card import ModelCard, OutputKind
-from service.core.errors import BatcherStopped, DeadlineExceeded, TimedOut
+from service.core.errors import SHUTTING_DOWN, BatcherStopped, DeadlineExceeded, TimedOut
 from service.core.heap import LARGE_REQUEST_BYTES, release_memory
 from service.core.inputs import AudioInput, Source, as_input
 from service.core.mixdown import heap
@@ -52,7 +52,6 @@ Build = Callable[[FileWork, float], R]
 Bundles = str | Path | Iterable[str | Path] | None
 # Set inside ``Tagger.admit``: the work of this task is counted already.
 _ADMITTED: ContextVar[bool] = ContextVar("panns_admitted", default=False)
-SHUTTING_DOWN = "the service is shutting down"
 
 
 def make_settings(
@@ -265,14 +264,11 @@ class Tagger:
         timeout_s: float | None = None,
     ) -> list[R]:
         """Decode and cut (in a thread), batch and infer, then ``build`` each result."""
-        with self.admit():
+        with self.admit(), self._deadline_is_504():
             started = time.monotonic()
             deadline = started + (timeout_s or self.settings.timeout_s)
             items = [as_input(s, i) for i, s in enumerate(sources)]
-            try:
-                works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
-            except DeadlineExceeded as exc:
-                raise self._timed_out() from exc
+            works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
             self._report(runtime.name, works)
             try:
                 await self.infer(works, runtime, deadline)
@@ -320,15 +316,17 @@ class Tagger:
                 self.events.file_done(model, work.decoded.duration_s)
 
     async def infer(self, works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
-        try:
-            await infer(works, runtime, deadline)  # the batcher enforces the deadline
-        except DeadlineExceeded as exc:
-            raise self._timed_out() from exc
+        await infer(works, runtime, deadline)  # the batcher enforces the deadline
 
-    def _timed_out(self) -> TimedOut:
-        return TimedOut(
-            f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
-        )
+    @contextlib.contextmanager
+    def _deadline_is_504(self) -> Iterator[None]:
+        """The deadline passed (waiting to decode, or in the batcher): ``TimedOut``."""
+        try:
+            yield
+        except DeadlineExceeded as exc:
+            raise TimedOut(
+                f"not done within the deadline of {self.settings.timeout_s:g} s (PANNS_TIMEOUT_S)"
+            ) from exc
 
 
 def _one(results: list[R]) -> R:
