@@ -113,13 +113,11 @@ class EngineClient:
         try:
             await self._sent(self._frames, {**header, "id": rid}, payload, future)
             return await future
-        except asyncio.CancelledError:
-            self._pending.pop(rid, None)
-            # posted, not awaited: a cancelled request does not wait for a slow engine to read
-            self._frames.post({"op": "cancel", "id": rid})
-            raise
-        except BaseException:
+        except BaseException as exc:
             self._pending.pop(rid, None)  # nobody awaits its answer any more
+            if isinstance(exc, asyncio.CancelledError):  # the engine may drop its windows
+                # posted, not awaited: a cancelled request does not wait for a slow engine
+                self._frames.post({"op": "cancel", "id": rid})
             raise
 
     @staticmethod
