@@ -12,6 +12,7 @@ import sys
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.core.card import BundleError
@@ -58,8 +59,20 @@ def uvicorn_config(settings: Settings) -> dict[str, object]:
     }
 
 
+def _settings_or_exit() -> Settings:
+    """The settings, or exit with one line per bad ``PANNS_*`` variable (not a traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        lines = [
+            f"  PANNS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        sys.exit("cannot serve: bad settings\n" + "\n".join(lines))
+
+
 def main() -> None:
-    settings = get_settings()
+    settings = _settings_or_exit()
     configure_logging(settings.log_level)
     try:
         check_bundles(settings)

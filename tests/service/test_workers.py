@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,3 +118,20 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
         _stream_scores_like_tag(url)
     # Leaving the block sent SIGTERM: the engine and both fronts stopped cleanly.
     assert proc.returncode == 0, svc.output()[-2000:]
+
+
+def test_bad_settings_stop_the_start_with_one_line_each(tagger_bundle: Path) -> None:
+    """A bad ``PANNS_*`` value names the variable and why, instead of a traceback."""
+    env = {
+        **os.environ,
+        "PANNS_MODELS": str(tagger_bundle),
+        "PANNS_WORKERS": "-1",
+        "PANNS_MAX_BATCH": "many",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "PANNS_WORKERS: Input should be greater than or equal to 0" in done.stderr
+    assert "PANNS_MAX_BATCH: Input should be a valid integer" in done.stderr
