@@ -32,7 +32,7 @@ def _is_public(host: str) -> bool:
         return host not in ("localhost",)
 
 
-def _stop_on_failure() -> None:
+def stop_on_failure() -> None:
     """A model that cannot load will never serve: stop, so the orchestrator restarts us."""
     log.error("exiting: the models could not be loaded")
     _state["failed"] = True
@@ -40,6 +40,11 @@ def _stop_on_failure() -> None:
 
 
 _state = {"failed": False}
+
+
+def load_failed() -> bool:
+    """Whether ``stop_on_failure`` ran: the process exits with status 1."""
+    return _state["failed"]
 
 
 def uvicorn_config(settings: Settings) -> dict[str, object]:
@@ -91,9 +96,9 @@ def main() -> None:
         from service.supervisor import supervise
 
         sys.exit(supervise(settings))
-    app = create_app(settings, on_load_failure=_stop_on_failure)
+    app = create_app(settings, on_load_failure=stop_on_failure)
     run_server(app, settings)
-    sys.exit(1 if _state["failed"] else 0)
+    sys.exit(1 if load_failed() else 0)
 
 
 class DrainingServer(uvicorn.Server):

@@ -191,14 +191,18 @@ def front_main(fd: int) -> int:
     # A SIGTERM before uvicorn takes over (a front replaced just as the service stops)
     # ends this front cleanly instead of by the signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from service.__main__ import run_server
+    from service.__main__ import load_failed, run_server, stop_on_failure
     from service.app import create_app
     from service.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    run_server(create_app(settings), settings, socket.socket(fileno=fd))
-    return 0
+    # A front that cannot reach a ready engine (it failed, or is not ready after
+    # ``EngineClient.connect``'s wait) exits, so the supervisor starts a fresh one that waits
+    # again; staying up would leave it answering 503 not_ready for ever, beside ready fronts.
+    app = create_app(settings, on_load_failure=stop_on_failure)
+    run_server(app, settings, socket.socket(fileno=fd))
+    return 1 if load_failed() else 0
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,3 +139,54 @@ def test_bad_settings_stop_the_start_with_one_line_each(tagger_bundle: Path) -> 
     assert "Traceback" not in done.stderr, done.stderr
     assert "PANNS_WORKERS: Input should be greater than or equal to 0" in done.stderr
     assert "PANNS_MAX_BATCH: Input should be a valid integer" in done.stderr
+
+
+def _engine_that_never_loads(path: str, done: threading.Event) -> None:
+    """A stand-in engine on a real Unix socket: it takes a front's arena and answers its
+    hello with the failure a real engine sends when its models do not load."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(4)
+        server.settimeout(60)
+        conn, _ = server.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 5, 1)
+            for fd in fds:
+                os.close(fd)
+            (size,) = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))
+            hello = json.loads(conn.recv(size, socket.MSG_WAITALL))
+            answer = json.dumps(
+                {"id": hello["id"], "ok": False, "ready": False, "error": "never", "bytes": 0}
+            ).encode()
+            conn.sendall(struct.pack("<I", len(answer)) + answer)
+            done.wait(60)
+
+
+def test_a_front_without_a_ready_engine_exits_to_be_replaced(
+    tagger_bundle: Path, tmp_path: Path
+) -> None:
+    """A front whose engine is not ready when its wait ends exits with status 1 (the
+    supervisor starts a fresh one), rather than answering 503 not_ready for ever."""
+    path, done = str(tmp_path / "engine.sock"), threading.Event()
+    engine = threading.Thread(target=_engine_that_never_loads, args=(path, done), daemon=True)
+    engine.start()
+    (tmp_path / "metrics").mkdir()
+    env = {
+        **os.environ,
+        "PANNS_MODELS": str(tagger_bundle),
+        "PANNS_ENGINE_SOCKET": path,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        front = subprocess.Popen(
+            [sys.executable, "-m", "service.supervisor", "front", str(listener.fileno())],
+            env=env,
+            pass_fds=(listener.fileno(),),
+        )
+        try:
+            assert front.wait(timeout=90) == 1
+        finally:
+            done.set()
+            if front.poll() is None:
+                front.kill()
+                front.wait()
