@@ -14,7 +14,11 @@ reported as unsupported). Prints JSON:
   processes of the server's tree, from /proc), client CPU ms per clip, machine busy %, and
   the cores other processes kept busy meanwhile (when that is not ~0, clips/s and the scaling
   ratio measure the neighbours; CPU per clip still holds);
-* ``scaling``: clips/s of each worker setting over the first one's, per format;
+* ``scaling``: clips/s of each worker setting over the first one's, per format; with
+  ``--rounds N`` the settings run N times, alternating their order (1,2 then 2,1: the VM's
+  drift over a round cancels), and the ratio is the median of the rounds' ratios
+  (``scaling.per_round`` lists them; ``load`` holds the first round in full, ``rounds`` the
+  clips/s and CPU per clip of every round);
 * ``stages`` (``--no-stages`` to skip): CPU ms per clip of each stage, timed in-process on the
   service's own functions (``benchmarks/stages.py``), and what the load run's server CPU per
   clip leaves unattributed to them (HTTP parsing, routing, the event loop, batching).
@@ -202,10 +206,9 @@ def build_requests(
     return requests, raw
 
 
-def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """clips/s of every worker setting over the first one's, per format."""
-    settings = list(load)
-    out: dict[str, Any] = {"baseline_workers": settings[0]}
+def _ratios(load: dict[str, dict[str, Any]], settings: list[str]) -> dict[str, Any]:
+    """clips/s of every worker setting over the first one's, per format (one round)."""
+    out: dict[str, Any] = {}
     for fmt in load[settings[0]]:
         base = load[settings[0]][fmt].get("clips_per_s")
         out[fmt] = {
@@ -217,6 +220,51 @@ def scaling(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for w in settings[1:]
         }
     return out
+
+
+def scaling(rounds: list[dict[str, dict[str, Any]]], settings: list[str]) -> dict[str, Any]:
+    """Per format and setting, the median over the rounds of clips/s over the baseline's."""
+    each = [_ratios(load, settings) for load in rounds]
+    out: dict[str, Any] = {"baseline_workers": settings[0]}
+    for fmt in each[0]:
+        out[fmt] = {}
+        for w in settings[1:]:
+            values = [r[fmt][w] for r in each if r[fmt][w] is not None]
+            out[fmt][w] = round(statistics.median(values), 2) if values else None
+    if len(rounds) > 1:
+        out["per_round"] = {
+            fmt: {w: [r[fmt][w] for r in each] for w in settings[1:]} for fmt in each[0]
+        }
+    return out
+
+
+def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One round's clips/s and server CPU ms per clip, per setting and format."""
+    keys = ("clips_per_s", "server_cpu_ms_per_clip", "server_cpu_ms_per_clip_by_role")
+    return {
+        w: {fmt: {k: m.get(k) for k in keys} for fmt, m in formats.items()}
+        for w, formats in load.items()
+    }
+
+
+def run_rounds(
+    bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace, result: dict[str, Any]
+) -> list[dict[str, dict[str, Any]]]:
+    """Every worker setting, ``args.rounds`` times; odd rounds in the reverse order."""
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for index in range(args.rounds):
+        order = args.workers if index % 2 == 0 else args.workers[::-1]
+        load: dict[str, dict[str, Any]] = {}
+        for workers in order:
+            load[workers] = run_setting(workers, bundle, requests, args)
+            if index == 0:
+                result["load"] = load
+            save_json(args.json, result)  # a run cut short keeps the settings it finished
+        rounds.append({w: load[w] for w in args.workers})
+        if args.rounds > 1:
+            result["rounds"] = [brief(r) for r in rounds]
+    result["load"] = rounds[0]
+    return rounds
 
 
 def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
@@ -277,12 +325,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="K=V",
         help="extra environment for the service (repeatable)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the worker settings this many times, alternating their order (median ratio)",
+    )
     p.add_argument("--ready-timeout-s", type=float, default=180.0)
     p.add_argument("--no-stages", action="store_true", help="skip the in-process stage timings")
     p.add_argument("--stage-repeats", type=int, default=15)
     p.add_argument("--json", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     args.workers = [w.strip() for w in args.workers.split(",") if w.strip()]
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = [f for f in args.formats if f not in FORMATS]
     if unknown:
@@ -327,11 +383,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             },
             "load": {},
         }
-        for workers in args.workers:
-            result["load"][workers] = run_setting(workers, bundle, requests, args)
-            save_json(args.json, result)  # a run cut short keeps the settings it finished
+        rounds = run_rounds(bundle, requests, args, result)
         if len(args.workers) > 1:
-            result["scaling"] = scaling(result["load"])
+            result["scaling"] = scaling(rounds, args.workers)
         if not args.no_stages:
             from benchmarks.stages import all_stages
 

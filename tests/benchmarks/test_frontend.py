@@ -4,6 +4,7 @@ short load run (so the benchmark keeps working as the service changes; no timing
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +60,17 @@ def test_one_short_load_run() -> None:
     pcm = result["load"]["1"]["pcm"]
     assert pcm["supported"] or pcm["status"] == 415
     assert result["machine"]["cpus"] >= 1
+
+
+def _round(one: float, two: float) -> dict[str, dict[str, Any]]:
+    return {"1": {"wav32k": {"clips_per_s": one}}, "2": {"wav32k": {"clips_per_s": two}}}
+
+
+def test_scaling_is_the_median_of_the_rounds_ratios() -> None:
+    """Rounds measured minutes apart: each round's ratio stands alone, the median sums up."""
+    rounds = [_round(100, 150), _round(200, 250), _round(100, 120)]
+    out = frontend.scaling(rounds, ["1", "2"])
+    assert out["per_round"] == {"wav32k": {"2": [1.5, 1.25, 1.2]}}
+    assert out["wav32k"] == {"2": 1.25} and out["baseline_workers"] == "1"
+    assert "per_round" not in frontend.scaling(rounds[:1], ["1", "2"])
+    assert frontend.scaling([_round(0, 10)], ["1", "2"])["wav32k"] == {"2": None}
