@@ -178,9 +178,23 @@ def _windows(
         return ValueError(f"a submit without usable window lengths: {exc!r}")
     try:  # a malformed offset (or inline payload) fails this request alone
         if "ats" not in header:
-            return windows_at(np.frombuffer(payload, np.float32), packed(lengths), lengths)
+            floats = np.frombuffer(payload, np.float32)
+            return windows_at(floats, _inline_offsets(header, lengths), lengths)
+        if "inline_ats" in header:
+            return ValueError("a submit with both arena and inline offsets")
         if arena is None:
             return ConnectionError("windows in an arena this front never sent")
         return windows_at(arena, [int(at) for at in header["ats"]], lengths)
     except (TypeError, ValueError) as exc:
         return ValueError(f"unusable window offsets: {exc}")
+
+
+def _inline_offsets(header: dict[str, Any], lengths: list[int]) -> list[int]:
+    """Where each window starts in an inline payload: at ``inline_ats`` (overlapping windows
+    sent as the span they cover), else end to end."""
+    ats = header.get("inline_ats")
+    if ats is None:
+        return packed(lengths)
+    if not isinstance(ats, list):
+        raise TypeError(f"inline_ats is a {type(ats).__name__}, not a list")
+    return [int(at) for at in ats]

@@ -15,9 +15,12 @@ the engine still reads for a live request. (A cancelled or expired request is an
 once; a batch already cut may still read its windows then (stacking them, or on CUDA copying
 them into its staging buffer when the run starts), which can only change that request's own
 rows, discarded anyway: rows of a batch are independent.) Only waveforms
-decoded whole (up to 2**20 frames, about 33 s at 32 kHz) are written into the arena; longer
-ones are copied in window by window. When the arena cannot hold what is left to copy (or a
-request is larger than it) all the request's windows go inline through the socket.
+decoded whole (up to 2**20 frames, about 33 s at 32 kHz) are written into the arena; the
+windows of longer (or resampled) ones are copied in (``layout``): windows that overlap (a
+hop shorter than the window) as the one span of the waveform they cover, each sample once,
+not once per window over it (10 times at 10 s / 1 s); others (a zero-padded last window)
+one by one. When the arena cannot hold what is left to copy (or a request is larger than it)
+all the request's windows go inline through the socket, laid out the same way.
 
 The memfd travels once per connection, as ``SCM_RIGHTS`` ancillary data on the Unix socket
 before the stream protocol starts (``send_arena`` / ``receive_arena``).
@@ -34,6 +37,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,22 +123,18 @@ class Arena:
 
     def place(self, windows: Sequence[np.ndarray]) -> list[np.ndarray] | None:
         """``windows`` in the arena: as they are where they lie there already (decoded into
-        it), the others (a zero-padded last window, say) copied into one new extent; None
-        when those do not fit."""
+        it), the others copied into one new extent as ``layout`` lays them out (overlapping
+        views of a heap waveform as the span they cover, a zero-padded last window alone);
+        None when those do not fit."""
         inside = [self.offset_of(w) is not None for w in windows]
         if all(inside):
             return list(windows)
-        outside = sum(int(w.shape[0]) for w, ok in zip(windows, inside, strict=True) if not ok)
-        block = self.array(outside)
+        plan = layout([w for w, ok in zip(windows, inside, strict=True) if not ok])
+        block = self.array(plan.floats)
         if block is None:
             return None
-        out, pos = [], 0
-        for w, ok in zip(windows, inside, strict=True):
-            if not ok:
-                block[pos : pos + w.shape[0]] = w
-                w, pos = block[pos : pos + w.shape[0]], pos + w.shape[0]
-            out.append(w)
-        return out
+        copies = iter(plan.fill(block))
+        return [w if ok else next(copies) for w, ok in zip(windows, inside, strict=True)]
 
     def close(self) -> None:
         os.close(self.fd)
@@ -142,6 +142,128 @@ class Arena:
 
 def _rounded(nbytes: int) -> int:
     return -(-max(nbytes, 1) // ALIGN) * ALIGN
+
+
+@dataclass
+class Layout:
+    """Where a request's windows lie in one float32 block (an arena extent, or an inline
+    payload): ``pieces`` are copied in end to end, and window i is the block's
+    ``[starts[i], starts[i] + lengths[i])``. Windows that overlap (a hop shorter than the
+    window: at 10 s / 1 s each sample lies in 10 windows) share one piece, the span of the
+    waveform they cover, so each sample is copied (and sent) once, not once per window."""
+
+    pieces: list[np.ndarray]  # float32, C-contiguous
+    starts: list[int]  # in floats
+    lengths: list[int]
+
+    @property
+    def floats(self) -> int:
+        return sum(int(p.shape[0]) for p in self.pieces)
+
+    def fill(self, block: np.ndarray) -> list[np.ndarray]:
+        """Copy the pieces into ``block`` (``floats`` long); the windows, as views of it."""
+        pos = 0
+        for piece in self.pieces:
+            block[pos : pos + piece.shape[0]] = piece
+            pos += piece.shape[0]
+        return [block[at : at + n] for at, n in zip(self.starts, self.lengths, strict=True)]
+
+    def payload(self) -> bytes:
+        """The pieces end to end: an inline payload (the one copy of them)."""
+        return b"".join(p.data for p in self.pieces)
+
+
+def layout(windows: Sequence[np.ndarray]) -> Layout:
+    """``windows`` laid out in one block: each run of overlapping (or abutting) views of one
+    buffer as the span it covers (``_spans``), any other window on its own; pieces in the
+    order the windows first use them. One array passed twice is copied once."""
+    spans = _spans(windows)
+    pieces: list[np.ndarray] = []
+    starts: list[int] = []
+    at: dict[int, int] = {}  # id of a piece (all alive in ``pieces``) -> its start
+    end = 0
+    for i, w in enumerate(windows):
+        piece, within = spans.get(i) or (np.ascontiguousarray(w, np.float32), 0)
+        if id(piece) not in at:
+            at[id(piece)], end = end, end + int(piece.shape[0])
+            pieces.append(piece)
+        starts.append(at[id(piece)] + within)
+    return Layout(pieces, starts, [int(w.shape[0]) for w in windows])
+
+
+def _spans(windows: Sequence[np.ndarray]) -> dict[int, tuple[np.ndarray, int]]:
+    """For each window copied as part of a span: that span (one array per run) and where
+    the window starts in it, in floats. Windows are grouped by the buffer they view, and a
+    group split into runs of windows that overlap or abut (``_runs``)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    buffers: dict[tuple[int, int], np.ndarray] = {}
+    for i, w in enumerate(windows):
+        whole = _buffer(w)
+        if whole is not None:  # two live buffers at one address and size are one buffer
+            key = (_address(whole), whole.nbytes)
+            groups.setdefault(key, []).append(i)
+            buffers[key] = whole
+    out: dict[int, tuple[np.ndarray, int]] = {}
+    for key, members in groups.items():
+        for run in _runs(members, windows):
+            span = _span(buffers[key], [windows[i] for i in run])
+            if span is not None:
+                piece, lo = span
+                out.update({i: (piece, (_address(windows[i]) - lo) // 4) for i in run})
+    return out
+
+
+def _runs(members: list[int], windows: Sequence[np.ndarray]) -> list[list[int]]:
+    """``members`` (windows of one buffer) in runs that leave no gap between their windows:
+    two windows far apart in a long waveform are two runs, not one span of all between."""
+    runs: list[list[int]] = []
+    end = -1
+    for i in sorted(members, key=lambda i: _address(windows[i])):
+        at = _address(windows[i])
+        if at > end:
+            runs.append([])
+        runs[-1].append(i)
+        end = max(end, at + windows[i].nbytes)
+    return runs
+
+
+def _buffer(window: np.ndarray) -> np.ndarray | None:
+    """The whole buffer a float32, C-contiguous, 1-D ``window`` is a view of (or its own,
+    when it owns its memory), as bytes; None for any other window (copied alone)."""
+    if window.dtype != np.float32 or window.ndim != 1 or not window.flags.c_contiguous:
+        return None
+    try:
+        return np.frombuffer(window if window.base is None else window.base, np.uint8)
+    except (TypeError, ValueError, BufferError):  # not one contiguous buffer
+        return None
+
+
+def _span(whole: np.ndarray, run: list[np.ndarray]) -> tuple[np.ndarray, int] | None:
+    """The float32 view of ``whole`` that covers every window of ``run``, and its address;
+    None for a lone window, or when copying the span would take more bytes than copying the
+    windows one by one (a run never does: it has no gap), or off one float grid."""
+    if len(run) < 2:
+        return None
+    starts = [_address(w) for w in run]
+    lo, hi = min(starts), max(at + w.nbytes for at, w in zip(starts, run, strict=True))
+    base = _address(whole)
+    if hi - lo > sum(w.nbytes for w in run) or any((at - lo) % 4 for at in starts):
+        return None
+    if lo < base or hi > base + whole.nbytes:  # never: a view lies in its buffer
+        return None
+    return whole[lo - base : hi - base].view(np.float32), lo
+
+
+def _address(array: np.ndarray) -> int:
+    return int(array.__array_interface__["data"][0])
+
+
+def inline(windows: Sequence[np.ndarray]) -> tuple[bytes, list[int] | None]:
+    """An inline payload of ``windows`` (overlapping ones as the span they cover) and each
+    window's byte offset in it; None when they lie end to end, as ``packed`` has them."""
+    plan = layout(windows)
+    ats = [4 * at for at in plan.starts]
+    return plan.payload(), None if ats == packed(plan.lengths) else ats
 
 
 def windows_at(floats: np.ndarray, offsets: list[int], lengths: list[int]) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from service.core.backends import BatchInput
 from service.core.batcher import WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import SHUTTING_DOWN, BatcherStopped, DeadlineExceeded, NotReady
-from service.core.handoff import Arena, send_arena
+from service.core.handoff import Arena, inline, send_arena
 from service.core.models import ModelRuntime, Models
 from service.core.wire import Frames, decode_results, raise_remote, receive
 
@@ -156,8 +156,10 @@ class EngineClient:
         placed = self.arena.place(windows) if self.arena is not None else None
         if placed is not None:
             header["ats"], payload = [self._offset(w) for w in placed], b""
-        else:  # the arena is full: inline, views joined once (the payload is the only copy)
-            payload = b"".join(np.ascontiguousarray(w, np.float32).data for w in windows)
+        else:  # the arena is full: inline (the payload is the only copy; spans sent once)
+            payload, inline_ats = inline(windows)
+            if inline_ats is not None:  # not end to end: overlapping windows share samples
+                header["inline_ats"] = inline_ats
         try:  # the engine enforces the deadline; this holds if the engine stops answering
             async with asyncio.timeout(header["deadline_in"] + _ENGINE_GRACE_S):
                 reply, data = await self._call(header, payload, placed)

@@ -3,8 +3,10 @@
 Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`` bytes.
 A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
 header's ``ats`` say where each starts) unless the arena is full, when they follow the
-header inline, end to end. An answer carries each window's outputs as float32 (its header
-names their kinds and shapes), or an error that the front raises again as the same class.
+header inline: end to end, or where the header's ``inline_ats`` say (byte offsets into the
+payload) when overlapping windows travel as the span they cover. An answer carries each
+window's outputs as float32 (its header names their kinds and shapes), or an error that the
+front raises again as the same class.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from service.core.audio import decode
 from service.core.engine_server import EngineServer
 from service.core.errors import TaggingError
-from service.core.handoff import ALIGN, Arena, windows_at
+from service.core.handoff import ALIGN, Arena, inline, windows_at
 from service.core.remote import EngineClient
 from service.core.tagger import Tagger
 from service.core.windows import cut
@@ -78,6 +78,81 @@ def test_an_extent_comes_back_when_its_last_view_is_gone() -> None:
     del mixed
     del window
     assert arena.free_bytes == arena.size
+    arena.close()
+
+
+def _same_bits(got: list[np.ndarray], sent: list[np.ndarray]) -> bool:
+    return [g.tobytes() for g in got] == [np.asarray(w, np.float32).tobytes() for w in sent]
+
+
+def test_overlapping_windows_of_a_heap_waveform_take_the_span_they_cover() -> None:
+    """A waveform decoded on the heap (too long for the arena, or resampled), cut with a hop
+    shorter than the window: its windows go into one extent as the span they cover, each
+    sample once, not once per window over it (here 10 times)."""
+    arena = Arena(8 << 20)
+    wave = noise(100_000 / RATE, seed=11)  # on the heap
+    windows = [w.samples for w in cut(wave, 10_000, 1_000, True, 1_000)]
+    assert len(windows) == 91 and all(w.base is wave for w in windows)
+    before = arena.free_bytes
+    placed = arena.place(windows)
+    assert placed is not None
+    assert before - arena.free_bytes == wave.nbytes  # 400 KB, not 91 x 40 KB
+    assert _same_bits(placed, windows)
+    first = arena.offset_of(placed[0])
+    assert first is not None
+    hops = [4_000 * i for i in range(91)]
+    assert [arena.offset_of(w) for w in placed] == [first + at for at in hops]  # a hop apart
+    payload, ats = inline(windows)
+    assert len(payload) == wave.nbytes and ats == hops
+    del placed
+    assert arena.free_bytes == arena.size
+    arena.close()
+
+
+def test_a_padded_window_and_windows_already_in_the_arena_go_beside_the_span() -> None:
+    """The zero-padded last window is its own array: copied alone, after the span of the
+    waveform's views; a window decoded into the arena stays where it lies."""
+    arena = Arena(8 << 20)
+    wave = noise(95_500 / RATE, seed=12)
+    windows = [w.samples for w in cut(wave, 10_000, 1_000, True, 1_000)]
+    padded = windows[-1]
+    assert padded.base is None and padded.shape == (10_000,)  # 86_000..95_500, zero-padded
+    decoded = arena.array(5_000)
+    assert decoded is not None
+    decoded[:] = 7.0
+    sent = [decoded[:2_000], *windows, decoded[1_000:3_000]]
+    before = arena.free_bytes
+    placed = arena.place(sent)
+    assert placed is not None and placed[0] is sent[0] and placed[-1] is sent[-1]
+    span = 4 * (85_000 + 10_000)  # the views cover samples 0..95_000
+    assert before - arena.free_bytes == -(-(span + padded.nbytes) // ALIGN) * ALIGN
+    assert _same_bits(placed, sent)
+    first = arena.offset_of(placed[1])
+    assert arena.offset_of(placed[-2]) == int(first or 0) + span  # right after the span
+    del placed, decoded, sent
+    arena.close()
+
+
+def test_windows_far_apart_are_copied_one_by_one() -> None:
+    """Two windows at either end of a long waveform: not the span between them (4 MB), just
+    the two windows; overlapping runs elsewhere in it still share theirs."""
+    arena = Arena(8 << 20)
+    wave = noise(1_000_000 / RATE, seed=13)
+    far = [wave[:10_000], wave[-10_000:]]
+    before = arena.free_bytes
+    placed = arena.place(far)
+    assert placed is not None and before - arena.free_bytes == 80_000
+    assert _same_bits(placed, far)
+    payload, ats = inline(far)
+    assert len(payload) == 80_000 and ats is None  # end to end: the old layout, no offsets
+    runs = [wave[:10_000], wave[500_000:510_000], wave[1_000:11_000], wave[502_000:512_000]]
+    del placed
+    placed = arena.place(runs)  # two runs of two overlapping windows: 11_000 + 12_000 floats
+    assert placed is not None and before - arena.free_bytes == 92_032  # 92_000, aligned
+    assert _same_bits(placed, runs)
+    payload, ats = inline(runs)
+    assert len(payload) == 92_000 and ats == [0, 44_000, 4_000, 52_000]
+    del placed
     arena.close()
 
 
@@ -230,6 +305,14 @@ BAD_OFFSETS = [
     ({"ats": None, "lengths": [10]}, "unusable window offsets"),
     ({"lengths": [10]}, "outside the arena"),  # inline, with no payload
     ({"lengths": [1], "bytes_": b"abc"}, "unusable window offsets"),  # not whole floats
+    # inline, each window at its byte offset in the payload (10 floats here)
+    ({"inline_ats": [8], "lengths": [10], "bytes_": bytes(40)}, "outside the arena"),
+    ({"inline_ats": [2], "lengths": [1], "bytes_": bytes(40)}, "outside the arena"),
+    ({"inline_ats": [-4], "lengths": [1], "bytes_": bytes(40)}, "outside the arena"),
+    ({"inline_ats": [0, 4], "lengths": [1], "bytes_": bytes(40)}, "2 offsets for 1 windows"),
+    ({"inline_ats": 0, "lengths": [1], "bytes_": bytes(40)}, "unusable window offsets"),
+    ({"inline_ats": ["x"], "lengths": [1], "bytes_": bytes(40)}, "unusable window offsets"),
+    ({"ats": [0], "inline_ats": [0], "lengths": [1]}, "both arena and inline offsets"),
 ]
 
 

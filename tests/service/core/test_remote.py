@@ -13,10 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.core.batcher import WindowResult
+from service.core.engine_server import EngineServer, _windows
 from service.core.errors import BatcherStopped
 from service.core.handoff import receive_arena
 from service.core.remote import EngineClient, RemoteQueue
-from service.core.wire import Frames, receive
+from service.core.tagger import Tagger
+from service.core.windows import cut
+from service.core.wire import Frames, encode_results, receive
+from tests.service.conftest import RATE, noise, settings_for
 
 
 async def _stalled_engine(path: str, stalled: asyncio.Event) -> None:
@@ -107,3 +112,107 @@ def test_an_engine_gone_while_a_request_is_sending_is_a_503_not_a_500(tmp_path: 
             assert not client._pending
 
     asyncio.run(main())
+
+
+def _overlapping(seconds: float = 3.05) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A heap waveform cut into 1 s windows every 0.1 s: 22 windows, views of it, and a
+    zero-padded last one (its own array)."""
+    wave = noise(seconds, seed=21)
+    return wave, [w.samples for w in cut(wave, RATE, RATE // 10, True, RATE)]
+
+
+async def _recording_engine(path: str, got: asyncio.Future[tuple[dict[str, Any], bytes]]) -> None:
+    """An engine on a real Unix socket that keeps the first submit's frame as it arrived and
+    answers it with empty outputs."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.setblocking(False)
+    conn, _ = await asyncio.get_running_loop().sock_accept(listener)
+    await receive_arena(conn)
+    reader, writer = await asyncio.open_unix_connection(sock=conn)
+    frames = Frames(writer)
+    try:
+        hello, _ = await receive(reader)
+        await frames.send({"id": hello["id"], "ok": True, "ready": True, "models": {}})
+        header, payload = await receive(reader)
+        got.set_result((header, payload))
+        rows = [WindowResult({}, 0.0, 0.0, 1, 1) for _ in header["lengths"]]
+        await frames.send(*encode_results(header["id"], rows))
+        await asyncio.Event().wait()
+    finally:
+        writer.close()
+        listener.close()
+
+
+def test_overlapping_windows_go_inline_as_the_span_they_cover(tmp_path: Path) -> None:
+    """With no arena, windows a hop apart (here 1 s every 0.1 s) travel as the span of the
+    waveform they cover, each window at its offset in it: the bytes on the socket are the
+    span's (and the padded window's), not 10 copies of each sample; the engine's windows are
+    the front's, bit for bit."""
+    path = str(tmp_path / "engine.sock")
+    wave, windows = _overlapping()
+
+    async def main() -> tuple[dict[str, Any], bytes]:
+        got: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.Future()
+        engine = asyncio.create_task(_recording_engine(path, got))
+        client = EngineClient(path, arena_bytes=0)
+        try:
+            await client.connect(timeout_s=10)
+            results = await client.submit("m", windows, time.monotonic() + 30)
+            assert len(results) == len(windows)
+            return await got
+        finally:
+            await client.close()
+            engine.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await engine
+
+    header, payload = asyncio.run(main())
+    views = sum(w.base is wave for w in windows)
+    assert views == 21 and windows[-1].base is None
+    span = 4 * (20 * RATE // 10 + RATE)  # the views cover 0..3 s
+    assert header["bytes"] == len(payload) == span + windows[-1].nbytes  # 512 KB
+    assert sum(w.nbytes for w in windows) == 2_816_000  # what went before: 5.5 times more
+    assert header["inline_ats"] == [4 * RATE // 10 * i for i in range(21)] + [span]
+    engine_side = _windows(header, payload, None)
+    assert not isinstance(engine_side, Exception)
+    assert [w.tobytes() for w in engine_side] == [w.tobytes() for w in windows]
+
+
+def test_inline_spans_score_as_the_arena_and_the_batcher_do(
+    tagger_bundle: Path, tmp_path: Path
+) -> None:
+    """A real engine: overlapping windows sent inline as their span give the same scores,
+    bit for bit, as through the arena, as windows sent end to end (separate arrays, the old
+    inline layout), and as the engine's own batcher in process."""
+    path = str(tmp_path / "engine.sock")
+    _, windows = _overlapping()
+
+    async def main() -> list[np.ndarray]:
+        tagger = Tagger(settings=settings_for(tagger_bundle, max_delay_ms=1))
+        server = EngineServer(tagger.models, path)
+        await server.start()
+        await tagger.models.load_all()
+        model = next(iter(tagger.models.models))
+        by_socket, by_arena = EngineClient(path, arena_bytes=0), EngineClient(path)
+        await by_socket.connect(30)
+        await by_arena.connect(30)
+        deadline = time.monotonic() + 60
+        outs = [
+            await by_socket.submit(model, windows, deadline),
+            await by_arena.submit(model, windows, deadline),
+            await by_socket.submit(model, [w.copy() for w in windows], deadline),
+        ]
+        batcher = tagger.models.get(model).batcher
+        outs.append(await batcher.submit(windows, time.monotonic() + 60))
+        await by_socket.close()
+        await by_arena.close()
+        await tagger.close()
+        await server.close()
+        return [np.stack([r.outputs["clipwise"] for r in out]) for out in outs]
+
+    inline, arena, end_to_end, in_process = asyncio.run(main())
+    assert inline.shape[0] == len(windows)
+    for other in (arena, end_to_end, in_process):
+        np.testing.assert_array_equal(inline, other)
