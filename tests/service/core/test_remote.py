@@ -24,8 +24,10 @@ from service.core.wire import Frames, encode_results, receive
 from tests.service.conftest import RATE, noise, settings_for
 
 
-async def _stalled_engine(path: str, stalled: asyncio.Event) -> None:
-    """An engine on a real Unix socket that answers the hello, then never reads again."""
+@contextlib.asynccontextmanager
+async def _engine_ready(path: str) -> AsyncIterator[tuple[asyncio.StreamReader, Frames]]:
+    """A stand-in engine on a real Unix socket: it takes one front's arena and answers its
+    hello as ready; the connection stays open until the block ends."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
@@ -33,14 +35,21 @@ async def _stalled_engine(path: str, stalled: asyncio.Event) -> None:
     conn, _ = await asyncio.get_running_loop().sock_accept(listener)
     await receive_arena(conn)
     reader, writer = await asyncio.open_unix_connection(sock=conn)
-    header, _ = await receive(reader)
-    await Frames(writer).send({"id": header["id"], "ok": True, "ready": True, "models": {}})
-    stalled.set()
+    frames = Frames(writer)
     try:
-        await asyncio.Event().wait()  # holds the connection open, reads nothing
+        header, _ = await receive(reader)
+        await frames.send({"id": header["id"], "ok": True, "ready": True, "models": {}})
+        yield reader, frames
     finally:
         writer.close()
         listener.close()
+
+
+async def _stalled_engine(path: str, stalled: asyncio.Event) -> None:
+    """An engine that answers the hello, then never reads again."""
+    async with _engine_ready(path):
+        stalled.set()
+        await asyncio.Event().wait()  # holds the connection open, reads nothing
 
 
 @contextlib.asynccontextmanager
@@ -122,27 +131,14 @@ def _overlapping(seconds: float = 3.05) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 async def _recording_engine(path: str, got: asyncio.Future[tuple[dict[str, Any], bytes]]) -> None:
-    """An engine on a real Unix socket that keeps the first submit's frame as it arrived and
-    answers it with empty outputs."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    listener.setblocking(False)
-    conn, _ = await asyncio.get_running_loop().sock_accept(listener)
-    await receive_arena(conn)
-    reader, writer = await asyncio.open_unix_connection(sock=conn)
-    frames = Frames(writer)
-    try:
-        hello, _ = await receive(reader)
-        await frames.send({"id": hello["id"], "ok": True, "ready": True, "models": {}})
+    """An engine that keeps the first submit's frame as it arrived and answers it with
+    empty outputs."""
+    async with _engine_ready(path) as (reader, frames):
         header, payload = await receive(reader)
         got.set_result((header, payload))
         rows = [WindowResult({}, 0.0, 0.0, 1, 1) for _ in header["lengths"]]
         await frames.send(*encode_results(header["id"], rows))
         await asyncio.Event().wait()
-    finally:
-        writer.close()
-        listener.close()
 
 
 def test_overlapping_windows_go_inline_as_the_span_they_cover(tmp_path: Path) -> None:
