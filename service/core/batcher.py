@@ -194,10 +194,14 @@ class Batcher:
         batches = math.ceil(self.depth / self.max_batch)
         return max(1, math.ceil(batches * max(self._avg_compute_s, 0.01)))
 
-    async def submit(self, windows: Sequence[np.ndarray], deadline: float) -> list[WindowResult]:
+    async def submit(
+        self, windows: Sequence[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
+    ) -> list[WindowResult]:
         """Queue windows (all or none) and wait for their results, in order, until ``deadline``
         (``time.monotonic()`` seconds); then raise ``DeadlineExceeded``. Cancelling the caller
-        drops its windows not yet cut into a batch."""
+        drops its windows not yet cut into a batch. ``kinds`` (the outputs the caller reads)
+        matters only across a process boundary (``RemoteQueue``): here every output of a
+        window is a view of its batch's, free to keep."""
         return await self.enqueue(windows, deadline)
 
     def enqueue(

@@ -29,11 +29,14 @@ def _answer(
     rid: int,
     frames: Frames,
     pending: dict[int, asyncio.Future[list[WindowResult]]],
+    kinds: list[str] | None,
     future: asyncio.Future[list[WindowResult]],
 ) -> None:
-    """A submit's answer, once its future is done. A cancelled one is answered too, which
-    lets the front reuse its arena extent (a batch already cut may still read it, which
-    changes only this request's discarded rows: see ``handoff``)."""
+    """A submit's answer, once its future is done: the outputs of ``kinds`` only (what the
+    front's task reads: a decision-level model's frame scores, 2.1 MB per window, never
+    cross the socket for /v1/tag). A cancelled one is answered too, which lets the front
+    reuse its arena extent (a batch already cut may still read it, which changes only this
+    request's discarded rows: see ``handoff``)."""
     pending.pop(rid, None)
     if frames.is_closing():
         return
@@ -43,7 +46,7 @@ def _answer(
         frames.post(error_header(rid, exc))
     else:
         try:  # a callback's exception would only be logged: the front would wait in vain
-            frames.post(*encode_results(rid, future.result()))
+            frames.post(*encode_results(rid, future.result(), kinds))
         except Exception as failure:  # e.g. MemoryError joining a huge answer
             log.exception("answering submit %d failed", rid)
             frames.post(error_header(rid, failure))
@@ -159,12 +162,23 @@ class EngineServer:
             deadline = time.monotonic() + float(header["deadline_in"])
             if isinstance(windows, Exception):
                 raise windows
+            kinds = _kinds(header)
             future = self.models.get(header["model"]).batcher.enqueue(windows, deadline)
         except Exception as exc:
             frames.post(error_header(rid, exc))
             return
         pending[rid] = future
-        future.add_done_callback(partial(_answer, rid, frames, pending))
+        future.add_done_callback(partial(_answer, rid, frames, pending, kinds))
+
+
+def _kinds(header: dict[str, Any]) -> list[str] | None:
+    """The output kinds a submit asks for (None: every kind the model has)."""
+    kinds = header.get("kinds")
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise ValueError(f"kinds must be a list of names, not {kinds!r:.80}")
+    return kinds
 
 
 def _windows(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.core.audiocheck import AudioError, AudioTooLong, Decoded
 from service.core.batcher import WindowResult
-from service.core.card import ModelCard
+from service.core.card import ModelCard, OutputKind
 from service.core.errors import DeadlineExceeded, InvalidParameters, TaggingError, TooMuchWork
 from service.core.inputs import AudioInput
 from service.core.mixdown import Alloc, heap
@@ -187,13 +188,19 @@ def prepare(
     return works
 
 
-async def infer(works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
-    """Submit every window of every good input at once (admitted all or none)."""
+async def infer(
+    works: list[FileWork],
+    runtime: ModelRuntime,
+    deadline: float,
+    kinds: Sequence[OutputKind] | None = None,
+) -> None:
+    """Submit every window of every good input at once (admitted all or none); ``kinds``: the
+    outputs the results are built from (None: all)."""
     good = [w for w in works if w.error is None]
     samples = [win.samples for w in good for win in w.windows]
     if not samples:
         return
-    results = await runtime.batcher.submit(samples, deadline)
+    results = await runtime.batcher.submit(samples, deadline, kinds)
     offset = 0
     for work in good:
         work.results = results[offset : offset + len(work.windows)]

@@ -20,6 +20,7 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -145,14 +146,22 @@ class EngineClient:
             raise BatcherStopped(f"the engine process went away: {broken}")
 
     async def submit(
-        self, model: str, windows: list[np.ndarray], deadline: float
+        self,
+        model: str,
+        windows: list[np.ndarray],
+        deadline: float,
+        kinds: Sequence[str] | None = None,
     ) -> list[WindowResult]:
+        """The windows' results from the engine, with the outputs of ``kinds`` only (None:
+        every kind the model has)."""
         header: dict[str, Any] = {
             "op": "submit",
             "model": model,
             "lengths": [int(w.shape[0]) for w in windows],
             "deadline_in": max(0.0, deadline - time.monotonic()),
         }
+        if kinds is not None:
+            header["kinds"] = sorted(kinds)
         placed = self.arena.place(windows) if self.arena is not None else None
         if placed is not None:
             header["ats"], payload = [self._offset(w) for w in placed], b""
@@ -219,8 +228,10 @@ class RemoteQueue:
     def __init__(self, client: EngineClient, model: str) -> None:
         self.client, self.model = client, model
 
-    async def submit(self, windows: list[np.ndarray], deadline: float) -> list[WindowResult]:
-        return await self.client.submit(self.model, windows, deadline)
+    async def submit(
+        self, windows: list[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
+    ) -> list[WindowResult]:
+        return await self.client.submit(self.model, windows, deadline, kinds)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` for this front's requests still with the engine, then fail

@@ -29,7 +29,7 @@ import soxr
 
 from service.core.audiocheck import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
 from service.core.batcher import WindowResult
-from service.core.card import ModelCard
+from service.core.card import ModelCard, OutputKind
 from service.core.errors import BatcherStopped, DeadlineExceeded, InvalidParameters, QueueFull
 from service.core.mixdown import mix_into
 from service.core.models import ModelRuntime
@@ -37,6 +37,9 @@ from service.core.pipeline import WindowSpec
 from service.core.results import Event, FrameTrack, Top, events, top_entries, tracks
 from service.core.tasks import DetectOptions
 from service.core.windows import frames_spanning, window_starts
+
+# the outputs a window's result is built from (frame scores where the model has them)
+STREAM_KINDS: list[OutputKind] = ["clipwise", "framewise"]
 
 _KNOWN = {
     "type",
@@ -324,7 +327,7 @@ class LiveStream:
         start, end, samples = self._ready
         self._ready = None
         deadline = time.monotonic() + self.timeout_s
-        task = asyncio.ensure_future(self.runtime.batcher.submit([samples], deadline))
+        task = asyncio.ensure_future(self.runtime.batcher.submit([samples], deadline, STREAM_KINDS))
         self._queue.append(_Pending(start, end, self._skipped, task))
         self._skipped = 0
         self.windows_total += 1

@@ -187,7 +187,12 @@ class Tagger:
         runtime, opts = self.model(model), options or TagOptions()
         opts.check(runtime.card)
         return await self.run(
-            runtime, sources, lambda w, t: tag_result(w, runtime.card, opts, t), window, timeout_s
+            runtime,
+            sources,
+            lambda w, t: tag_result(w, runtime.card, opts, t),
+            window,
+            timeout_s,
+            kinds=["clipwise"],
         )
 
     async def embed_many(
@@ -200,7 +205,9 @@ class Tagger:
     ) -> list[EmbedResult]:
         runtime = self.model(model)
         runtime.require("embedding", "embed")
-        return await self.run(runtime, sources, embed_result, window, timeout_s)
+        return await self.run(
+            runtime, sources, embed_result, window, timeout_s, kinds=["embedding"]
+        )
 
     async def detect_many(
         self,
@@ -221,6 +228,7 @@ class Tagger:
             lambda w, t: detect_result(w, runtime.card, opts, t),
             window,
             timeout_s,
+            kinds=["framewise"],
         )
 
     async def tensors_many(
@@ -243,6 +251,7 @@ class Tagger:
             lambda w, t: tensor_result(w, runtime.card, wanted, t),
             window,
             timeout_s,
+            kinds=wanted,
         )
 
     async def tag(self, source: Source, **kwargs: Any) -> TagResult:
@@ -262,8 +271,10 @@ class Tagger:
         build: Build[R],
         window: WindowSpec | None = None,
         timeout_s: float | None = None,
+        kinds: Sequence[OutputKind] | None = None,
     ) -> list[R]:
-        """Decode and cut (in a thread), batch and infer, then ``build`` each result."""
+        """Decode and cut (in a thread), batch and infer, then ``build`` each result from the
+        outputs of ``kinds`` (None: every output; a front asks its engine for these only)."""
         with self.admit(), self._deadline_is_504():
             started = time.monotonic()
             deadline = started + (timeout_s or self.settings.timeout_s)
@@ -271,7 +282,7 @@ class Tagger:
             works = await self._prepare(items, runtime.card, window or WindowSpec(), deadline)
             self._report(runtime.name, works)
             try:
-                await self.infer(works, runtime, deadline)
+                await self.infer(works, runtime, deadline, kinds)
                 return [build(w, started) for w in works]
             finally:
                 if sum(w.decoded.waveform.nbytes for w in works if w.decoded) > LARGE_REQUEST_BYTES:
@@ -315,8 +326,14 @@ class Tagger:
             elif work.decoded is not None:
                 self.events.file_done(model, work.decoded.duration_s)
 
-    async def infer(self, works: list[FileWork], runtime: ModelRuntime, deadline: float) -> None:
-        await infer(works, runtime, deadline)  # the batcher enforces the deadline
+    async def infer(
+        self,
+        works: list[FileWork],
+        runtime: ModelRuntime,
+        deadline: float,
+        kinds: Sequence[OutputKind] | None = None,
+    ) -> None:
+        await infer(works, runtime, deadline, kinds)  # the batcher enforces the deadline
 
     @contextlib.contextmanager
     def _deadline_is_504(self) -> Iterator[None]:

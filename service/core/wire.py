@@ -4,9 +4,10 @@ Frames: 4-byte little-endian header length, JSON header, then ``header["bytes"]`
 A submit's windows lie in the front's shared-memory arena (``service.core.handoff``; the
 header's ``ats`` say where each starts) unless the arena is full, when they follow the
 header inline: end to end, or where the header's ``inline_ats`` say (byte offsets into the
-payload) when overlapping windows travel as the span they cover. An answer carries each
-window's outputs as float32 (its header names their kinds and shapes), or an error that the
-front raises again as the same class.
+payload) when overlapping windows travel as the span they cover. A submit may name the
+output ``kinds`` its door reads; the answer carries each window's outputs of those kinds
+(every kind when it names none) as float32, its header naming their kinds and shapes, or an
+error that the front raises again as the same class.
 """
 
 from __future__ import annotations
@@ -126,8 +127,14 @@ def raise_remote(header: dict[str, Any]) -> None:
     raise cls(*args)
 
 
-def encode_results(rid: int, results: list[WindowResult]) -> tuple[dict[str, Any], bytes]:
+def encode_results(
+    rid: int, results: list[WindowResult], wanted: list[str] | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """A submit's answer: each window's outputs of the ``wanted`` kinds (None: every kind),
+    float32 end to end in the payload."""
     kinds = sorted(results[0].outputs) if results else []
+    if wanted is not None:
+        kinds = [k for k in kinds if k in wanted]
     shapes = [[list(r.outputs[k].shape) for k in kinds] for r in results]
     meta = [[r.queue_s, r.compute_s, r.batch_size, r.batch_id] for r in results]
     payload = b"".join(

@@ -74,3 +74,17 @@ def test_scaling_is_the_median_of_the_rounds_ratios() -> None:
     assert out["wav32k"] == {"2": 1.25} and out["baseline_workers"] == "1"
     assert "per_round" not in frontend.scaling(rounds[:1], ["1", "2"])
     assert frontend.scaling([_round(0, 10)], ["1", "2"])["wav32k"] == {"2": None}
+
+
+def test_nearfree_frame_scores_have_a_decision_level_models_shape(tmp_path: Path) -> None:
+    """``framewise=True``: 100 frames per second at 32 kHz, each the clip's scores."""
+    bundle = build_nearfree_bundle(tmp_path / "nf", clip_s=1.0, fp16=False, framewise=True)
+    card = load_bundle(bundle)
+    assert card.frames_per_second == 100.0
+    assert [o.kind for o in card.outputs] == ["clipwise", "embedding", "framewise"]
+    clips = np.random.default_rng(4).uniform(-0.5, 0.9, (2, 32000)).astype(np.float32)
+    got = load_engine(bundle, device="cpu", precision="fp32").run(clips)
+    assert got["framewise"].shape == (2, 101, 527)
+    want = reference(clips)["framewise_output"]
+    assert np.abs(got["framewise"] - want).max() < 1e-6
+    np.testing.assert_array_equal(got["framewise"][:, 50], got["clipwise"])

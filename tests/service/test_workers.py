@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.core.card import read_card
 from tests.service.conftest import (
     RATE,
     encode,
@@ -26,6 +27,7 @@ from tests.service.conftest import (
     metric_total,
     noise,
     parse_metrics,
+    run_bundle,
     service_process,
 )
 from tests.service.streaming import (
@@ -190,3 +192,42 @@ def test_a_front_without_a_ready_engine_exits_to_be_replaced(
             if front.poll() is None:
                 front.kill()
                 front.wait()
+
+
+def test_each_door_gets_the_outputs_it_reads_through_a_front(
+    tagger_bundle: Path, sed_bundle: Path
+) -> None:
+    """A front asks the engine only for the outputs a door reads (/v1/tag: clipwise,
+    /v1/embed: embedding, /v1/detect and streams: frame scores): each still gets what the
+    model computed, a framewise model's stream its tracks included."""
+    x = noise(3.0, seed=17)
+    sed, tagger = run_bundle(sed_bundle, x), run_bundle(tagger_bundle, x)
+    card = read_card(sed_bundle)
+    assert card.frames_per_second is not None
+    with service_process(tagger_bundle, sed_bundle, workers=2, warmup="none") as svc:
+
+        def upload(path: str, **params: object) -> dict:
+            r = httpx.post(
+                f"{svc.url}{path}",
+                params={"pad": "false", **params},
+                files=files(("a.wav", encode(x, RATE))),
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+            return dict(r.json()["results"][0])
+
+        tag, embed = upload("/v1/tag", model=card.name), upload("/v1/embed")
+        detect = upload("/v1/detect", model=card.name, top_k=1)
+        opening = {"model": card.name, "window_s": 2, "hop_s": 1, "top_k": 3}
+        streamed, end = asyncio.run(
+            stream_audio(
+                ws_url(svc.url), noise(4.0, 13)[:, None], RATE, opening, random_frames(5), True
+            )
+        )
+    np.testing.assert_allclose(tag["scores"], sed["clipwise"], atol=1e-4)
+    np.testing.assert_allclose(embed["embedding"], tagger["embedding"], atol=1e-4)
+    frames = sed["framewise"][: int(np.ceil(3.0 * card.frames_per_second))]
+    (track,) = detect["tracks"]
+    np.testing.assert_allclose(track["scores"], frames[:, track["index"]], atol=1e-4)
+    assert end["windows"] == len(streamed) == 3
+    assert all(len(r["tracks"]) == 3 for r in streamed)

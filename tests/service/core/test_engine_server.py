@@ -14,16 +14,18 @@ from service.core.engine_server import _answer
 from service.core.wire import Frames, decode_results, receive
 
 
-async def _answered(result: list[WindowResult]) -> tuple[dict[str, Any], bytes, dict[int, Any]]:
-    """Settle a submit's future with ``result``; what the front reads back, and what is
-    still pending on the engine's side."""
+async def _answered(
+    result: list[WindowResult], kinds: list[str] | None = None
+) -> tuple[dict[str, Any], bytes, dict[int, Any]]:
+    """Settle a submit's future (asking for ``kinds``) with ``result``; what the front reads
+    back, and what is still pending on the engine's side."""
     engine_end, front_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     _, writer = await asyncio.open_unix_connection(sock=engine_end)
     reader, front_writer = await asyncio.open_unix_connection(sock=front_end)
     frames = Frames(writer)
     future: asyncio.Future[list[WindowResult]] = asyncio.get_running_loop().create_future()
     pending = {7: future}
-    future.add_done_callback(partial(_answer, 7, frames, pending))
+    future.add_done_callback(partial(_answer, 7, frames, pending, kinds))
     future.set_result(result)
     header, payload = await asyncio.wait_for(receive(reader), 5)
     frames.close()
@@ -50,3 +52,30 @@ def test_an_answer_that_cannot_be_encoded_goes_back_as_an_error() -> None:
     header, _, pending = asyncio.run(_answered([broken]))
     assert header["id"] == 7 and header["ok"] is False and pending == {}
     assert header["error"] == "AttributeError"
+
+
+def test_only_the_kinds_asked_for_cross_the_socket() -> None:
+    """/v1/tag reads clipwise only: a decision-level model's frame scores (1001 x 527 per
+    window) stay in the engine."""
+    rows = [
+        WindowResult(
+            {
+                "clipwise": np.full(527, i, np.float32),
+                "embedding": np.zeros(2048, np.float32),
+                "framewise": np.zeros((1001, 527), np.float32),
+            },
+            0.0,
+            0.0,
+            2,
+            1,
+        )
+        for i in range(2)
+    ]
+    header, payload, _ = asyncio.run(_answered(rows, ["clipwise"]))
+    assert header["kinds"] == ["clipwise"] and len(payload) == 2 * 527 * 4
+    back = decode_results(header, payload)
+    assert [set(r.outputs) for r in back] == [{"clipwise"}] * 2
+    np.testing.assert_array_equal(back[1].outputs["clipwise"], rows[1].outputs["clipwise"])
+    header, payload, _ = asyncio.run(_answered(rows))  # no kinds: every output
+    assert header["kinds"] == ["clipwise", "embedding", "framewise"]
+    assert len(payload) == 2 * 4 * (527 + 2048 + 1001 * 527)

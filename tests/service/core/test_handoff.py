@@ -296,7 +296,7 @@ def test_front_and_engine_share_windows_through_the_arena(
     assert out["freed"] and out["cancel"]
 
 
-BAD_OFFSETS = [
+BAD_SUBMITS = [
     ({"ats": [0], "lengths": [1 << 30]}, "outside the arena"),  # past its end
     ({"ats": [2], "lengths": [10]}, "outside the arena"),  # not on a float
     ({"ats": [-64], "lengths": [10]}, "outside the arena"),
@@ -313,10 +313,13 @@ BAD_OFFSETS = [
     ({"inline_ats": 0, "lengths": [1], "bytes_": bytes(40)}, "unusable window offsets"),
     ({"inline_ats": ["x"], "lengths": [1], "bytes_": bytes(40)}, "unusable window offsets"),
     ({"ats": [0], "inline_ats": [0], "lengths": [1]}, "both arena and inline offsets"),
+    # the output kinds asked for: a list of names, or none
+    ({"lengths": [1], "bytes_": bytes(4), "kinds": "clipwise"}, "kinds must be a list"),
+    ({"lengths": [1], "bytes_": bytes(4), "kinds": [1]}, "kinds must be a list"),
 ]
 
 
-def test_bad_offsets_are_an_error_for_that_request_only(
+def test_bad_submits_are_an_error_for_that_request_only(
     tagger_bundle: Path, tmp_path: Path
 ) -> None:
     """A submit whose offsets do not describe windows in the arena fails alone, with a
@@ -330,7 +333,7 @@ def test_bad_offsets_are_an_error_for_that_request_only(
         await client.connect(30)
         model = next(iter(tagger.models.models))
         messages = []
-        for fields, _ in BAD_OFFSETS:
+        for fields, _ in BAD_SUBMITS:
             header = {"op": "submit", "model": model, "deadline_in": 10.0, **fields}
             payload = header.pop("bytes_", b"")
             reply, _ = await client._call(header, payload)
@@ -338,12 +341,15 @@ def test_bad_offsets_are_an_error_for_that_request_only(
                 raise_remote(reply)
             messages.append(str(reply.get("args")))
         still = await client.submit(model, [x], time.monotonic() + 30)  # the engine serves on
+        kinds = await client.submit(model, [x], time.monotonic() + 30, ["embedding"])
+        assert set(kinds[0].outputs) == {"embedding"}
+        np.testing.assert_array_equal(kinds[0].outputs["embedding"], still[0].outputs["embedding"])
         await client.close()
         await tagger.close()
         await server.close()
         return messages, len(still)
 
     messages, served = asyncio.run(go())
-    for message, (_, want) in zip(messages, BAD_OFFSETS, strict=True):
+    for message, (_, want) in zip(messages, BAD_SUBMITS, strict=True):
         assert want in message
     assert served == 1
