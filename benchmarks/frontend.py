@@ -250,7 +250,10 @@ def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def run_rounds(
     bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace, result: dict[str, Any]
 ) -> list[dict[str, dict[str, Any]]]:
-    """Every worker setting, ``args.rounds`` times; odd rounds in the reverse order."""
+    """Every worker setting, ``args.rounds`` times; odd rounds in the reverse order. After
+    each setting the JSON is saved with what is done (a run cut short keeps it): ``load``
+    (the first round), ``rounds`` (the round in progress too) and ``scaling`` (over the
+    finished rounds)."""
     rounds: list[dict[str, dict[str, Any]]] = []
     for index in range(args.rounds):
         order = args.workers if index % 2 == 0 else args.workers[::-1]
@@ -258,12 +261,13 @@ def run_rounds(
         for workers in order:
             load[workers] = run_setting(workers, bundle, requests, args)
             if index == 0:
-                result["load"] = load
-            save_json(args.json, result)  # a run cut short keeps the settings it finished
+                result["load"] = {w: load[w] for w in args.workers if w in load}
+            if args.rounds > 1:
+                result["rounds"] = [brief(r) for r in rounds] + [brief(load)]
+            save_json(args.json, result)
         rounds.append({w: load[w] for w in args.workers})
-        if args.rounds > 1:
-            result["rounds"] = [brief(r) for r in rounds]
-    result["load"] = rounds[0]
+        if len(args.workers) > 1:
+            result["scaling"] = scaling(rounds, args.workers)
     return rounds
 
 
@@ -383,9 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             },
             "load": {},
         }
-        rounds = run_rounds(bundle, requests, args, result)
-        if len(args.workers) > 1:
-            result["scaling"] = scaling(rounds, args.workers)
+        run_rounds(bundle, requests, args, result)
         if not args.no_stages:
             from benchmarks.stages import all_stages
 

@@ -11,8 +11,10 @@ Fronts hand windows to the engine in shared memory and tell it where over a Unix
 the engine's batches. Metrics go through prometheus-client's
 multiprocess mode, so any front's ``/metrics`` shows all processes. SIGTERM: the fronts
 drain first (their requests need the engine), then the engine finishes its queue; exit 0.
-A front that dies is replaced (only its own connections fail); an engine that dies ends
-the service with a non-zero status, for the orchestrator to restart it.
+A front that dies is replaced (only its own connections fail); one that dies soon after its
+start waits before its replacement starts (2, 4, 8, 16 s), and after five such deaths in a
+row the service stops with a non-zero status, as it does when the engine dies: for the
+orchestrator to restart it, not a restart storm of fronts that cannot start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.core.heap import keep_request_buffers
@@ -35,6 +38,29 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.supervisor")
 ENV_SOCKET = "PANNS_ENGINE_SOCKET"
+QUICK_EXIT_S = 10.0  # a front that dies sooner than this after its start failed to start
+MAX_QUICK_EXITS = 5  # such deaths in a row in one slot: the service stops
+FIRST_BACKOFF_S = 2.0  # before the replacement of a front that died young; doubles each time
+
+
+def restart_delay(lived_s: float, quick: int) -> tuple[int, float | None]:
+    """A front died after ``lived_s`` seconds, its slot's ``quick`` earlier fronts having died
+    young in a row: the new count, and how long its replacement waits (None: give up)."""
+    quick = quick + 1 if lived_s < QUICK_EXIT_S else 0
+    if quick >= MAX_QUICK_EXITS:
+        return quick, None
+    return quick, 0.0 if quick == 0 else FIRST_BACKOFF_S * 2 ** (quick - 1)
+
+
+@dataclass
+class FrontSlot:
+    """One of the N fronts: its process, when it started, and once it died, when its
+    replacement is due."""
+
+    proc: subprocess.Popen[bytes]
+    started: float
+    quick: int = 0  # fronts of this slot that died young, in a row
+    due: float | None = None  # set while the slot waits to start a replacement
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -61,7 +87,7 @@ class Supervisor:
         }
         self.sock = listen(settings)
         self.engine: subprocess.Popen[bytes] | None = None
-        self.fronts: list[subprocess.Popen[bytes]] = []
+        self.slots: list[FrontSlot] = []
         self.stopping = False
 
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
@@ -70,33 +96,56 @@ class Supervisor:
             [sys.executable, "-m", "service.supervisor", *args], env=self.env, pass_fds=fds
         )
 
+    def _spawn_front(self) -> subprocess.Popen[bytes]:
+        return self._spawn("front", str(self.sock.fileno()))
+
     def start(self) -> None:
         self.engine = self._spawn("engine")
-        self.fronts = [
-            self._spawn("front", str(self.sock.fileno())) for _ in range(self.settings.worker_count)
+        now = time.monotonic()
+        self.slots = [
+            FrontSlot(self._spawn_front(), now) for _ in range(self.settings.worker_count)
         ]
-        log.info("engine pid %d, %d front processes", self.engine.pid, len(self.fronts))
+        log.info("engine pid %d, %d front processes", self.engine.pid, len(self.slots))
 
-    def _replace_dead_fronts(self) -> None:
+    def _replace_dead_fronts(self) -> bool:
+        """Replace every front that died (after a wait when it died young); False once a
+        slot's fronts keep dying at start-up."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.due is None and slot.proc.poll() is not None and not self._bury(slot, now):
+                return False
+            if slot.due is not None and now >= slot.due:
+                slot.proc, slot.started, slot.due = self._spawn_front(), now, None
+        return True
+
+    def _bury(self, slot: FrontSlot, now: float) -> bool:
+        """A front died: its metrics files are closed, its replacement scheduled."""
         from prometheus_client import multiprocess
 
-        for index, front in enumerate(self.fronts):
-            if front.poll() is not None:
-                log.warning(
-                    "front pid %d exited with %s: replacing it", front.pid, front.returncode
-                )
-                multiprocess.mark_process_dead(front.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
-                self.fronts[index] = self._spawn("front", str(self.sock.fileno()))
+        front = slot.proc
+        multiprocess.mark_process_dead(front.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
+        slot.quick, delay = restart_delay(now - slot.started, slot.quick)
+        if delay is None:
+            log.error("%d fronts in a row died at start-up: stopping", slot.quick)
+            return False
+        log.warning(
+            "front pid %d exited with %s: replacing it in %g s", front.pid, front.returncode, delay
+        )
+        slot.due = now + delay
+        return True
 
     def watch(self) -> int:
-        """Keep every process running until SIGTERM/SIGINT or the engine's end."""
+        """Keep every process running until SIGTERM/SIGINT, the engine's end, or fronts that
+        keep dying at start-up (both: a non-zero status)."""
         assert self.engine is not None
         while not self.stopping:
             if self.engine.poll() is not None:
                 log.error("the engine exited with %s", self.engine.returncode)
                 self.stop()
                 return self.engine.returncode or 1
-            self._replace_dead_fronts()
+            if not self._replace_dead_fronts():
+                self.stop()
+                return 1
             time.sleep(0.2)
         return self.stop()
 
@@ -104,7 +153,7 @@ class Supervisor:
         """Drain the fronts, then the engine; 0 when everything ended cleanly."""
         self.stopping = True
         grace = self.settings.graceful_timeout_s + 5
-        codes = _terminate(self.fronts, grace)
+        codes = _terminate([s.proc for s in self.slots if s.due is None], grace)
         if self.engine is not None:
             codes += _terminate([self.engine], grace)
         self.sock.close()

@@ -23,13 +23,14 @@ from service.core.models import Models
 from service.core.wire import Frames, encode_results, error_header, receive
 
 log = logging.getLogger("service.core.engine_server")
+MAX_KINDS = 8  # a model has at most a few output kinds (clipwise, embedding, framewise)
 
 
 def _answer(
     rid: int,
     frames: Frames,
     pending: dict[int, asyncio.Future[list[WindowResult]]],
-    kinds: list[str] | None,
+    kinds: frozenset[str] | None,
     future: asyncio.Future[list[WindowResult]],
 ) -> None:
     """A submit's answer, once its future is done: the outputs of ``kinds`` only (what the
@@ -171,14 +172,18 @@ class EngineServer:
         future.add_done_callback(partial(_answer, rid, frames, pending, kinds))
 
 
-def _kinds(header: dict[str, Any]) -> list[str] | None:
+def _kinds(header: dict[str, Any]) -> frozenset[str] | None:
     """The output kinds a submit asks for (None: every kind the model has)."""
     kinds = header.get("kinds")
     if kinds is None:
         return None
-    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-        raise ValueError(f"kinds must be a list of names, not {kinds!r:.80}")
-    return kinds
+    if (
+        not isinstance(kinds, list)
+        or len(kinds) > MAX_KINDS
+        or not all(isinstance(k, str) for k in kinds)
+    ):
+        raise ValueError(f"kinds must be a list of at most {MAX_KINDS} names, not {kinds!r:.80}")
+    return frozenset(kinds)
 
 
 def _windows(

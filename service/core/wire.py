@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -128,7 +128,7 @@ def raise_remote(header: dict[str, Any]) -> None:
 
 
 def encode_results(
-    rid: int, results: list[WindowResult], wanted: list[str] | None = None
+    rid: int, results: list[WindowResult], wanted: Collection[str] | None = None
 ) -> tuple[dict[str, Any], bytes]:
     """A submit's answer: each window's outputs of the ``wanted`` kinds (None: every kind),
     float32 end to end in the payload."""

@@ -19,7 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from service import supervisor
 from service.core.card import read_card
+from service.supervisor import MAX_QUICK_EXITS, QUICK_EXIT_S, Supervisor, restart_delay
 from tests.service.conftest import (
     RATE,
     encode,
@@ -29,6 +31,7 @@ from tests.service.conftest import (
     parse_metrics,
     run_bundle,
     service_process,
+    settings_for,
 )
 from tests.service.streaming import (
     assert_scored_as_tag,
@@ -206,7 +209,7 @@ def test_each_door_gets_the_outputs_it_reads_through_a_front(
     assert card.frames_per_second is not None
     with service_process(tagger_bundle, sed_bundle, workers=2, warmup="none") as svc:
 
-        def upload(path: str, **params: object) -> dict:
+        def upload(path: str, **params: str | int) -> dict:
             r = httpx.post(
                 f"{svc.url}{path}",
                 params={"pad": "false", **params},
@@ -231,3 +234,46 @@ def test_each_door_gets_the_outputs_it_reads_through_a_front(
     np.testing.assert_allclose(track["scores"], frames[:, track["index"]], atol=1e-4)
     assert end["windows"] == len(streamed) == 3
     assert all(len(r["tracks"]) == 3 for r in streamed)
+
+
+def test_restart_waits_grow_for_fronts_that_die_young_then_give_up() -> None:
+    waits = []
+    quick = 0
+    for _ in range(5):
+        quick, wait = restart_delay(0.5, quick)
+        waits.append(wait)
+    assert waits == [2.0, 4.0, 8.0, 16.0, None]
+    assert restart_delay(QUICK_EXIT_S + 1, 3) == (0, 0.0)  # it had served: at once, count reset
+
+
+class _FrontsThatCannotStart(Supervisor):
+    """The real supervisor and engine, with fronts that die at once (as one whose own start
+    fails does: no arena memory, a socket it may not open)."""
+
+    spawned = 0
+
+    def _spawn_front(self) -> subprocess.Popen[bytes]:
+        self.spawned += 1
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_fronts_that_keep_dying_at_start_up_stop_the_service(
+    tagger_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No restart storm: replacements wait longer each time, and after five fronts of one
+    slot died young the service stops with status 1 (its engine too), for the orchestrator."""
+    monkeypatch.setattr(supervisor, "FIRST_BACKOFF_S", 0.05)
+    monkeypatch.setenv("PANNS_MODELS", str(tagger_bundle))
+    monkeypatch.setenv("PANNS_WARMUP", "none")
+    monkeypatch.setenv("PANNS_THREADS", "1")
+    watcher = _FrontsThatCannotStart(settings_for(tagger_bundle, workers=2, port=0))
+    started = time.monotonic()
+    watcher.start()
+    try:
+        assert watcher.watch() == 1
+    finally:
+        if watcher.engine is not None and watcher.engine.poll() is None:
+            watcher.engine.kill()
+    assert time.monotonic() - started < 60
+    assert watcher.engine is not None and watcher.engine.returncode is not None
+    assert MAX_QUICK_EXITS <= watcher.spawned <= 2 * MAX_QUICK_EXITS

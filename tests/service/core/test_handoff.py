@@ -316,6 +316,7 @@ BAD_SUBMITS = [
     # the output kinds asked for: a list of names, or none
     ({"lengths": [1], "bytes_": bytes(4), "kinds": "clipwise"}, "kinds must be a list"),
     ({"lengths": [1], "bytes_": bytes(4), "kinds": [1]}, "kinds must be a list"),
+    ({"lengths": [1], "bytes_": bytes(4), "kinds": ["clipwise"] * 9}, "at most 8 names"),
 ]
 
 
