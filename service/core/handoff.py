@@ -194,36 +194,41 @@ def layout(windows: Sequence[np.ndarray]) -> Layout:
 def _spans(windows: Sequence[np.ndarray]) -> dict[int, tuple[np.ndarray, int]]:
     """For each window copied as part of a span: that span (one array per run) and where
     the window starts in it, in floats. Windows are grouped by the buffer they view, and a
-    group split into runs of windows that overlap or abut (``_runs``)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    buffers: dict[tuple[int, int], np.ndarray] = {}
+    group split into runs of windows that overlap or abut (``_runs``): a run has no gap, so
+    its span is never more bytes than its windows."""
+    groups: dict[tuple[int, int], tuple[np.ndarray, list[int]]] = {}
     for i, w in enumerate(windows):
         whole = _buffer(w)
         if whole is not None:  # two live buffers at one address and size are one buffer
-            key = (_address(whole), whole.nbytes)
-            groups.setdefault(key, []).append(i)
-            buffers[key] = whole
+            groups.setdefault((_address(whole), whole.nbytes), (whole, []))[1].append(i)
     out: dict[int, tuple[np.ndarray, int]] = {}
-    for key, members in groups.items():
+    for whole, members in groups.values():
         for run in _runs(members, windows):
-            span = _span(buffers[key], [windows[i] for i in run])
-            if span is not None:
-                piece, lo = span
-                out.update({i: (piece, (_address(windows[i]) - lo) // 4) for i in run})
+            piece = _span(whole, run)
+            if piece is not None:
+                out.update({i: (piece, (at - run.lo) // 4) for i, at in run.windows})
     return out
 
 
-def _runs(members: list[int], windows: Sequence[np.ndarray]) -> list[list[int]]:
+@dataclass
+class _Run:
+    """Windows of one buffer with no gap between them: ``[lo, hi)`` in addresses, and each
+    window's index and address."""
+
+    lo: int
+    hi: int
+    windows: list[tuple[int, int]]
+
+
+def _runs(members: list[int], windows: Sequence[np.ndarray]) -> list[_Run]:
     """``members`` (windows of one buffer) in runs that leave no gap between their windows:
     two windows far apart in a long waveform are two runs, not one span of all between."""
-    runs: list[list[int]] = []
-    end = -1
-    for i in sorted(members, key=lambda i: _address(windows[i])):
-        at = _address(windows[i])
-        if at > end:
-            runs.append([])
-        runs[-1].append(i)
-        end = max(end, at + windows[i].nbytes)
+    runs: list[_Run] = []
+    for at, i in sorted((_address(windows[i]), i) for i in members):
+        if not runs or at > runs[-1].hi:
+            runs.append(_Run(at, at, []))
+        runs[-1].hi = max(runs[-1].hi, at + windows[i].nbytes)
+        runs[-1].windows.append((i, at))
     return runs
 
 
@@ -238,20 +243,16 @@ def _buffer(window: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _span(whole: np.ndarray, run: list[np.ndarray]) -> tuple[np.ndarray, int] | None:
-    """The float32 view of ``whole`` that covers every window of ``run``, and its address;
-    None for a lone window, or when copying the span would take more bytes than copying the
-    windows one by one (a run never does: it has no gap), or off one float grid."""
-    if len(run) < 2:
-        return None
-    starts = [_address(w) for w in run]
-    lo, hi = min(starts), max(at + w.nbytes for at, w in zip(starts, run, strict=True))
+def _span(whole: np.ndarray, run: _Run) -> np.ndarray | None:
+    """The float32 view of ``whole`` that covers ``run``; None for a lone window, a window
+    off the run's float grid, or a run not inside ``whole`` (never: a view lies in its
+    buffer; a slice past its end would be cut short silently)."""
     base = _address(whole)
-    if hi - lo > sum(w.nbytes for w in run) or any((at - lo) % 4 for at in starts):
+    if len(run.windows) < 2 or any((at - run.lo) % 4 for _, at in run.windows):
         return None
-    if lo < base or hi > base + whole.nbytes:  # never: a view lies in its buffer
+    if run.lo < base or run.hi > base + whole.nbytes:
         return None
-    return whole[lo - base : hi - base].view(np.float32), lo
+    return whole[run.lo - base : run.hi - base].view(np.float32)
 
 
 def _address(array: np.ndarray) -> int:
