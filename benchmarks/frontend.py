@@ -249,7 +249,7 @@ def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_rounds(
     bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace, result: dict[str, Any]
-) -> list[dict[str, dict[str, Any]]]:
+) -> None:
     """Every worker setting, ``args.rounds`` times; odd rounds in the reverse order. After
     each setting the JSON is saved with what is done (a run cut short keeps it): ``load``
     (the first round), ``rounds`` (the round in progress too) and ``scaling`` (over the
@@ -268,7 +268,6 @@ def run_rounds(
         rounds.append({w: load[w] for w in args.workers})
         if len(args.workers) > 1:
             result["scaling"] = scaling(rounds, args.workers)
-    return rounds
 
 
 def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
