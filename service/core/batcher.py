@@ -10,7 +10,8 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   has waited ``max_delay_s`` or the engine goes idle. ``cut_when_idle=False`` restores the
   older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
-  the engine thread runs the previous batch; at most one stacked batch waits for the engine.
+  the engine thread runs the previous batch, and that thread queues the stacked batch for the
+  engine threads itself (no loop turn between); at most one stacked batch waits for the engine.
   ``pipeline=False`` stacks and runs one batch at a time. ``stack=False``: ``infer`` gets the
   windows as a list, for an engine that copies them into its own (pinned) buffer anyway.
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
@@ -85,7 +86,8 @@ def _as_exception(error: BaseException) -> Exception:
 
 class BatchObserver(Protocol):
     """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
-    called when a batch has been stacked (``stack=False``: cut) and waits for the engine."""
+    called when a batch has been stacked (``stack=False``: cut) and waits for the engine: on
+    the event loop, or in the stacking thread for a batch stacked there."""
 
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
     def depth_changed(self, depth: int) -> None: ...
@@ -150,6 +152,7 @@ class Batcher:
         self._batches = 0
         self._avg_compute_s = 0.0
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stacker = ThreadPoolExecutor(1, thread_name_prefix=f"stack-{name}")
 
@@ -160,7 +163,8 @@ class Batcher:
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._threads.start(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self._threads.start(self._loop)
         self._tasks = [asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}")]
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -300,13 +304,9 @@ class Batcher:
         # at most one stacked batch waits for a free engine thread; without pipelining, none
         limit = self.inflight if self.pipeline else 0
         while (batch := await self._next_batch()) is not None:
-            stacked = await self._stack(batch)
-            if stacked is None:
-                continue
-            self._handed += 1
-            self._threads.submit(batch, self.infer, stacked)
-            del batch, stacked  # held by the engine thread now, and only there
-            await self._until(lambda: self._handed <= limit)
+            if self._hand(batch):
+                await self._until(lambda: self._handed <= limit)
+            del batch  # held by the stacking or engine thread now, and only there
         await self._until(lambda: self._handed == 0)  # drained: the last batches end
 
     async def _until(self, ready: Callable[[], bool]) -> None:
@@ -343,28 +343,61 @@ class Batcher:
                 async with asyncio.timeout(None if wait == math.inf else wait):
                     await self._wakeup.wait()
 
-    async def _stack(self, batch: Batch) -> InferInput | None:
+    def _hand(self, batch: Batch) -> bool:
+        """Hand a batch on: stacked here (a lone window as a view; a small batch copied on
+        the loop, cheaper than a thread hand-off), or by the stacking thread, which gives it
+        straight to the engine threads (no loop turn between the copy and the run). False
+        when it failed to stack (its requests failed, the batcher goes on)."""
         windows = [request.windows[index] for request, index in batch]
+        if self.stack and len(windows) > 1 and sum(w.nbytes for w in windows) > INLINE_STACK_BYTES:
+            self._handed += 1
+            self._stacker.submit(self._stack_and_hand, batch, windows)
+            return True
         start = time.monotonic()
         try:
-            if not self.stack:
-                stacked: InferInput = windows  # the engine copies them itself
-            elif len(windows) == 1:  # a view, no copy and no thread hand-off (a lone request)
-                stacked = np.ascontiguousarray(windows[0], np.float32)[None]
-            elif sum(w.nbytes for w in windows) <= INLINE_STACK_BYTES:
-                stacked = np.stack(windows)  # shorter than a hand-off to the stacking thread
-            else:
-                stacked = await asyncio.get_running_loop().run_in_executor(
-                    self._stacker, np.stack, windows
+            stacked: InferInput = windows  # stack=False: the engine copies them itself
+            if self.stack:
+                stacked = (
+                    np.ascontiguousarray(windows[0], np.float32)[None]
+                    if len(windows) == 1
+                    else np.stack(windows)
                 )
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             log.exception("stacking a batch of %d failed", len(batch))
             self._fail(batch, exc)
-            return None
+            return False
+        self._stacked(len(batch), start)
+        self._handed += 1
+        self._threads.submit(batch, self.infer, stacked)
+        return True
+
+    def _stack_and_hand(self, batch: Batch, windows: list[np.ndarray]) -> None:
+        """In the stacking thread: stack, then queue the batch for the engine threads. A
+        failure goes back to the loop (nothing here may raise: the executor would keep the
+        exception, and the batch would count as handed for ever)."""
+        try:
+            start = time.monotonic()
+            stacked = np.stack(windows)
+            del windows
+            self._stacked(len(batch), start)
+        except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
+                self._loop.call_soon_threadsafe(self._stack_failed, batch, exc)
+            return
+        self._threads.submit(batch, self.infer, stacked)
+
+    def _stack_failed(self, batch: Batch, exc: Exception) -> None:
+        """On the loop: the stacking thread could not stack ``batch`` (e.g. MemoryError)."""
+        log.error("stacking a batch of %d failed", len(batch), exc_info=exc)
+        self._fail(batch, exc)
+        self._handed -= 1
+        self._wake()
+
+    def _stacked(self, size: int, start: float) -> None:
         stacked_hook = getattr(self.observer, "batch_stacked", None)
         if stacked_hook is not None:
-            stacked_hook(len(batch), time.monotonic() - start)
-        return stacked
+            stacked_hook(size, time.monotonic() - start)
 
     # The engine threads run each batch and hand its outcome back to the event loop.
 

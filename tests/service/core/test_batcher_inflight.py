@@ -264,3 +264,48 @@ def test_a_failure_handing_out_results_does_not_wedge_the_batcher() -> None:
         await asyncio.wait_for(b.stop(), 5)
 
     run(rows, too_few_rows, stop=False, max_batch=2, max_delay_s=0.05, max_queue=10)
+
+
+class ThreadObserver(Observer):
+    """Records which thread reported each stacked batch; fails the ones of ``fail_size``."""
+
+    def __init__(self, fail_size: int | None = None) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        self.fail_size = fail_size
+
+    def batch_stacked(self, size: int, stack_s: float) -> None:
+        self.threads.append(threading.current_thread().name)
+        if size == self.fail_size:
+            raise MemoryError("no room for this batch")
+        super().batch_stacked(size, stack_s)
+
+
+def test_large_batches_are_stacked_in_the_stacking_thread(monkeypatch: Any) -> None:
+    """A batch above ``INLINE_STACK_BYTES`` is stacked off the loop, and the stacking thread
+    queues it for the engine itself: every window still gets its own result."""
+    monkeypatch.setattr("service.core.batcher.INLINE_STACK_BYTES", 0)
+    obs = ThreadObserver()
+    rng = np.random.default_rng(1)
+    run(
+        random_requests(rng), Engine(), max_batch=3, max_delay_s=0.001, max_queue=1000, observer=obs
+    )
+    stacked_off_loop = [name for name in obs.threads if name.startswith("stack-")]
+    assert stacked_off_loop and len(obs.stacked) == len(obs.done)
+
+
+def test_a_batch_that_fails_to_stack_fails_its_requests_and_the_batcher_goes_on(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr("service.core.batcher.INLINE_STACK_BYTES", 0)
+    obs = ThreadObserver(fail_size=3)
+
+    async def main(b: Batcher) -> None:
+        with pytest.raises(MemoryError, match="no room"):
+            async with asyncio.timeout(10):  # not a hang: the failure reaches the request
+                await b.submit(windows(0, 3), far())
+        assert values(await b.submit(windows(10, 2), far())) == [10, 11]
+        assert values(await b.submit(windows(20, 1), far())) == [20]  # a view, on the loop
+
+    run(main, Engine(), max_batch=3, max_delay_s=0.001, max_queue=100, observer=obs)
+    assert obs.done == [2, 1]
