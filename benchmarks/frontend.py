@@ -202,7 +202,9 @@ def build_requests(
         fmt = FORMATS[name]
         datas = payloads(fmt, model_rate, args.clip_s, args.clips)
         raw[name] = datas[0]
-        requests[name] = [http_request(fmt, d, model_rate, query=query) for d in datas]
+        requests[name] = [
+            http_request(fmt, d, model_rate, path=args.path, query=query) for d in datas
+        ]
     return requests, raw
 
 
@@ -315,6 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=4, help="different clips per format")
     p.add_argument("--clip-s", type=float, default=10.0)
     p.add_argument(
+        "--path",
+        default="/v1/tag",
+        choices=["/v1/tag", "/v1/embed", "/v1/detect"],
+        help="the route every request posts to (/v1/detect: a decision-level bundle)",
+    )
+    p.add_argument(
         "--query",
         action="append",
         default=[],
@@ -382,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "duration_s": args.duration_s,
                 "warmup_s": args.warmup_s,
                 "clip_s": args.clip_s,
+                "path": args.path,
                 "query": args.query,
             },
             "load": {},

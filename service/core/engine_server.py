@@ -1,8 +1,10 @@
 """The engine process's side of the wire: ``EngineServer`` serves its batchers to fronts.
 
-Each front connects once, passes its shared-memory arena (``service.core.handoff``), then
-sends framed requests (``service.core.wire``): a hello, answered once the models have
-loaded, and submits, whose windows go to the model's batcher and whose outputs go back.
+Each front connects once and passes its shared-memory arena (``service.core.handoff``); the
+engine passes back an answer arena of its own. Then the front sends framed requests
+(``service.core.wire``): a hello, answered once the models have loaded; submits, whose
+windows go to the model's batcher and whose outputs go back (large ones in the answer
+arena, ``Answers``); and frees of the answers it has copied out of that arena.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from functools import partial
@@ -18,27 +21,63 @@ from typing import Any
 import numpy as np
 
 from service.core.batcher import WindowResult
-from service.core.handoff import packed, receive_arena, windows_at
+from service.core.handoff import Arena, packed, packed_into, receive_arena, send_arena, windows_at
 from service.core.models import Models
-from service.core.wire import Frames, encode_results, error_header, receive
+from service.core.wire import Frames, encode_results, error_header, joined, receive
 
 log = logging.getLogger("service.core.engine_server")
 MAX_KINDS = 8  # a model has at most a few output kinds (clipwise, embedding, framewise)
+ANSWER_ARENA_BYTES = 64 << 20  # per front: 30 windows of frame scores (1001 x 527) at once
+ANSWER_ARENA_MIN = 64 << 10  # smaller answers (label scores: 2 kB a window) use the socket
+
+
+class Answers:
+    """One front's answers on their way out: large ones through the engine's answer arena
+    (shared with that front alone), lent until the front frees them; the rest, and any
+    that find the arena full, through the socket."""
+
+    def __init__(self, frames: Frames, arena: Arena | None) -> None:
+        self.frames, self.arena = frames, arena
+        self.lent: dict[int, np.ndarray] = {}  # byte offset -> the extent the front reads
+
+    def post(self, header: dict[str, Any], parts: list[np.ndarray]) -> None:
+        block = None
+        if self.arena is not None and sum(p.nbytes for p in parts) > ANSWER_ARENA_MIN:
+            block = packed_into(self.arena, parts)
+        if block is None:
+            self.frames.post(header, joined(parts))
+            return
+        at = self.arena.offset_of(block) if self.arena is not None else None
+        assert at is not None, "an extent lies in its arena"
+        self.lent[at] = block
+        self.frames.post({**header, "at": at, "floats": int(block.size)})
+
+    def free(self, header: dict[str, Any]) -> None:
+        """The front has copied an answer out: its extent returns to the arena (an offset
+        that is not lent, or none, changes nothing)."""
+        with contextlib.suppress(TypeError, ValueError):
+            self.lent.pop(int(header.get("at", -1)), None)
+
+    def close(self) -> None:
+        self.lent.clear()  # the front is gone: nobody reads them
+        if self.arena is not None:
+            self.arena.close()
 
 
 def _answer(
     rid: int,
-    frames: Frames,
+    answers: Answers,
     pending: dict[int, asyncio.Future[list[WindowResult]]],
     kinds: frozenset[str] | None,
     future: asyncio.Future[list[WindowResult]],
 ) -> None:
     """A submit's answer, once its future is done: the outputs of ``kinds`` only (what the
     front's task reads: a decision-level model's frame scores, 2.1 MB per window, never
-    cross the socket for /v1/tag). A cancelled one is answered too, which lets the front
+    cross to the front for /v1/tag). A cancelled one is answered too, which lets the front
     reuse its arena extent (a batch already cut may still read it, which changes only this
     request's discarded rows: see ``handoff``)."""
     pending.pop(rid, None)
+    frames = answers.frames
     if frames.is_closing():
         return
     if future.cancelled():
@@ -47,7 +86,7 @@ def _answer(
         frames.post(error_header(rid, exc))
     else:
         try:  # a callback's exception would only be logged: the front would wait in vain
-            frames.post(*encode_results(rid, future.result(), kinds))
+            answers.post(*encode_results(rid, future.result(), kinds))
         except Exception as failure:  # e.g. MemoryError joining a huge answer
             log.exception("answering submit %d failed", rid)
             frames.post(error_header(rid, failure))
@@ -87,14 +126,18 @@ class EngineServer:
 
     async def _connection(self, conn: socket.socket) -> None:
         """A front's connection: its arena first (fd passing), then framed requests."""
+        answers = Arena(ANSWER_ARENA_BYTES) if hasattr(os, "memfd_create") else None
         try:
             arena = await receive_arena(conn)
+            send_arena(conn, answers)  # five bytes into an empty socket: never blocks
             reader, writer = await asyncio.open_unix_connection(sock=conn)
         except (OSError, ValueError, TimeoutError) as exc:
             log.warning("a front's connection failed before its first request: %s", exc)
             conn.close()
+            if answers is not None:
+                answers.close()
             return
-        await self._serve(reader, writer, arena)
+        await self._serve(reader, writer, arena, answers)
 
     async def _answer_hello(self, rid: int, frames: Frames) -> None:
         """Answered once loading has ended (loaded or failed), not before: every front
@@ -122,8 +165,10 @@ class EngineServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         arena: np.ndarray | None,
+        answer_arena: Arena | None = None,
     ) -> None:
         frames = Frames(writer)
+        answers = Answers(frames, answer_arena)
         pending: dict[int, asyncio.Future[list[WindowResult]]] = {}  # submits in the batcher
         hellos: set[asyncio.Task[None]] = set()  # waiting for the models to load
         try:
@@ -138,8 +183,10 @@ class EngineServer:
                     future = pending.get(rid)
                     if future is not None:
                         future.cancel()
+                elif header.get("op") == "free":
+                    answers.free(header)
                 else:
-                    self._submit(rid, header, _windows(header, payload, arena), frames, pending)
+                    self._submit(rid, header, _windows(header, payload, arena), answers, pending)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the front went away (or the engine stops): its queued windows are dropped
         finally:
@@ -148,13 +195,14 @@ class EngineServer:
             for hello in hellos:
                 hello.cancel()
             frames.close()
+            answers.close()
 
     def _submit(
         self,
         rid: int,
         header: dict[str, Any],
         windows: list[np.ndarray] | Exception,
-        frames: Frames,
+        answers: Answers,
         pending: dict[int, asyncio.Future[list[WindowResult]]],
     ) -> None:
         """Queue a submit's windows in its model's batcher (no task per submit: the engine's
@@ -166,10 +214,10 @@ class EngineServer:
             kinds = _kinds(header)
             future = self.models.get(header["model"]).batcher.enqueue(windows, deadline)
         except Exception as exc:
-            frames.post(error_header(rid, exc))
+            answers.frames.post(error_header(rid, exc))
             return
         pending[rid] = future
-        future.add_done_callback(partial(_answer, rid, frames, pending, kinds))
+        future.add_done_callback(partial(_answer, rid, answers, pending, kinds))
 
 
 def _kinds(header: dict[str, Any]) -> frozenset[str] | None:

@@ -23,7 +23,10 @@ one by one. When the arena cannot hold what is left to copy (or a request is lar
 all the request's windows go inline through the socket, laid out the same way.
 
 The memfd travels once per connection, as ``SCM_RIGHTS`` ancillary data on the Unix socket
-before the stream protocol starts (``send_arena`` / ``receive_arena``).
+before the stream protocol starts (``send_arena`` / ``receive_arena``). The engine answers
+with an arena of its own, for answers too large for the socket (``packed_into``): a
+decision-level model's frame scores are 2.1 MB per window, and a socket copies them several
+times on the way (the engine's join, the kernel twice, the front's stream buffer).
 """
 
 from __future__ import annotations
@@ -289,6 +292,19 @@ def packed(lengths: list[int]) -> list[int]:
     return offsets
 
 
+def packed_into(arena: Arena, parts: Sequence[np.ndarray]) -> np.ndarray | None:
+    """``parts`` (float32, C-contiguous) end to end in a new extent of ``arena``; None when
+    it has no room for them."""
+    block = arena.array(sum(p.size for p in parts))
+    if block is None:
+        return None
+    at = 0
+    for part in parts:
+        block[at : at + part.size] = part.reshape(-1)
+        at += part.size
+    return block
+
+
 def send_arena(sock: socket.socket, arena: Arena | None) -> None:
     """The first bytes on a new engine connection: the arena's fd, or none (inline only).
     Five bytes into an empty socket buffer: this never blocks."""
@@ -296,7 +312,8 @@ def send_arena(sock: socket.socket, arena: Arena | None) -> None:
 
 
 async def receive_arena(sock: socket.socket, timeout_s: float = 10.0) -> np.ndarray | None:
-    """On the engine: the connecting front's arena, mapped (None when it sent none)."""
+    """The other side's arena, mapped (None when it sent none): on the engine, the
+    connecting front's; on a front, the engine's answer arena."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -313,7 +330,7 @@ async def receive_arena(sock: socket.socket, timeout_s: float = 10.0) -> np.ndar
     if data != _HELLO:
         for fd in fds:
             os.close(fd)
-        raise ConnectionError("the front did not open with its arena")
+        raise ConnectionError("the other side did not open with its arena")
     if not fds:
         return None
     try:

@@ -29,7 +29,7 @@ from service.core.backends import BatchInput
 from service.core.batcher import WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import SHUTTING_DOWN, BatcherStopped, DeadlineExceeded, NotReady
-from service.core.handoff import Arena, inline, send_arena
+from service.core.handoff import Arena, inline, receive_arena, send_arena, windows_at
 from service.core.models import ModelRuntime, Models
 from service.core.wire import Frames, decode_results, raise_remote, receive
 
@@ -45,7 +45,8 @@ class EngineClient:
         shared = arena_bytes > 0 and hasattr(os, "memfd_create")  # Linux; else inline
         self.arena = Arena(arena_bytes) if shared else None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._answers: np.ndarray | None = None  # the engine's answer arena, mapped
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes | np.ndarray]]] = {}
         # windows in the arena the engine may still read: held (not reused) until it answers
         self._held: dict[int, list[np.ndarray]] = {}
         self._frames: Frames | None = None
@@ -56,7 +57,7 @@ class EngineClient:
         ends = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(FileNotFoundError, ConnectionError):
-                reader, writer = await self._open()
+                reader, writer = await self._open(max(0.0, ends - time.monotonic()))
                 self._frames = Frames(writer)
                 self._reader_task = asyncio.create_task(self._read(reader))
                 try:
@@ -72,11 +73,15 @@ class EngineClient:
                 raise NotReady("the engine process did not become ready")
             await asyncio.sleep(0.05)
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(self, timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self.path)  # a local socket: connects (or fails) at once
             send_arena(sock, self.arena)
+            try:  # the engine accepts at once, models loaded or not
+                self._answers = await receive_arena(sock, timeout_s)
+            except TimeoutError:
+                raise NotReady("the engine process did not become ready") from None
             return await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
@@ -89,23 +94,46 @@ class EngineClient:
                 rid = int(header.get("id", 0))
                 self._held.pop(rid, None)
                 future = self._pending.pop(rid, None)
-                if future is not None and not future.done():
-                    future.set_result((header, payload))
+                if future is None or future.done():  # cancelled: an answer lent is freed
+                    self._free(header)
+                    continue
+                answer = self._lent_answer(header) if "at" in header else payload
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result((header, answer))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self.fail_pending("the engine process went away")
+
+    def _lent_answer(self, header: dict[str, Any]) -> np.ndarray | Exception:
+        """An answer the engine lent in its answer arena: copied out, and the extent freed
+        at once (the request's results then live on the heap, however long it keeps them)."""
+        try:
+            if self._answers is None:
+                raise ValueError("no answer arena on this connection")
+            (view,) = windows_at(self._answers, [int(header["at"])], [int(header["floats"])])
+            return view.copy()
+        except (KeyError, TypeError, ValueError) as exc:
+            return BatcherStopped(f"an unusable answer from the engine: {exc}")
+        finally:
+            self._free(header)
+
+    def _free(self, header: dict[str, Any]) -> None:
+        if "at" in header and self._frames is not None:
+            self._frames.post({"op": "free", "at": header["at"]})
 
     async def _call(
         self,
         header: dict[str, Any],
         payload: bytes,
         held: list[np.ndarray] | None = None,
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[dict[str, Any], bytes | np.ndarray]:
         if self._frames is None or self._reader_task is None or self._reader_task.done():
             raise BatcherStopped("no connection to the engine process")
         rid = next(self._ids)
-        future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
+        future: asyncio.Future[tuple[dict[str, Any], bytes | np.ndarray]] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[rid] = future
@@ -126,7 +154,7 @@ class EngineClient:
         frames: Frames,
         header: dict[str, Any],
         payload: bytes,
-        answer: asyncio.Future[tuple[dict[str, Any], bytes]],
+        answer: asyncio.Future[tuple[dict[str, Any], bytes | np.ndarray]],
     ) -> None:
         """Post a frame; while the engine is slow to read it (a large inline payload), wait
         for it to take the bytes, but no longer than the answer stays open: ``fail_pending``

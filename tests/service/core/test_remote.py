@@ -16,11 +16,11 @@ import pytest
 from service.core.batcher import WindowResult
 from service.core.engine_server import EngineServer, _windows
 from service.core.errors import BatcherStopped
-from service.core.handoff import receive_arena
+from service.core.handoff import receive_arena, send_arena
 from service.core.remote import EngineClient, RemoteQueue
 from service.core.tagger import Tagger
 from service.core.windows import cut
-from service.core.wire import Frames, encode_results, receive
+from service.core.wire import Frames, encode_results, joined, receive
 from tests.service.conftest import RATE, noise, settings_for
 
 
@@ -34,6 +34,7 @@ async def _engine_ready(path: str) -> AsyncIterator[tuple[asyncio.StreamReader, 
     listener.setblocking(False)
     conn, _ = await asyncio.get_running_loop().sock_accept(listener)
     await receive_arena(conn)
+    send_arena(conn, None)  # no answer arena: answers come through the socket
     reader, writer = await asyncio.open_unix_connection(sock=conn)
     frames = Frames(writer)
     try:
@@ -137,7 +138,8 @@ async def _recording_engine(path: str, got: asyncio.Future[tuple[dict[str, Any],
         header, payload = await receive(reader)
         got.set_result((header, payload))
         rows = [WindowResult({}, 0.0, 0.0, 1, 1) for _ in header["lengths"]]
-        await frames.send(*encode_results(header["id"], rows))
+        answer, parts = encode_results(header["id"], rows)
+        await frames.send(answer, joined(parts))
         await asyncio.Event().wait()
 
 
@@ -212,3 +214,47 @@ def test_inline_spans_score_as_the_arena_and_the_batcher_do(
     assert inline.shape[0] == len(windows)
     for other in (arena, end_to_end, in_process):
         np.testing.assert_array_equal(inline, other)
+
+
+def test_frame_scores_come_back_through_the_answer_arena(
+    sed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real engine and a decision-level model: each answer's frame scores come back in the
+    engine's answer arena (smaller here than six answers), equal bit for bit to the engine's
+    own batcher in process; every answer is freed once copied out, so twelve requests in a
+    row all find room, and the results outlive their extents."""
+    monkeypatch.setattr("service.core.engine_server.ANSWER_ARENA_BYTES", 6 * 101 * 527 * 4)
+    path = str(tmp_path / "engine.sock")
+    clips = [noise(1.0, seed=30 + i) for i in range(12)]
+
+    async def main() -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        tagger = Tagger(settings=settings_for(sed_bundle, max_delay_ms=1))
+        server = EngineServer(tagger.models, path)
+        await server.start()
+        await tagger.models.load_all()
+        model = next(iter(tagger.models.models))
+        client = EngineClient(path)
+        await client.connect(30)
+        lent, read = 0, client._lent_answer
+
+        def counted(header: dict[str, Any]) -> Any:
+            nonlocal lent
+            lent += 1
+            return read(header)
+
+        client._lent_answer = counted  # type: ignore[method-assign]
+        deadline = time.monotonic() + 120
+        remote = [await client.submit(model, [c], deadline, ["framewise"]) for c in clips]
+        batcher = tagger.models.get(model).batcher
+        local = [await batcher.submit([c], deadline) for c in clips]
+        await client.close()
+        await tagger.close()
+        await server.close()
+        frames = [[r[0].outputs["framewise"] for r in out] for out in (remote, local)]
+        return frames[0], frames[1], lent
+
+    remote, local, lent = asyncio.run(main())
+    assert lent == len(clips)
+    for a, b in zip(remote, local, strict=True):
+        assert a.nbytes > 64 << 10
+        np.testing.assert_array_equal(a, b)
