@@ -129,25 +129,32 @@ class EngineClient:
         header: dict[str, Any],
         payload: bytes,
         held: list[np.ndarray] | None = None,
+        timeout_s: float | None = None,
     ) -> tuple[dict[str, Any], bytes | np.ndarray]:
+        """Send a request and wait for its answer; past ``timeout_s`` it fails with
+        ``DeadlineExceeded`` (a timer on its future: no timeout scope per request)."""
         if self._frames is None or self._reader_task is None or self._reader_task.done():
             raise BatcherStopped("no connection to the engine process")
         rid = next(self._ids)
-        future: asyncio.Future[tuple[dict[str, Any], bytes | np.ndarray]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[dict[str, Any], bytes | np.ndarray]] = loop.create_future()
         self._pending[rid] = future
         if held is not None:
             self._held[rid] = held  # let go when the engine answers, whatever the answer
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _unanswered, future)
         try:
             await self._sent(self._frames, {**header, "id": rid}, payload, future)
             return await future
         except BaseException as exc:
             self._pending.pop(rid, None)  # nobody awaits its answer any more
-            if isinstance(exc, asyncio.CancelledError):  # the engine may drop its windows
-                # posted, not awaited: a cancelled request does not wait for a slow engine
+            if isinstance(exc, (asyncio.CancelledError, DeadlineExceeded)):
+                # the engine may drop its windows; posted, not awaited: a cancelled request
+                # does not wait for a slow engine
                 self._frames.post({"op": "cancel", "id": rid})
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @staticmethod
     async def _sent(
@@ -197,11 +204,9 @@ class EngineClient:
             payload, inline_ats = inline(windows)
             if inline_ats is not None:  # not end to end: overlapping windows share samples
                 header["inline_ats"] = inline_ats
-        try:  # the engine enforces the deadline; this holds if the engine stops answering
-            async with asyncio.timeout(header["deadline_in"] + _ENGINE_GRACE_S):
-                reply, data = await self._call(header, payload, placed)
-        except TimeoutError:
-            raise DeadlineExceeded("the engine process did not answer by the deadline") from None
+        # the engine enforces the deadline; the timeout holds if the engine stops answering
+        timeout_s = header["deadline_in"] + _ENGINE_GRACE_S
+        reply, data = await self._call(header, payload, placed, timeout_s)
         if not reply.get("ok"):
             raise_remote(reply)
         return decode_results(reply, data)
@@ -230,6 +235,11 @@ class EngineClient:
             self._frames.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
+
+
+def _unanswered(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded("the engine process did not answer by the deadline"))
 
 
 class RemoteBackend:

@@ -21,6 +21,7 @@ import pytest
 
 from service import supervisor
 from service.core.card import read_card
+from service.core.handoff import send_arena
 from service.supervisor import MAX_QUICK_EXITS, QUICK_EXIT_S, Supervisor, restart_delay
 from tests.service.conftest import (
     RATE,
@@ -147,8 +148,9 @@ def test_bad_settings_stop_the_start_with_one_line_each(tagger_bundle: Path) -> 
 
 
 def _engine_that_never_loads(path: str, done: threading.Event) -> None:
-    """A stand-in engine on a real Unix socket: it takes a front's arena and answers its
-    hello with the failure a real engine sends when its models do not load."""
+    """A stand-in engine on a real Unix socket: it takes a front's arena, passes back no
+    answer arena, and answers the hello with the failure a real engine sends when its
+    models do not load."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(path)
         server.listen(4)
@@ -158,6 +160,7 @@ def _engine_that_never_loads(path: str, done: threading.Event) -> None:
             _, fds, _, _ = socket.recv_fds(conn, 5, 1)
             for fd in fds:
                 os.close(fd)
+            send_arena(conn, None)
             (size,) = struct.unpack("<I", conn.recv(4, socket.MSG_WAITALL))
             hello = json.loads(conn.recv(size, socket.MSG_WAITALL))
             answer = json.dumps(

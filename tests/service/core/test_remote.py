@@ -15,7 +15,7 @@ import pytest
 
 from service.core.batcher import WindowResult
 from service.core.engine_server import EngineServer, _windows
-from service.core.errors import BatcherStopped
+from service.core.errors import BatcherStopped, DeadlineExceeded
 from service.core.handoff import receive_arena, send_arena
 from service.core.remote import EngineClient, RemoteQueue
 from service.core.tagger import Tagger
@@ -122,6 +122,48 @@ def test_an_engine_gone_while_a_request_is_sending_is_a_503_not_a_500(tmp_path: 
             assert not client._pending
 
     asyncio.run(main())
+
+
+def test_an_engine_that_never_answers_fails_the_request_past_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine enforces deadlines; if it stops answering, the front gives up on its own
+    shortly after the deadline (``DeadlineExceeded``: a 504) and tells the engine to drop
+    the request's windows."""
+    monkeypatch.setattr("service.core.remote._ENGINE_GRACE_S", 0.05)
+    path = str(tmp_path / "engine.sock")
+    frames_seen: list[dict[str, Any]] = []
+
+    async def silent_engine() -> None:
+        async with _engine_ready(path) as (reader, _):
+            while True:
+                header, _ = await receive(reader)
+                frames_seen.append(header)
+
+    async def main() -> float:
+        engine = asyncio.create_task(silent_engine())
+        client = EngineClient(path)
+        await client.connect(timeout_s=10)
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="did not answer"):
+            async with asyncio.timeout(10):  # a failure, not a hang, if nothing gives up
+                await client.submit("m", [np.zeros(8, np.float32)], start + 0.2)
+        took = time.monotonic() - start
+        for _ in range(500):
+            if any(f.get("op") == "cancel" for f in frames_seen):
+                break
+            await asyncio.sleep(0.01)
+        assert not client._pending
+        await client.close()
+        engine.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine
+        return took
+
+    took = asyncio.run(main())
+    assert 0.25 <= took < 5
+    submit, cancel = (f for f in frames_seen if f.get("op") in ("submit", "cancel"))
+    assert submit["op"] == "submit" and cancel == {"op": "cancel", "id": submit["id"], "bytes": 0}
 
 
 def _overlapping(seconds: float = 3.05) -> tuple[np.ndarray, list[np.ndarray]]:
