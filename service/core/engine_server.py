@@ -126,7 +126,7 @@ class EngineServer:
 
     async def _connection(self, conn: socket.socket) -> None:
         """A front's connection: its arena first (fd passing), then framed requests."""
-        answers = Arena(ANSWER_ARENA_BYTES) if hasattr(os, "memfd_create") else None
+        answers = _answer_arena()
         try:
             arena = await receive_arena(conn)
             send_arena(conn, answers)  # five bytes into an empty socket: never blocks
@@ -218,6 +218,19 @@ class EngineServer:
             return
         pending[rid] = future
         future.add_done_callback(partial(_answer, rid, answers, pending, kinds))
+
+
+def _answer_arena() -> Arena | None:
+    """A new front's answer arena; None (its answers use the socket) where there is no
+    ``memfd`` or no room for one (out of file descriptors or memory: not a reason to refuse
+    the front)."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        return Arena(ANSWER_ARENA_BYTES)
+    except OSError as exc:
+        log.warning("no answer arena for a front (%s): its answers use the socket", exc)
+        return None
 
 
 def _kinds(header: dict[str, Any]) -> frozenset[str] | None:

@@ -300,3 +300,30 @@ def test_frame_scores_come_back_through_the_answer_arena(
     for a, b in zip(remote, local, strict=True):
         assert a.nbytes > 64 << 10
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_front_without_an_answer_arena_gets_its_answers_through_the_socket(
+    tagger_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No room for an answer arena (here: one larger than any address space) is no reason
+    to refuse a front: the engine passes none, and the answers use the socket."""
+    monkeypatch.setattr("service.core.engine_server.ANSWER_ARENA_BYTES", 1 << 62)
+    path = str(tmp_path / "engine.sock")
+
+    async def main() -> tuple[np.ndarray | None, list[WindowResult]]:
+        tagger = Tagger(settings=settings_for(tagger_bundle, max_delay_ms=1))
+        server = EngineServer(tagger.models, path)
+        await server.start()
+        await tagger.models.load_all()
+        client = EngineClient(path)
+        await client.connect(30)
+        model = next(iter(tagger.models.models))
+        out = await client.submit(model, [noise(1.0, seed=5)], time.monotonic() + 60)
+        answers = client._answers
+        await client.close()
+        await tagger.close()
+        await server.close()
+        return answers, out
+
+    answers, out = asyncio.run(main())
+    assert answers is None and out[0].outputs["clipwise"].shape == (527,)
