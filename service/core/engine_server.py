@@ -21,9 +21,17 @@ from typing import Any
 import numpy as np
 
 from service.core.batcher import WindowResult
-from service.core.handoff import Arena, packed, packed_into, receive_arena, send_arena, windows_at
+from service.core.handoff import (
+    Arena,
+    joined,
+    packed,
+    packed_into,
+    receive_arena,
+    send_arena,
+    windows_at,
+)
 from service.core.models import Models
-from service.core.wire import Frames, encode_results, error_header, joined, receive
+from service.core.wire import Frames, encode_results, error_header, receive
 
 log = logging.getLogger("service.core.engine_server")
 MAX_KINDS = 8  # a model has at most a few output kinds (clipwise, embedding, framewise)
@@ -41,14 +49,14 @@ class Answers:
         self.lent: dict[int, np.ndarray] = {}  # byte offset -> the extent the front reads
 
     def post(self, header: dict[str, Any], parts: list[np.ndarray]) -> None:
+        arena = self.arena
         block = None
-        if self.arena is not None and sum(p.nbytes for p in parts) > ANSWER_ARENA_MIN:
-            block = packed_into(self.arena, parts)
-        if block is None:
+        if arena is not None and sum(p.nbytes for p in parts) > ANSWER_ARENA_MIN:
+            block = packed_into(arena, parts)
+        at = None if arena is None or block is None else arena.offset_of(block)
+        if block is None or at is None:
             self.frames.post(header, joined(parts))
             return
-        at = self.arena.offset_of(block) if self.arena is not None else None
-        assert at is not None, "an extent lies in its arena"
         self.lent[at] = block
         self.frames.post({**header, "at": at, "floats": int(block.size)})
 
@@ -165,7 +173,7 @@ class EngineServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         arena: np.ndarray | None,
-        answer_arena: Arena | None = None,
+        answer_arena: Arena | None,
     ) -> None:
         frames = Frames(writer)
         answers = Answers(frames, answer_arena)

@@ -165,15 +165,12 @@ class Layout:
 
     def fill(self, block: np.ndarray) -> list[np.ndarray]:
         """Copy the pieces into ``block`` (``floats`` long); the windows, as views of it."""
-        pos = 0
-        for piece in self.pieces:
-            block[pos : pos + piece.shape[0]] = piece
-            pos += piece.shape[0]
+        copy_end_to_end(block, self.pieces)
         return [block[at : at + n] for at, n in zip(self.starts, self.lengths, strict=True)]
 
     def payload(self) -> bytes:
         """The pieces end to end: an inline payload (the one copy of them)."""
-        return b"".join(p.data for p in self.pieces)
+        return joined(self.pieces)
 
 
 def layout(windows: Sequence[np.ndarray]) -> Layout:
@@ -292,16 +289,25 @@ def packed(lengths: list[int]) -> list[int]:
     return offsets
 
 
-def packed_into(arena: Arena, parts: Sequence[np.ndarray]) -> np.ndarray | None:
-    """``parts`` (float32, C-contiguous) end to end in a new extent of ``arena``; None when
-    it has no room for them."""
-    block = arena.array(sum(p.size for p in parts))
-    if block is None:
-        return None
+def copy_end_to_end(block: np.ndarray, parts: Sequence[np.ndarray]) -> None:
+    """Copy ``parts`` (C-contiguous, any shape) into the 1-D ``block``, end to end."""
     at = 0
     for part in parts:
         block[at : at + part.size] = part.reshape(-1)
         at += part.size
+
+
+def joined(parts: Sequence[np.ndarray]) -> bytes:
+    """``parts`` (float32, C-contiguous) end to end as bytes: an inline payload."""
+    return b"".join(p.data for p in parts)
+
+
+def packed_into(arena: Arena, parts: Sequence[np.ndarray]) -> np.ndarray | None:
+    """``parts`` (float32, C-contiguous) end to end in a new extent of ``arena``; None when
+    it has no room for them."""
+    block = arena.array(sum(p.size for p in parts))
+    if block is not None:
+        copy_end_to_end(block, parts)
     return block
 
 

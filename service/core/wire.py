@@ -135,8 +135,8 @@ def encode_results(
     rid: int, results: list[WindowResult], wanted: Collection[str] | None = None
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """A submit's answer: its header, and each window's outputs of the ``wanted`` kinds (None:
-    every kind) as the float32 arrays that make up its payload, in order (``joined``, or
-    copied into the engine's answer arena by ``service.core.engine_server``)."""
+    every kind) as the float32 arrays that make up its payload, in order (``handoff.joined``,
+    or copied into the engine's answer arena by ``service.core.engine_server``)."""
     kinds = sorted(results[0].outputs) if results else []
     if wanted is not None:
         kinds = [k for k in kinds if k in wanted]
@@ -144,11 +144,6 @@ def encode_results(
     meta = [[r.queue_s, r.compute_s, r.batch_size, r.batch_id] for r in results]
     parts = [np.ascontiguousarray(r.outputs[k], np.float32) for r in results for k in kinds]
     return {"id": rid, "ok": True, "kinds": kinds, "shapes": shapes, "meta": meta}, parts
-
-
-def joined(parts: list[np.ndarray]) -> bytes:
-    """An answer's arrays end to end: its inline payload."""
-    return b"".join(p.data for p in parts)
 
 
 def decode_results(header: dict[str, Any], payload: bytes | np.ndarray) -> list[WindowResult]:

@@ -16,11 +16,11 @@ import pytest
 from service.core.batcher import WindowResult
 from service.core.engine_server import EngineServer, _windows
 from service.core.errors import BatcherStopped, DeadlineExceeded
-from service.core.handoff import receive_arena, send_arena
+from service.core.handoff import joined, receive_arena, send_arena
 from service.core.remote import EngineClient, RemoteQueue
 from service.core.tagger import Tagger
 from service.core.windows import cut
-from service.core.wire import Frames, encode_results, joined, receive
+from service.core.wire import Frames, encode_results, receive
 from tests.service.conftest import RATE, noise, settings_for
 
 
