@@ -11,9 +11,11 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import multiprocessing
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -80,6 +82,41 @@ def machine() -> dict[str, Any]:
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "python": sys.version.split()[0],
     }
+
+
+def _spin(iterations: int, out: Any) -> None:
+    started = time.perf_counter()
+    total = 0
+    for i in range(iterations):
+        total += i
+    out.put(time.perf_counter() - started)
+
+
+def _spin_in(procs: int, iterations: int) -> float:
+    """Seconds until ``procs`` processes, started together, have each run the same loop."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    workers = [ctx.Process(target=_spin, args=(iterations, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    took = max(out.get(timeout=120) for _ in workers)
+    for w in workers:
+        w.join()
+    return took
+
+
+def core_scaling(procs: int, iterations: int = 3_000_000, pairs: int = 3) -> float:
+    """How much more pure-Python work ``procs`` processes get done than one, here and now:
+    the machine's own ceiling for a service's N-vs-1 ratio. A VM's vCPUs are not always
+    whole cores (SMT siblings, or a host that runs other guests on the same cores): two
+    processes then do less than twice one's work whatever the service does. The median of
+    ``pairs`` alternating 1-then-N runs (~0.2 s each on a 2-core VM)."""
+    ratios = []
+    for _ in range(pairs):
+        one = _spin_in(1, iterations)
+        many = _spin_in(procs, iterations)
+        ratios.append(procs * one / many)
+    return round(statistics.median(ratios), 2)
 
 
 def machine_busy() -> tuple[int, int]:

@@ -19,6 +19,12 @@ reported as unsupported). Prints JSON:
   drift over a round cancels), and the ratio is the median of the rounds' ratios
   (``scaling.per_round`` lists them; ``load`` holds the first round in full, ``rounds`` the
   clips/s and CPU per clip of every round);
+* per setting and format also the latency's p50/p95/p99/max, and ``gc``: Python's garbage
+  collections in the server's processes inside the window, by generation (how many, ms per
+  clip; from ``panns_gc_pause_seconds``), none of which lets a request move;
+* ``machine_scaling``: before each round, how much more pure-Python work 2 (or the most
+  workers asked) processes do than one on this machine right now (``common.core_scaling``):
+  the ceiling ``scaling`` is to be read against, as a VM's vCPUs may not be whole cores;
 * ``stages`` (``--no-stages`` to skip): CPU ms per clip of each stage, timed in-process on the
   service's own functions (``benchmarks/stages.py``), and what the load run's server CPU per
   clip leaves unattributed to them (HTTP parsing, routing, the event loop, batching).
@@ -40,14 +46,18 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from benchmarks.common import (  # noqa: E402
     TreeUsage,
+    core_scaling,
     emit,
     free_port,
     machine,
@@ -107,6 +117,40 @@ def _percentile_ms(values: list[float], q: int) -> float | None:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
 
 
+def gc_pauses(port: int) -> dict[str, tuple[float, float]]:
+    """{generation: (collections, seconds)} summed over the service's processes, from its
+    ``panns_gc_pause_seconds`` histogram (empty for a service without it)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "panns_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            slot = {"_count": 0, "_sum": 1}.get(sample.name.removeprefix(family.name))
+            if slot is not None:
+                out.setdefault(sample.labels["generation"], [0.0, 0.0])[slot] += sample.value
+    return {gen: (count, seconds) for gen, (count, seconds) in out.items()}
+
+
+def _gc_in_window(
+    start: dict[str, tuple[float, float]], end: dict[str, tuple[float, float]], ok: int
+) -> dict[str, Any] | None:
+    """The collections inside the window, by generation: how many, and ms per clip."""
+    if not end or not ok:
+        return None
+    return {
+        gen: {
+            "collections": int(count - start.get(gen, (0, 0))[0]),
+            "ms_per_clip": round(1000 * (seconds - start.get(gen, (0, 0))[1]) / ok, 3),
+        }
+        for gen, (count, seconds) in sorted(end.items())
+    }
+
+
 def measure(
     server: Server, fmt: Format, requests: list[bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -119,9 +163,11 @@ def measure(
     model = json.loads(body).get("model", {})
     out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
     marks: dict[str, tuple[TreeUsage, tuple[int, int]]] = {}
+    collections: dict[str, dict[str, tuple[float, float]]] = {}
 
     def at_window(edge: str) -> None:
         marks[edge] = (tree_usage(server.proc.pid, by_role=True), machine_busy())
+        collections[edge] = gc_pauses(server.port)
 
     load = run_load(
         server.port,
@@ -149,6 +195,10 @@ def measure(
         first_error=load.first_error or None,
         p50_ms=_percentile_ms(load.latencies, 50),
         p95_ms=_percentile_ms(load.latencies, 95),
+        p99_ms=_percentile_ms(load.latencies, 99),
+        max_ms=round(max(load.latencies) * 1000, 1) if load.latencies else None,
+        # Python's garbage collections in the server's processes (no request moves meanwhile)
+        gc=_gc_in_window(collections["start"], collections["end"], ok),
         server_cpu_ms_per_clip=per_clip(cpu),
         server_cores_busy=round(cpu / load.duration_s, 2),
         # where the CPU went with several processes: main (one process, or the supervisor),
@@ -249,6 +299,22 @@ def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _most_processes(settings: list[str]) -> int:
+    """The most server processes doing the work among the settings (fronts), at least 2."""
+    numbers = [int(w) for w in settings if w.isdigit()]
+    return max([2, *numbers]) if numbers else len(os.sched_getaffinity(0))
+
+
+def _ceiling(ceilings: list[float], settings: list[str]) -> dict[str, Any]:
+    """The machine's own N-vs-1 ratio (``common.core_scaling``), measured before each round:
+    what the service's ``scaling`` is to be read against."""
+    return {
+        "processes": _most_processes(settings),
+        "per_round": ceilings,
+        "median": round(statistics.median(ceilings), 2),
+    }
+
+
 def run_rounds(
     bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace, result: dict[str, Any]
 ) -> None:
@@ -257,9 +323,12 @@ def run_rounds(
     (the first round), ``rounds`` (the round in progress too) and ``scaling`` (over the
     finished rounds)."""
     rounds: list[dict[str, dict[str, Any]]] = []
+    ceilings: list[float] = []
     for index in range(args.rounds):
         order = args.workers if index % 2 == 0 else args.workers[::-1]
         load: dict[str, dict[str, Any]] = {}
+        ceilings.append(core_scaling(_most_processes(args.workers)))
+        result["machine_scaling"] = _ceiling(ceilings, args.workers)
         for workers in order:
             load[workers] = run_setting(workers, bundle, requests, args)
             if index == 0:

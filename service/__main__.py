@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.core.card import BundleError
-from service.core.heap import keep_request_buffers
+from service.core.heap import freeze_loaded_objects, keep_request_buffers
 from service.core.models import check_bundles
 from service.guards import bounded_http
 from service.logs import configure_logging
@@ -96,7 +96,7 @@ def main() -> None:
         from service.supervisor import supervise
 
         sys.exit(supervise(settings))
-    app = create_app(settings, on_load_failure=stop_on_failure)
+    app = create_app(settings, on_load_failure=stop_on_failure, on_loaded=freeze_loaded_objects)
     run_server(app, settings)
     sys.exit(1 if load_failed() else 0)
 
@@ -119,6 +119,7 @@ class DrainingServer(uvicorn.Server):
 def run_server(app: FastAPI, settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain; returns (never dies by the signal)."""
     keep_request_buffers()
+    app.state.metrics.time_gc()
     config = uvicorn_config(settings)
     if sock is not None:
         config.pop("host"), config.pop("port")

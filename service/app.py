@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI
 
@@ -24,21 +25,30 @@ log = logging.getLogger("service.app")
 FRONT_READY_WAIT_S = 10.0
 
 
-async def _load(tagger: Tagger, on_failure: Callable[[], None] | None) -> None:
+@dataclass(frozen=True)
+class _Hooks:
+    on_failure: Callable[[], None] | None  # the models cannot be loaded
+    on_loaded: Callable[[], None] | None  # loaded (or linked to the engine): serving now
+
+
+async def _load(tagger: Tagger, hooks: _Hooks) -> None:
     try:
         await tagger.load()
     except Exception:  # kept in models.error: /healthz and /readyz report it
         log.exception("loading models failed")
-        if on_failure is not None:
-            on_failure()
+        if hooks.on_failure is not None:
+            hooks.on_failure()
+        return
+    if hooks.on_loaded is not None:
+        hooks.on_loaded()
 
 
-def _lifespan(tagger: Tagger, on_failure: Callable[[], None] | None):  # type: ignore[no-untyped-def]
+def _lifespan(tagger: Tagger, hooks: _Hooks):  # type: ignore[no-untyped-def]
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         check_bundles(tagger.settings)  # a wrong path stops the start-up at once
         # Load and warm up in the background: /healthz answers and /readyz says 503 meanwhile.
-        loader = asyncio.create_task(_load(tagger, on_failure), name="load-models")
+        loader = asyncio.create_task(_load(tagger, hooks), name="load-models")
         if tagger.settings.engine_socket:
             # A front shares the listening socket with the others: it starts taking
             # connections once it is ready (the engine loaded), if that comes soon, so that a
@@ -82,12 +92,16 @@ def _drainer(tagger: Tagger, grace_s: float) -> Callable[[], None]:
 
 
 def create_app(
-    settings: Settings | None = None, on_load_failure: Callable[[], None] | None = None
+    settings: Settings | None = None,
+    on_load_failure: Callable[[], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the service for ``settings`` (default: ``get_settings()`` from the environment).
 
     ``on_load_failure`` is called when the models cannot be loaded (``python -m service``
-    passes one that stops the process with a non-zero status)."""
+    passes one that stops the process with a non-zero status), ``on_loaded`` once they are
+    (``python -m service`` freezes what the process loaded out of the garbage collector's
+    walks: ``service.core.heap.freeze_loaded_objects``)."""
     settings = settings or get_settings()
     app_metrics = Metrics()
     tagger = Tagger(settings=settings, observer=observer_factory(app_metrics), events=app_metrics)
@@ -95,7 +109,7 @@ def create_app(
         title="PANNs audio tagging",
         version="0.1.0",
         description="Tag, embed and detect sound events with PANNs bundles on ONNX Runtime.",
-        lifespan=_lifespan(tagger, on_load_failure),
+        lifespan=_lifespan(tagger, _Hooks(on_load_failure, on_loaded)),
         docs_url=None,  # served by routes.apidocs: offline assets, behind the key
         redoc_url=None,
         openapi_url=None,

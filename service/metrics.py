@@ -8,8 +8,12 @@ first error of a series (a counter born at 1 has no earlier sample to differ fro
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,6 +34,7 @@ from service.core.card import ModelCard
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 _MODEL = ("model",)
 
 # The endpoints that run inference: the only requests counted in flight.
@@ -131,6 +136,15 @@ class Metrics:
             "Stream windows dropped because the engine fell behind",
             _MODEL,
         )
+        self.gc_pause = self._histogram(
+            "panns_gc_pause_seconds",
+            "Python's cyclic garbage collections (no request moves meanwhile), by generation",
+            ("generation",),
+            _GC_BUCKETS,
+        )
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
+        self._gc_pauses: deque[tuple[int, float]] = deque(maxlen=4096)
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
@@ -149,6 +163,7 @@ class Metrics:
         return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def request_done(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        self.flush_gc()
         code = str(status)
         self.requests.labels(endpoint, model, code).inc()
         self.request_duration.labels(endpoint, model, code).observe(seconds)
@@ -167,8 +182,32 @@ class Metrics:
     def file_failed(self, code: str) -> None:
         self.decode_failures.labels(code).inc()
 
+    def time_gc(self) -> Callable[[], None]:
+        """Time this process's garbage collections into ``panns_gc_pause_seconds`` (a
+        serving process calls it once); returns the function that stops it.
+
+        A collection can start at any allocation, also inside prometheus-client's own
+        (non-reentrant) locks, so the callback only appends to a deque; the pauses are
+        observed at the next request or batch done, or scrape (``flush_gc``)."""
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self._gc_pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)
+
+    def flush_gc(self) -> None:
+        while self._gc_pauses:
+            generation, pause = self._gc_pauses.popleft()
+            self.gc_pause.labels(str(generation)).observe(pause)
+
     def render(self) -> bytes:
         """This process's metrics, or every process's when several serve (multiprocess)."""
+        self.flush_gc()
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if not directory:
             return generate_latest(self.registry)
@@ -231,6 +270,7 @@ class BatchMetrics:
         self.depth.set(0)
 
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None:
+        self.metrics.flush_gc()  # the engine process serves no request: its pauses go here
         self.sizes.observe(size)
         self.computes.observe(compute_s)
         for wait in waits:

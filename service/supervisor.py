@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.core.heap import keep_request_buffers
+from service.core.heap import freeze_loaded_objects, keep_request_buffers
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.supervisor")
@@ -194,6 +194,7 @@ async def _engine_main(settings: Settings) -> int:
     from service.metrics import Metrics, observer_factory
 
     metrics = Metrics()
+    metrics.time_gc()
     tagger = Tagger(
         settings=settings.model_copy(update={"engine_socket": ""}),
         observer=observer_factory(metrics),
@@ -210,6 +211,7 @@ async def _engine_main(settings: Settings) -> int:
         log.exception("loading models failed")
         await asyncio.sleep(1.0)  # let the fronts read the error
         return 1
+    freeze_loaded_objects()
     await stop.wait()
     await tagger.close()  # every queued window is finished first
     await server.close()
@@ -249,7 +251,7 @@ def front_main(fd: int) -> int:
     # A front that cannot reach a ready engine (it failed, or is not ready after
     # ``EngineClient.connect``'s wait) exits, so the supervisor starts a fresh one that waits
     # again; staying up would leave it answering 503 not_ready for ever, beside ready fronts.
-    app = create_app(settings, on_load_failure=stop_on_failure)
+    app = create_app(settings, on_load_failure=stop_on_failure, on_loaded=freeze_loaded_objects)
     run_server(app, settings, socket.socket(fileno=fd))
     return 1 if load_failed() else 0
 

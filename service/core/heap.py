@@ -1,4 +1,5 @@
-"""The C heap of a serving process (glibc): reuse per-request buffers, return large ones.
+"""The heaps of a serving process: glibc's (reuse per-request buffers, return large ones)
+and Python's cyclic collector (keep what the process loaded out of its full collections).
 
 glibc serves a request larger than its mmap threshold (128 KiB at first) with a fresh
 ``mmap`` and unmaps it on free, and trims the heap's free top past its trim threshold. A
@@ -8,6 +9,12 @@ process's whole cost per 32 kHz WAV upload (``perf stat -e page-faults``). Raisi
 thresholds keeps such buffers in the heap, reused from request to request; a request
 over ``LARGE_REQUEST_BYTES`` still gets its own mapping, and after one the heap is trimmed
 (``release_memory``), so a 1 h upload does not leave the process large.
+
+Python's collector walks every tracked object on a full (generation 2) collection: in a
+front under load, about 85,000 objects, nearly all loaded at start (modules, the app and its
+routes, the models' cards), for one 55-90 ms pause every ~10 s, during which no request
+moves. ``freeze_loaded_objects`` moves what is alive once the process has loaded into the
+permanent generation, so full collections walk only what requests made (under 1 ms).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import threading
 from typing import Any
 
@@ -60,3 +68,12 @@ def release_memory() -> None:
                 libc.malloc_trim(0)
     finally:
         _releasing.release()
+
+
+def freeze_loaded_objects() -> None:
+    """Once a server process has loaded (its models, or its link to the engine): collect,
+    then freeze what is left, out of every later collection's walk. Nothing loaded at start
+    is let go before the process ends (no model reload), so nothing freed later is kept.
+    A server process calls this; a library has no business freezing its host's collector."""
+    gc.collect()
+    gc.freeze()

@@ -57,6 +57,13 @@ def test_one_short_load_run() -> None:
     assert wav["server_cpu_ms_per_clip"] > 0 and wav["server_processes"] >= 1
     assert set(wav["server_cpu_ms_per_clip_by_role"]) == {"main"}  # one process: all of it
     assert wav["served_by"]["provider"] == "CPUExecutionProvider"
+    assert wav["p50_ms"] <= wav["p95_ms"] <= wav["p99_ms"] <= wav["max_ms"]
+    # the service's own GC pauses in the window: each generation present, none negative
+    assert set(wav["gc"]) == {"0", "1", "2"}
+    assert all(g["collections"] >= 0 and g["ms_per_clip"] >= 0 for g in wav["gc"].values())
+    ceiling = result["machine_scaling"]
+    assert ceiling["processes"] == 2 and len(ceiling["per_round"]) == 1
+    assert 0.5 < ceiling["median"] < 2.5  # two processes of a Python loop vs one, here
     pcm = result["load"]["1"]["pcm"]
     assert pcm["supported"] or pcm["status"] == 415
     assert result["machine"]["cpus"] >= 1

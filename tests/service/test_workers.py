@@ -116,6 +116,9 @@ def test_two_fronts_share_one_engine(tagger_bundle: Path) -> None:
         assert metric_total(metrics, "panns_requests_total", endpoint="/v1/tag") == 16
         sizes = metrics["panns_batch_size_count"]
         assert sum(sizes.values()) < 16  # windows of both fronts shared batches
+        # each process froze what it loaded after one full collection, timed and reported
+        # by the engine (at its first batch) and by every front that answered
+        assert metric_total(metrics, "panns_gc_pause_seconds_count", generation="2") >= 2
         victim = _fronts(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
