@@ -199,6 +199,7 @@ async def _engine_main(settings: Settings) -> int:
         settings=settings.model_copy(update={"engine_socket": ""}),
         observer=observer_factory(metrics),
     )
+    tagger.models.lone_inline = True  # this loop serves the batchers alone
     server = EngineServer(tagger.models, os.environ[ENV_SOCKET])
     await server.start()
     stop = asyncio.Event()

@@ -12,8 +12,11 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
   the engine thread runs the previous batch, and that thread queues the stacked batch for the
   engine threads itself (no loop turn between); at most one stacked batch waits for the engine.
-  ``pipeline=False`` stacks and runs one batch at a time. ``stack=False``: ``infer`` gets the
-  windows as a list, for an engine that copies them into its own (pinned) buffer anyway.
+  ``pipeline=False`` stacks and runs one batch at a time. ``lone_inline``: a batch of one
+  window with nothing in flight runs on the loop's thread (for the engine process's loop,
+  which serves nothing else: a lone request saves two thread wake-ups). ``stack=False``:
+  ``infer`` gets the windows as a list, for an engine that copies them into its own (pinned)
+  buffer anyway.
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
@@ -135,13 +138,14 @@ class Batcher:
         pipeline: bool = True,
         inflight: int = 1,
         stack: bool = True,
+        lone_inline: bool = False,
     ) -> None:
         if inflight < 1:
             raise ValueError(f"inflight must be at least 1, not {inflight}")
         self.infer, self.max_batch, self.max_delay_s = infer, max_batch, max_delay_s
         self.max_queue, self.observer, self.name = max_queue, observer, name
         self.cut_when_idle, self.pipeline, self.inflight = cut_when_idle, pipeline, inflight
-        self.stack = stack
+        self.stack, self.lone_inline = stack, lone_inline
         self._queue: FairQueue[_Request] = FairQueue()
         self._live: dict[_Request, None] = {}  # submitted, not yet returned
         self._closing = self._gave_up = False
@@ -368,8 +372,23 @@ class Batcher:
             return False
         self._stacked(len(batch), start)
         self._handed += 1
-        self._threads.submit(batch, self.infer, stacked)
+        if self.lone_inline and self._handed == 1 and len(batch) == 1:
+            self._run_here(batch, stacked)
+        else:
+            self._threads.submit(batch, self.infer, stacked)
         return True
+
+    def _run_here(self, batch: Batch, stacked: InferInput) -> None:
+        """``lone_inline``: a lone window with nothing else in flight runs on the loop's own
+        thread, two thread wake-ups fewer (to the engine thread and back to the loop) for
+        a lone request. Only for a loop that serves nothing but batchers (the engine
+        process): others wait meanwhile, as they would for the busy engine anyway."""
+        start = time.monotonic()
+        try:
+            outcome: dict[str, np.ndarray] | BaseException = self.infer(stacked)
+        except Exception as exc:  # fails this batch, as in an engine thread
+            outcome = exc
+        self._finish(batch, outcome, start, time.monotonic())
 
     def _stack_and_hand(self, batch: Batch, windows: list[np.ndarray]) -> None:
         """In the stacking thread: stack, then queue the batch for the engine threads. A

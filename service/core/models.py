@@ -79,6 +79,9 @@ class Models:
     error: str | None = None
     # set once loading has ended, loaded or failed: what an engine's fronts wait for
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # a lone window runs on the event loop's thread (``Batcher.lone_inline``): for the engine
+    # process, whose loop serves nothing but the batchers, never for one that serves HTTP
+    lone_inline: bool = False
 
     @property
     def default_name(self) -> str | None:
@@ -116,6 +119,7 @@ class Models:
             name=card.name,
             inflight=backend.inflight,
             stack=not backend.stages,
+            lone_inline=self.lone_inline,
         )
         batcher.start()
         self.models[card.name] = ModelRuntime(card, backend, batcher, default=not self.models)

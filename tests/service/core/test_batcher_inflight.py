@@ -309,3 +309,45 @@ def test_a_batch_that_fails_to_stack_fails_its_requests_and_the_batcher_goes_on(
 
     run(main, Engine(), max_batch=3, max_delay_s=0.001, max_queue=100, observer=obs)
     assert obs.done == [2, 1]
+
+
+def test_lone_inline_runs_a_lone_window_on_the_loop_and_the_rest_in_engine_threads() -> None:
+    """``lone_inline`` (the engine process): a lone window with nothing in flight runs on the
+    loop's thread; a batch of several, or one that comes while another runs, goes to an
+    engine thread; every request gets its own results, and a failure fails only its own."""
+    engine, obs = Engine(gated=True, fail_length=6), Observer()
+    loop_thread: list[int] = []
+
+    async def main(b: Batcher) -> None:
+        loop_thread.append(threading.get_ident())
+        engine.allow(1)
+        assert values(await b.submit(windows(10, 1), far())) == [10]
+        assert engine.threads == {loop_thread[0]}
+        busy = asyncio.create_task(b.submit(windows(0, 2), far()))  # to an engine thread
+        await until(lambda: len(engine.batches) == 2, "the pair running")
+        lone = asyncio.create_task(b.submit(windows(20, 1), far()))  # comes while it runs
+        await asyncio.sleep(0.01)
+        assert not lone.done()  # not run on the loop: it waits for an engine thread
+        engine.allow(2)
+        assert values(await busy) == [0, 1] and values(await lone) == [20]
+        assert len(engine.threads) == 2  # the loop's and one engine thread
+        engine.allow(1)
+        with pytest.raises(RuntimeError, match="engine failure"):
+            await b.submit(windows(30, 1, length=6), far())  # fails on the loop, alone
+        engine.allow(1)
+        assert values(await b.submit(windows(40, 1), far())) == [40]
+        assert obs.done == [1, 2, 1, 1]
+
+    run(main, engine, max_batch=4, max_delay_s=1.0, max_queue=64, observer=obs, lone_inline=True)
+
+
+def test_without_lone_inline_every_batch_runs_in_an_engine_thread() -> None:
+    engine = Engine()
+    loop_thread: list[int] = []
+
+    async def main(b: Batcher) -> None:
+        loop_thread.append(threading.get_ident())
+        assert values(await b.submit(windows(10, 1), far())) == [10]
+        assert loop_thread[0] not in engine.threads
+
+    run(main, engine, max_batch=4, max_delay_s=1.0, max_queue=64)
