@@ -37,17 +37,17 @@ def mix_into(block: np.ndarray, dest: np.ndarray, scale: float = 1.0) -> None:
     """``dest = scale * mean(block, axis=1)`` in float32, without a float64 detour.
 
     Column adds, not ``block.mean(axis=1)``: that reduction over a short strided axis costs
-    ~30x more (7 ms vs 0.2 ms per 10 s stereo clip). ``dtype`` makes int16 add in float32.
+    ~30x more (7 ms vs 0.2 ms per 10 s stereo clip). The first column is cast into ``dest``
+    by ``copyto`` and the scale applied in place: a ufunc given int16 and ``dtype=float32``
+    casts through small buffers, 1.5x slower for a 10 s mono clip (0.16 vs 0.11 ms) and
+    1.25x for stereo. Exact either way: an int16 (or int32 up to 2**24) sum is exact in
+    float32, and the same scale multiplies the same float32 sum.
     """
     channels = block.shape[1]
-    factor = np.float32(scale / channels)
-    if channels == 1:
-        np.multiply(block[:, 0], factor, out=dest, dtype=np.float32)
-        return
-    np.add(block[:, 0], block[:, 1], out=dest, dtype=np.float32)
-    for c in range(2, channels):
+    np.copyto(dest, block[:, 0], casting="unsafe")  # int16 -> float32: exact
+    for c in range(1, channels):
         np.add(dest, block[:, c], out=dest, dtype=np.float32)
-    dest *= factor
+    dest *= np.float32(scale / channels)
 
 
 def mono_at(

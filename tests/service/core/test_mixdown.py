@@ -33,3 +33,20 @@ def test_a_whole_block_resamples_to_the_same_samples_as_the_stream(rate: int) ->
     for first in range(0, x.shape[0], 65536):
         streamed.push(x[first : first + 65536])
     np.testing.assert_array_equal(whole, streamed.finish())
+
+
+@pytest.mark.parametrize("dtype", ["<i2", "<i4", "<f4", "<f8"])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_mixdown_adds_the_columns_in_float32_then_scales(dtype: str, channels: int) -> None:
+    """Bit for bit: each column cast to float32 and added in order, then one scale (what a
+    decoder's int16, int32 or float block gives), whatever the column's type or stride."""
+    rng = np.random.default_rng(channels)
+    frames = rng.uniform(-30000, 30000, (4801, channels))
+    block = frames.astype(dtype) if dtype[1] != "f" else (frames / 30000).astype(dtype)
+    want = block[:, 0].astype(np.float32)
+    for c in range(1, channels):
+        want = want + block[:, c].astype(np.float32)
+    want *= np.float32(0.5 / channels)
+    got = np.empty(len(block), np.float32)
+    mix_into(block, got, 0.5)
+    np.testing.assert_array_equal(got, want)
