@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 
 from service.core.models import check_bundles
 from service.core.tagger import Tagger
-from service.deps import require_api_key
+from service.deps import declare_key_schemes, require_api_key
 from service.errors import install_error_handlers
 from service.guards import HeaderLimit, ReleaseAfterLargeBodies
 from service.logs import AccessLogMiddleware
@@ -122,8 +122,10 @@ def create_app(
     install_error_handlers(app)
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):
-        app.include_router(module.router, dependencies=auth, responses=PROTECTED)
-    app.include_router(oip.router, dependencies=auth)  # errors in the protocol's own shape
+        router = declare_key_schemes(module.router)
+        app.include_router(router, dependencies=auth, responses=PROTECTED)
+    # errors in the protocol's own shape
+    app.include_router(declare_key_schemes(oip.router), dependencies=auth)
     app.include_router(oip.public)
     app.include_router(health.router)
     app.include_router(metrics.router)

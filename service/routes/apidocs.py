@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from service.deps import require_api_key
+from service.deps import key_schemes_openapi, require_api_key
 from service.errors import ApiError
 
 ASSETS: dict[str, str] = {
@@ -55,8 +55,8 @@ def _settle_security(doc: dict[str, Any], keys_required: bool) -> None:
     """Say for every operation whether it needs a key (``security: []``: it does not).
 
     Without keys configured no operation needs one and none answers 401."""
-    if not keys_required:
-        doc.get("components", {}).pop("securitySchemes", None)
+    if keys_required:
+        doc.setdefault("components", {})["securitySchemes"] = key_schemes_openapi()
     for path in doc["paths"].values():
         for operation in path.values():
             if not keys_required:

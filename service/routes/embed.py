@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
-from service.deps import ModelParam, WindowDep
+from service.deps import query_params
 from service.present import embed_json
+from service.queries import UploadQuery, openapi_parameters
 from service.routes.docs import ERRORS, UPLOAD
-from service.routes.inference import PcmDep, run_upload
+from service.routes.inference import run_upload
 from service.schemas import EmbedResponse
 
 router = APIRouter(tags=["inference"])
+EmbedParams = Annotated[UploadQuery, Depends(query_params(UploadQuery))]
 
 
-@router.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=UPLOAD)
-async def embed(
-    request: Request, params: WindowDep, pcm: PcmDep, model: ModelParam = None
-) -> Response:
+@router.post(
+    "/v1/embed",
+    response_model=EmbedResponse,
+    responses=ERRORS,
+    openapi_extra={**UPLOAD, "parameters": openapi_parameters(UploadQuery)},
+)
+async def embed(request: Request, query: EmbedParams) -> Response:
     """The mean embedding per file; 422 for models without an embedding output."""
+    window = query.window()
 
     async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
-        return await tagger.embed_many(inputs, model=name, window=params)
+        return await tagger.embed_many(inputs, model=name, window=window)
 
-    return await run_upload(request, model, pcm, call, embed_json)
+    return await run_upload(request, query.model, query.pcm(), call, embed_json)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Request
 
 from service.core.audiocheck import AudioError
 from service.core.inputs import AudioInput, PcmFormat
@@ -19,21 +19,6 @@ from service.upload import Body, BodyLimits, read_body
 
 T = TypeVar("T")
 R = TypeVar("R", bound=FileResult)
-
-
-async def pcm_params(
-    sample_rate: Annotated[
-        int | None, Query(ge=1000, le=384000, description="raw PCM body: its sample rate")
-    ] = None,
-    channels: Annotated[int, Query(ge=1, le=64, description="raw PCM body: channels")] = 1,
-    dtype: Annotated[
-        Literal["int16", "float32"], Query(description="raw PCM body: sample type")
-    ] = "int16",
-) -> PcmFormat | None:
-    return None if sample_rate is None else PcmFormat(sample_rate, channels, dtype)
-
-
-PcmDep = Annotated[PcmFormat | None, Depends(pcm_params)]
 
 
 def _inputs(body: Body, pcm: PcmFormat | None) -> list[AudioInput]:

@@ -2,38 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
-from service.core.tasks import TagOptions
-from service.deps import ModelParam, WindowDep
+from service.deps import query_params
 from service.present import tag_json
+from service.queries import TagQuery, openapi_parameters
 from service.routes.docs import ERRORS, UPLOAD
-from service.routes.inference import PcmDep, run_upload
+from service.routes.inference import run_upload
 from service.schemas import TagResponse
 
 router = APIRouter(tags=["inference"])
+TagParams = Annotated[TagQuery, Depends(query_params(TagQuery))]
 
 
-@router.post("/v1/tag", response_model=TagResponse, responses=ERRORS, openapi_extra=UPLOAD)
-async def tag(
-    request: Request,
-    params: WindowDep,
-    pcm: PcmDep,
-    model: ModelParam = None,
-    top_k: Annotated[int, Query(ge=1, le=1000)] = 10,
-    threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
-    aggregate_: Annotated[Literal["max", "mean"], Query(alias="aggregate")] = "max",
-    scores: Annotated[bool, Query(description="false: only `top` (smaller responses)")] = True,
-) -> Response:
+@router.post(
+    "/v1/tag",
+    response_model=TagResponse,
+    responses=ERRORS,
+    openapi_extra={**UPLOAD, "parameters": openapi_parameters(TagQuery)},
+)
+async def tag(request: Request, query: TagParams) -> Response:
     """Label scores per file: multipart parts named ``file``, or one file as the raw body."""
-    options = TagOptions(top_k, threshold, aggregate_)
+    window, options = query.window(), query.options()
 
     async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
-        return await tagger.tag_many(inputs, model=name, window=params, options=options)
+        return await tagger.tag_many(inputs, model=name, window=window, options=options)
 
-    return await run_upload(request, model, pcm, call, lambda r: tag_json(r, scores))
+    return await run_upload(
+        request, query.model, query.pcm(), call, lambda r: tag_json(r, query.scores)
+    )

@@ -187,6 +187,41 @@ def test_bad_parameters_are_422(
     assert field in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "fields"),
+    [
+        ("/v1/tag", {"dtype": "int8", "sample_rate": 16000}, ["dtype"]),
+        ("/v1/tag", {"sample_rate": 10}, ["sample_rate"]),
+        ("/v1/tag", {"channels": 0, "top_k": "many"}, ["channels", "top_k"]),
+        ("/v1/tag", {"model": "m" * 201}, ["model"]),
+        ("/v1/embed", {"window_s": -1, "hop_s": "x"}, ["window_s", "hop_s"]),
+        ("/v1/detect", {"threshold": 2, "min_duration_s": -1}, ["threshold", "min_duration_s"]),
+    ],
+)
+def test_every_bad_parameter_of_every_upload_route_is_named_in_one_422(
+    server: LiveServer, path: str, params: dict[str, str | int], fields: list[str]
+) -> None:
+    """The query string is validated at once (``service.queries``): every bad value is named,
+    before the body is read; an unknown parameter is ignored, as it always was."""
+    with server.client() as c:
+        r = c.post(path, params={**params, "unknown": "1"}, files=files(("a.wav", GOOD)))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_parameters"
+    assert all(f"{field}:" in error["message"] for field in fields), error["message"]
+
+
+def test_query_values_arrive_typed_and_the_last_repeat_wins(server: LiveServer) -> None:
+    with server.client() as c:
+        r = c.post(
+            "/v1/tag?top_k=7&top_k=3&scores=false&pad=0&unknown=x",
+            files=files(("a.wav", GOOD)),
+        )
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    assert len(result["top"]) == 3 and result["scores"] is None
+
+
 def test_long_overlapping_windows_are_413_not_a_gigabyte(server: LiveServer) -> None:
     """60 s windows every 0.25 s over a 70 s clip: 41 windows (within the count of 128) that
     hold 315 MB of float32, and as much to hand to the engine, from a small upload: 2460 s of
