@@ -11,8 +11,8 @@ from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
 from service.deps import query_params, settings_of
 from service.present import detect_json
-from service.queries import DetectQuery, openapi_parameters
-from service.routes.docs import ERRORS, UPLOAD
+from service.queries import DetectQuery
+from service.routes.docs import ERRORS, upload_doc
 from service.routes.inference import run_upload
 from service.schemas import DetectResponse
 
@@ -26,7 +26,7 @@ DetectParams = Annotated[DetectQuery, Depends(query_params(DetectQuery))]
     "/v1/detect",
     response_model=DetectResponse,
     responses=ERRORS,
-    openapi_extra={**UPLOAD, "parameters": openapi_parameters(DetectQuery)},
+    openapi_extra=upload_doc(DetectQuery),
 )
 async def detect(request: Request, query: DetectParams) -> Response:
     """Frame scores of the top classes and event segments, per uploaded file."""

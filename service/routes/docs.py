@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from service.queries import openapi_parameters
 from service.schemas import ErrorResponse
 
 # status -> (what it means, an example code and message); every body is an ErrorResponse.
@@ -108,3 +111,9 @@ UPLOAD: dict[str, Any] = {
         },
     }
 }
+
+
+def upload_doc(query: type[BaseModel]) -> dict[str, Any]:
+    """An upload route's ``openapi_extra``: its body (``UPLOAD``) and its query model's
+    parameters (``service.queries``: parsed by one dependency, so FastAPI lists none)."""
+    return {**UPLOAD, "parameters": openapi_parameters(query)}

@@ -11,8 +11,8 @@ from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
 from service.deps import query_params
 from service.present import embed_json
-from service.queries import UploadQuery, openapi_parameters
-from service.routes.docs import ERRORS, UPLOAD
+from service.queries import UploadQuery
+from service.routes.docs import ERRORS, upload_doc
 from service.routes.inference import run_upload
 from service.schemas import EmbedResponse
 
@@ -24,7 +24,7 @@ EmbedParams = Annotated[UploadQuery, Depends(query_params(UploadQuery))]
     "/v1/embed",
     response_model=EmbedResponse,
     responses=ERRORS,
-    openapi_extra={**UPLOAD, "parameters": openapi_parameters(UploadQuery)},
+    openapi_extra=upload_doc(UploadQuery),
 )
 async def embed(request: Request, query: EmbedParams) -> Response:
     """The mean embedding per file; 422 for models without an embedding output."""

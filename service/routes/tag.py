@@ -11,8 +11,8 @@ from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
 from service.deps import query_params
 from service.present import tag_json
-from service.queries import TagQuery, openapi_parameters
-from service.routes.docs import ERRORS, UPLOAD
+from service.queries import TagQuery
+from service.routes.docs import ERRORS, upload_doc
 from service.routes.inference import run_upload
 from service.schemas import TagResponse
 
@@ -24,7 +24,7 @@ TagParams = Annotated[TagQuery, Depends(query_params(TagQuery))]
     "/v1/tag",
     response_model=TagResponse,
     responses=ERRORS,
-    openapi_extra={**UPLOAD, "parameters": openapi_parameters(TagQuery)},
+    openapi_extra=upload_doc(TagQuery),
 )
 async def tag(request: Request, query: TagParams) -> Response:
     """Label scores per file: multipart parts named ``file``, or one file as the raw body."""

@@ -67,34 +67,25 @@ def test_a_request_done_reports_the_pauses_before_it() -> None:
     assert metric_total(seen, "panns_gc_pause_seconds_count", generation="2") == 1
 
 
-def test_the_app_calls_on_loaded_once_its_models_loaded(tagger_bundle: Path) -> None:
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_app_calls_one_hook_once_loading_ends(
+    broken: bool, tmp_path: Path, tagger_bundle: Path
+) -> None:
+    """``on_loaded`` once the models loaded, ``on_load_failure`` (only) when they cannot."""
+    bundle = tagger_bundle
+    if broken:
+        bundle = Path(shutil.copytree(tagger_bundle, tmp_path / "broken"))
+        next(bundle.glob("*.onnx")).write_bytes(b"not an onnx graph")
     calls: list[str] = []
     app = create_app(
-        settings_for(tagger_bundle, warmup="none"),
-        on_load_failure=lambda: calls.append("failed"),
-        on_loaded=lambda: calls.append("loaded"),
-    )
-    with TestClient(app) as client:
-        wait_until(lambda: client.get("/readyz").status_code == 200)
-        assert client.get("/readyz").status_code == 200
-    assert calls == ["loaded"]
-
-
-def test_a_failed_load_calls_on_load_failure_only(tmp_path: Path, tagger_bundle: Path) -> None:
-    broken = tmp_path / "broken"
-    shutil.copytree(tagger_bundle, broken)
-    onnx = next(broken.glob("*.onnx"))
-    onnx.write_bytes(b"not an onnx graph")
-    calls: list[str] = []
-    app = create_app(
-        settings_for(broken, warmup="none"),
+        settings_for(bundle, warmup="none"),
         on_load_failure=lambda: calls.append("failed"),
         on_loaded=lambda: calls.append("loaded"),
     )
     with TestClient(app) as client:
         wait_until(lambda: bool(calls))
-        assert client.get("/readyz").status_code == 503
-    assert calls == ["failed"]
+        assert client.get("/readyz").status_code == (503 if broken else 200)
+    assert calls == (["failed"] if broken else ["loaded"])
 
 
 def wait_until(ready: Callable[[], bool], timeout_s: float = 60) -> None:
