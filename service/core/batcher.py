@@ -13,7 +13,7 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   the engine thread runs the previous batch, and that thread queues the stacked batch for the
   engine threads itself (no loop turn between); at most one stacked batch waits for the engine.
   ``pipeline=False`` stacks and runs one batch at a time. ``lone_inline``: a batch of one
-  window with nothing in flight runs on the loop's thread (for the engine process's loop,
+  window with nothing in flight or queued runs on the loop's thread (for the engine process's loop,
   which serves nothing else: a lone request saves two thread wake-ups). ``stack=False``:
   ``infer`` gets the windows as a list, for an engine that copies them into its own (pinned)
   buffer anyway.
@@ -372,17 +372,19 @@ class Batcher:
             return False
         self._stacked(len(batch), start)
         self._handed += 1
-        if self.lone_inline and self._handed == 1 and len(batch) == 1:
+        if self.lone_inline and self._handed == 1 and len(batch) == 1 and not self.depth:
             self._run_here(batch, stacked)
         else:
             self._threads.submit(batch, self.infer, stacked)
         return True
 
     def _run_here(self, batch: Batch, stacked: InferInput) -> None:
-        """``lone_inline``: a lone window with nothing else in flight runs on the loop's own
-        thread, two thread wake-ups fewer (to the engine thread and back to the loop) for
-        a lone request. Only for a loop that serves nothing but batchers (the engine
-        process): others wait meanwhile, as they would for the busy engine anyway."""
+        """``lone_inline``: a lone window (nothing else in flight, nothing queued) runs on
+        the loop's own thread, two thread wake-ups fewer (to the engine thread and back to
+        the loop) for a lone request. Only for a loop that serves nothing but batchers (the
+        engine process): others wait meanwhile, as they would for the busy engine anyway.
+        Never for queued work: the next batch is cut only after the loop's next turn (the
+        queue fills only there), so the loop keeps reading, answering and hearing signals."""
         start = time.monotonic()
         try:
             outcome: dict[str, np.ndarray] | BaseException = self.infer(stacked)

@@ -351,3 +351,29 @@ def test_without_lone_inline_every_batch_runs_in_an_engine_thread() -> None:
         assert loop_thread[0] not in engine.threads
 
     run(main, engine, max_batch=4, max_delay_s=1.0, max_queue=64)
+
+
+def test_lone_inline_never_runs_queued_windows_on_the_loop() -> None:
+    """One window per batch and a request of many: every batch has one window, but the rest
+    are queued, so each runs in an engine thread and the loop keeps turning between them
+    (run back to back on the loop, they would starve it: no answer, no signal until the
+    whole queue had run)."""
+    engine = Engine()
+    loop_thread: list[int] = []
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def main(b: Batcher) -> None:
+        loop_thread.append(threading.get_ident())
+        ticker = asyncio.create_task(count_turns())
+        assert values(await b.submit(windows(0, 40), far())) == list(range(40))
+        ticker.cancel()
+        assert loop_thread[0] not in engine.threads
+        assert turns >= 40
+
+    run(main, engine, max_batch=1, max_delay_s=1.0, max_queue=64, lone_inline=True)
