@@ -166,8 +166,13 @@ def measure(
     collections: dict[str, dict[str, tuple[float, float]]] = {}
 
     def at_window(edge: str) -> None:
+        # the scrape costs the server CPU: taken outside the window (before it opens, after
+        # it closes), so that the window's CPU per clip does not count it
+        if edge == "start":
+            collections[edge] = gc_pauses(server.port)
         marks[edge] = (tree_usage(server.proc.pid, by_role=True), machine_busy())
-        collections[edge] = gc_pauses(server.port)
+        if edge == "end":
+            collections[edge] = gc_pauses(server.port)
 
     load = run_load(
         server.port,
