@@ -12,7 +12,7 @@ from service.core.tagger import Tagger
 from service.deps import query_params, settings_of
 from service.present import detect_json
 from service.queries import DetectQuery
-from service.routes.docs import ERRORS, upload_doc
+from service.routes.docs import upload_post
 from service.routes.inference import run_upload
 from service.schemas import DetectResponse
 
@@ -22,12 +22,7 @@ router = APIRouter(tags=["inference"])
 DetectParams = Annotated[DetectQuery, Depends(query_params(DetectQuery))]
 
 
-@router.post(
-    "/v1/detect",
-    response_model=DetectResponse,
-    responses=ERRORS,
-    openapi_extra=upload_doc(DetectQuery),
-)
+@upload_post(router, "/v1/detect", DetectResponse, DetectQuery)
 async def detect(request: Request, query: DetectParams) -> Response:
     """Frame scores of the top classes and event segments, per uploaded file."""
     window = query.window()

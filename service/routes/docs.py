@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from fastapi import APIRouter
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
 from service.queries import openapi_parameters
@@ -113,7 +116,15 @@ UPLOAD: dict[str, Any] = {
 }
 
 
-def upload_doc(query: type[BaseModel]) -> dict[str, Any]:
-    """An upload route's ``openapi_extra``: its body (``UPLOAD``) and its query model's
-    parameters (``service.queries``: parsed by one dependency, so FastAPI lists none)."""
-    return {**UPLOAD, "parameters": openapi_parameters(query)}
+def upload_post(
+    router: APIRouter, path: str, response_model: type[BaseModel], query: type[BaseModel]
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """An upload route's ``POST``: its response, its errors (``ERRORS``), its body
+    (``UPLOAD``) and its query model's parameters in the OpenAPI document (``service.queries``:
+    parsed by one dependency, so FastAPI would list none)."""
+    return router.post(
+        path,
+        response_model=response_model,
+        responses=ERRORS,
+        openapi_extra={**UPLOAD, "parameters": openapi_parameters(query)},
+    )

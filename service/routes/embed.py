@@ -12,7 +12,7 @@ from service.core.tagger import Tagger
 from service.deps import query_params
 from service.present import embed_json
 from service.queries import UploadQuery
-from service.routes.docs import ERRORS, upload_doc
+from service.routes.docs import upload_post
 from service.routes.inference import run_upload
 from service.schemas import EmbedResponse
 
@@ -20,12 +20,7 @@ router = APIRouter(tags=["inference"])
 EmbedParams = Annotated[UploadQuery, Depends(query_params(UploadQuery))]
 
 
-@router.post(
-    "/v1/embed",
-    response_model=EmbedResponse,
-    responses=ERRORS,
-    openapi_extra=upload_doc(UploadQuery),
-)
+@upload_post(router, "/v1/embed", EmbedResponse, UploadQuery)
 async def embed(request: Request, query: EmbedParams) -> Response:
     """The mean embedding per file; 422 for models without an embedding output."""
     window = query.window()

@@ -12,7 +12,7 @@ from service.core.tagger import Tagger
 from service.deps import query_params
 from service.present import tag_json
 from service.queries import TagQuery
-from service.routes.docs import ERRORS, upload_doc
+from service.routes.docs import upload_post
 from service.routes.inference import run_upload
 from service.schemas import TagResponse
 
@@ -20,12 +20,7 @@ router = APIRouter(tags=["inference"])
 TagParams = Annotated[TagQuery, Depends(query_params(TagQuery))]
 
 
-@router.post(
-    "/v1/tag",
-    response_model=TagResponse,
-    responses=ERRORS,
-    openapi_extra=upload_doc(TagQuery),
-)
+@upload_post(router, "/v1/tag", TagResponse, TagQuery)
 async def tag(request: Request, query: TagParams) -> Response:
     """Label scores per file: multipart parts named ``file``, or one file as the raw body."""
     window, options = query.window(), query.options()
