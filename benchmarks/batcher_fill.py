@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
-from service.core.batcher import Batcher, InferFn, InferInput  # noqa: E402
+from service.core.batch import InferFn, InferInput  # noqa: E402
+from service.core.batcher import Batcher  # noqa: E402
 
 POLICIES = {
     "old": {"cut_when_idle": False, "pipeline": False},

@@ -31,7 +31,8 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit, machine
-from service.core.batcher import Batcher, InferInput
+from service.core.batch import InferInput
+from service.core.batcher import Batcher
 
 _OUT = np.zeros((256, 527), np.float32)
 PATHS = ("task_per_submit", "enqueue")

@@ -41,11 +41,21 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol, cast
 
 import numpy as np
 
+from service.core.batch import (
+    Batch,
+    BatchObserver,
+    InferFn,
+    InferInput,
+    QueuedRequest,
+    WindowResult,
+    as_exception,
+    drop_reason,
+    fail_batch,
+    hand_out,
+)
 from service.core.engine_threads import EngineThreads
 from service.core.errors import (
     SHUTTING_DOWN,
@@ -54,74 +64,13 @@ from service.core.errors import (
     QueueFull,
     TooManyWindows,
 )
-from service.core.fairqueue import FairQueue, Ticket
+from service.core.fairqueue import FairQueue
 
 log = logging.getLogger("service.core.batcher")
 # Batches up to this size are stacked on the event loop (about 0.3 ms of copying): a hand-off
 # to the stacking thread and back costs more. Larger ones are stacked in the thread while the
 # engine runs the previous batch.
 INLINE_STACK_BYTES = 4 << 20
-
-# A stacked (B, L) batch, or its B windows of L samples (``stack=False``)
-InferInput = np.ndarray | list[np.ndarray]
-InferFn = Callable[[InferInput], dict[str, np.ndarray]]
-
-
-def _reason(future: asyncio.Future[list[WindowResult]]) -> str:
-    """Why a request's queued windows were dropped (the observer's ``dropped`` reason):
-    "deadline", "cancelled", "failed" (the engine failed another window of the request) or
-    "stopped" (``stop(timeout)`` gave up on them)."""
-    if future.cancelled():
-        return "cancelled"
-    exc = future.exception()
-    if isinstance(exc, DeadlineExceeded):
-        return "deadline"
-    return "stopped" if isinstance(exc, BatcherStopped) else "failed"
-
-
-def _as_exception(error: BaseException) -> Exception:
-    """What a request fails with when its batch failed: ``CancelledError`` or ``SystemExit``
-    raised inside ``infer`` would read as the caller's own cancellation or exit."""
-    if isinstance(error, Exception):
-        return error
-    return RuntimeError(f"inference failed: {error!r}")
-
-
-class BatchObserver(Protocol):
-    """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
-    called when a batch has been stacked (``stack=False``: cut) and waits for the engine: on
-    the event loop, or in the stacking thread for a batch stacked there."""
-
-    def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
-    def depth_changed(self, depth: int) -> None: ...
-    def dropped(self, reason: str, count: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    outputs: dict[str, np.ndarray]  # kind -> this window's row of the batch output
-    queue_s: float  # from submit until the engine started its batch
-    compute_s: float  # the engine's time for the whole batch (the batcher's stacking excluded)
-    batch_size: int
-    batch_id: int
-
-
-@dataclass(eq=False)
-class _Request(Ticket):
-    """One ``submit``: its windows, its result future and how many windows are still to come."""
-
-    future: asyncio.Future[list[WindowResult]]
-    deadline: float
-    results: list[WindowResult | None] = field(init=False)
-    pending: int = field(init=False)
-    timer: asyncio.TimerHandle | None = field(default=None, init=False)  # the deadline's
-
-    def __post_init__(self) -> None:
-        self.results = [None] * len(self.windows)
-        self.pending = len(self.windows)
-
-
-Batch = list[tuple[_Request, int]]  # (request, index of the window in the request)
 
 
 class Batcher:
@@ -146,8 +95,8 @@ class Batcher:
         self.max_queue, self.observer, self.name = max_queue, observer, name
         self.cut_when_idle, self.pipeline, self.inflight = cut_when_idle, pipeline, inflight
         self.stack, self.lone_inline = stack, lone_inline
-        self._queue: FairQueue[_Request] = FairQueue()
-        self._live: dict[_Request, None] = {}  # submitted, not yet returned
+        self._queue: FairQueue[QueuedRequest] = FairQueue()
+        self._live: dict[QueuedRequest, None] = {}  # submitted, not yet returned
         self._closing = self._gave_up = False
         self._handed = 0  # batches handed to the engine threads and not yet finished
         self._threads: EngineThreads[Batch, InferInput, dict[str, np.ndarray]] = EngineThreads(
@@ -229,7 +178,7 @@ class Batcher:
         if not deadline > now:  # NaN too: a deadline that cannot be kept
             self._dropped("deadline", len(windows))
             raise DeadlineExceeded("the deadline passed before the windows were queued")
-        request = _Request(windows, now, future, deadline)
+        request = QueuedRequest(windows, now, future, deadline)
         self._queue.put(request)
         self._live[request] = None
         if math.isfinite(deadline):
@@ -247,22 +196,22 @@ class Batcher:
         if self.depth + count > self.max_queue:
             raise QueueFull(self.retry_after())
 
-    def _expire(self, request: _Request) -> None:
+    def _expire(self, request: QueuedRequest) -> None:
         if not request.future.done():
             self._remove(request, "deadline")  # now, not a loop turn later in ``_settled``
             msg = "the deadline passed before every window ran"
             request.future.set_exception(DeadlineExceeded(msg))
 
-    def _settled(self, request: _Request) -> None:
+    def _settled(self, request: QueuedRequest) -> None:
         """The request's future is done: its windows still queued go, counted by why."""
         if request.timer is not None:
             request.timer.cancel()
         self._live.pop(request, None)
         future = request.future
         if future.cancelled() or future.exception() is not None:
-            self._remove(request, _reason(future))
+            self._remove(request, drop_reason(future))
 
-    def _remove(self, request: _Request, reason: str) -> None:
+    def _remove(self, request: QueuedRequest, reason: str) -> None:
         removed = self._queue.remove(request)
         if removed:
             self._depth_changed()
@@ -273,7 +222,7 @@ class Batcher:
         loop turn that queued them: ``_settled`` runs a turn later), counted as dropped."""
         dead = [request for request, _ in batch if request.future.done()]
         for request in dead:
-            self._dropped(_reason(request.future), 1)
+            self._dropped(drop_reason(request.future), 1)
         return [(r, index) for r, index in batch if not r.future.done()] if dead else batch
 
     def _wake(self) -> None:
@@ -294,12 +243,6 @@ class Batcher:
             self._remove(request, "stopped")
             if not request.future.done():
                 request.future.set_exception(BatcherStopped("the service stopped first"))
-
-    @staticmethod
-    def _fail(batch: Batch, exc: BaseException) -> None:
-        for request, _ in batch:
-            if not request.future.done():
-                request.future.set_exception(exc)
 
     # The forming task: cut batches, stack them (in the stacking thread), hand them to the
     # engine threads.
@@ -368,7 +311,7 @@ class Batcher:
                 )
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             log.exception("stacking a batch of %d failed", len(batch))
-            self._fail(batch, exc)
+            fail_batch(batch, exc)
             return False
         self._stacked(len(batch), start)
         self._handed += 1
@@ -411,7 +354,7 @@ class Batcher:
     def _stack_failed(self, batch: Batch, exc: Exception) -> None:
         """On the loop: the stacking thread could not stack ``batch`` (e.g. MemoryError)."""
         log.error("stacking a batch of %d failed", len(batch), exc_info=exc)
-        self._fail(batch, exc)
+        fail_batch(batch, exc)
         self._handed -= 1
         self._wake()
 
@@ -432,13 +375,13 @@ class Batcher:
                 return
             if isinstance(outcome, BaseException):
                 log.error("inference failed for a batch of %d", len(batch), exc_info=outcome)
-                self._fail(batch, _as_exception(outcome))
+                fail_batch(batch, as_exception(outcome))
                 return
             try:
                 self._deliver(batch, outcome, start, end - start)
             except Exception as exc:  # e.g. an engine that returned too few rows
                 log.exception("handing out the results of a batch of %d failed", len(batch))
-                self._fail(batch, exc)
+                fail_batch(batch, exc)
         finally:
             self._handed -= 1
             # after the results: a failed request's ``_settled`` drops its windows before the
@@ -451,15 +394,6 @@ class Batcher:
         waits = [start - request.enqueued for request, _ in batch]
         self._batches += 1
         self._avg_compute_s = 0.8 * self._avg_compute_s + 0.2 * compute
-        for row, (request, index) in enumerate(batch):
-            if request.future.done():  # cancelled, timed out or failed meanwhile
-                continue
-            rows = {kind: out[row] for kind, out in outputs.items()}
-            request.results[index] = WindowResult(
-                rows, waits[row], compute, len(batch), self._batches
-            )
-            request.pending -= 1
-            if not request.pending:
-                request.future.set_result(cast(list[WindowResult], request.results))
+        hand_out(batch, outputs, waits, compute, self._batches)
         if self.observer:
             self.observer.batch_done(len(batch), compute, waits)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.handoff import (
     Arena,
     joined,

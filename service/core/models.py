@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.core.backends import Backend, BackendOptions, load_backend
-from service.core.batcher import Batcher, BatchObserver
+from service.core.batch import BatchObserver
+from service.core.batcher import Batcher
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import MissingOutput, NotReady, UnknownModel
 from service.settings import Settings

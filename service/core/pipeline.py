@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core.audiocheck import AudioError, AudioTooLong, Decoded
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.card import ModelCard, OutputKind
 from service.core.errors import DeadlineExceeded, InvalidParameters, TaggingError, TooMuchWork
 from service.core.inputs import AudioInput

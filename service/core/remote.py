@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from service.core.backends import BatchInput
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import SHUTTING_DOWN, BatcherStopped, DeadlineExceeded, NotReady
 from service.core.handoff import Arena, inline, receive_arena, send_arena, windows_at

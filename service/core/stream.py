@@ -28,7 +28,7 @@ import numpy as np
 import soxr
 
 from service.core.audiocheck import MAX_CHANNELS, MAX_RATE, MIN_RATE, PCM_DTYPES, check_samples
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.card import ModelCard, OutputKind
 from service.core.errors import BatcherStopped, DeadlineExceeded, InvalidParameters, QueueFull
 from service.core.mixdown import mix_into

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.errors import (
     BatcherStopped,
     DeadlineExceeded,

@@ -27,7 +27,8 @@ import soundfile as sf
 import uvicorn
 
 from service.app import create_app
-from service.core.batcher import Batcher, InferInput
+from service.core.batch import InferInput
+from service.core.batcher import Batcher
 from service.guards import bounded_http
 from service.settings import Settings
 from tests.conftest import REPO_ROOT, free_port

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from service.core.batcher import Batcher, WindowResult
+from service.core.batch import WindowResult
+from service.core.batcher import Batcher
 
 
 class Engine:

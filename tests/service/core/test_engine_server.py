@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.engine_server import ANSWER_ARENA_MIN, Answers, _answer
 from service.core.handoff import Arena, windows_at
 from service.core.wire import Frames, decode_results, receive

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.core.batcher import WindowResult
+from service.core.batch import WindowResult
 from service.core.engine_server import EngineServer, _windows
 from service.core.errors import BatcherStopped, DeadlineExceeded
 from service.core.handoff import joined, receive_arena, send_arena
