@@ -7,6 +7,7 @@ server, the wire format, streams); no queueing policy and no threads here.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -76,6 +77,25 @@ class QueuedRequest(Ticket):
 
 
 Batch = list[tuple[QueuedRequest, int]]  # (request, index of the window in the request)
+
+
+@dataclass
+class RunTimes:
+    """What the engine's batches took: moving averages, for ``Retry-After`` and for whether
+    a lone window is short enough to run on the event loop."""
+
+    batches: int = 0  # batches run so far (the last one's number)
+    compute_s: float = 0.0  # any batch
+    lone_s: float = math.inf  # a batch of one window; unknown until one ran
+
+    def record(self, size: int, compute_s: float) -> int:
+        """Count a batch of ``size`` windows that took ``compute_s``; return its number."""
+        self.batches += 1
+        self.compute_s = 0.8 * self.compute_s + 0.2 * compute_s
+        if size == 1:
+            lone = self.lone_s
+            self.lone_s = compute_s if lone == math.inf else 0.8 * lone + 0.2 * compute_s
+        return self.batches
 
 
 def fail_batch(batch: Batch, exc: BaseException) -> None:

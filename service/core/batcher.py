@@ -10,19 +10,17 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   has waited ``max_delay_s`` or the engine goes idle. ``cut_when_idle=False`` restores the
   older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
 - Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
-  the engine thread runs the previous batch, and that thread queues the stacked batch for the
-  engine threads itself (no loop turn between); at most one stacked batch waits for the engine.
-  ``pipeline=False`` stacks and runs one batch at a time. ``lone_inline``: a batch of one
-  window with nothing in flight or queued runs on the loop's thread (for the engine process's loop,
-  which serves nothing else: a lone request saves two thread wake-ups). ``stack=False``:
-  ``infer`` gets the windows as a list, for an engine that copies them into its own (pinned)
-  buffer anyway.
+  the engine runs the previous batch, and queues the stacked batch for the engine threads
+  itself; at most one stacked batch waits. ``pipeline=False``: one batch at a time.
+  ``stack=False``: ``infer`` gets the windows as a list (an engine that copies them into its
+  own pinned buffer anyway). ``lone_inline`` (the engine process, whose loop serves nothing
+  else): a lone window (nothing in flight or queued) runs on the loop's thread, two thread
+  wake-ups fewer, once lone runs are known to be short (``LONE_INLINE_MAX_S``).
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
   "Idle" (cut at once) still means no batch handed to the engine, so batch fill does not drop.
-- The engine threads are the batcher's own (``engine_threads``): no task or executor future
-  per batch, one ``call_soon_threadsafe`` back.
+- The engine threads are the batcher's own (``engine_threads``): one callback back per batch.
 - Admission: a request is queued whole or refused: ``TooManyWindows`` if it holds more windows
   than the queue (``max_queue``) ever can, ``QueueFull`` when they do not fit now.
 - Deadlines: ``submit`` enforces its deadline itself (a timer per request, no timeout scope)
@@ -50,6 +48,7 @@ from service.core.batch import (
     InferFn,
     InferInput,
     QueuedRequest,
+    RunTimes,
     WindowResult,
     as_exception,
     drop_reason,
@@ -68,9 +67,12 @@ from service.core.fairqueue import FairQueue
 
 log = logging.getLogger("service.core.batcher")
 # Batches up to this size are stacked on the event loop (about 0.3 ms of copying): a hand-off
-# to the stacking thread and back costs more. Larger ones are stacked in the thread while the
-# engine runs the previous batch.
+# to the stacking thread and back costs more. Larger ones are stacked in the stacking thread.
 INLINE_STACK_BYTES = 4 << 20
+# ``lone_inline`` runs a lone window on the loop only while lone runs average at most this: the
+# two thread wake-ups it saves are worth ~0.1-0.3 ms, while the loop stands still (reads no
+# submits, sends no answers) for the whole run: not for a model whose batch of one takes 60 ms.
+LONE_INLINE_MAX_S = 0.005
 
 
 class Batcher:
@@ -102,8 +104,7 @@ class Batcher:
         self._threads: EngineThreads[Batch, InferInput, dict[str, np.ndarray]] = EngineThreads(
             inflight, f"infer-{name}", self._finish
         )
-        self._batches = 0
-        self._avg_compute_s = 0.0
+        self._runs = RunTimes()
         self._wakeup: asyncio.Event | None = None  # for the forming task: something changed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,12 +122,9 @@ class Batcher:
         self._tasks = [asyncio.create_task(self._form_loop(), name=f"batcher-{self.name}")]
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work and run every queued window, shortest requests first.
-
-        With ``timeout`` (seconds), give up then: every request still waiting (queued, stacked
-        or in the running batch) fails with ``BatcherStopped`` and this returns without waiting
-        for the batch the engine thread is running (its results are discarded).
-        """
+        """Refuse new work and run every queued window, shortest requests first. With
+        ``timeout`` (seconds), give up then: every request still waiting (queued, stacked or
+        running) fails with ``BatcherStopped``, without waiting for the running batch."""
         self._closing = True
         self._wake()
         done: set[asyncio.Task[None]] = set()
@@ -149,7 +147,7 @@ class Batcher:
 
     def retry_after(self) -> int:
         batches = math.ceil(self.depth / self.max_batch)
-        return max(1, math.ceil(batches * max(self._avg_compute_s, 0.01)))
+        return max(1, math.ceil(batches * max(self._runs.compute_s, 0.01)))
 
     async def submit(
         self, windows: Sequence[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
@@ -315,19 +313,23 @@ class Batcher:
             return False
         self._stacked(len(batch), start)
         self._handed += 1
-        if self.lone_inline and self._handed == 1 and len(batch) == 1 and not self.depth:
-            self._run_here(batch, stacked)
+        if self._inline(batch):
+            assert self._loop is not None
+            # a turn later: the writes this turn queued (the last batch's answers) go first
+            self._loop.call_soon(self._run_here, batch, stacked)
         else:
             self._threads.submit(batch, self.infer, stacked)
         return True
 
+    def _inline(self, batch: Batch) -> bool:
+        """``lone_inline``: one window, nothing else in flight or queued (queued work never
+        runs here: the loop must turn between batches), and lone runs known to be short."""
+        lone = self._handed == 1 and len(batch) == 1 and not self.depth
+        return self.lone_inline and lone and self._runs.lone_s <= LONE_INLINE_MAX_S
+
     def _run_here(self, batch: Batch, stacked: InferInput) -> None:
-        """``lone_inline``: a lone window (nothing else in flight, nothing queued) runs on
-        the loop's own thread, two thread wake-ups fewer (to the engine thread and back to
-        the loop) for a lone request. Only for a loop that serves nothing but batchers (the
-        engine process): others wait meanwhile, as they would for the busy engine anyway.
-        Never for queued work: the next batch is cut only after the loop's next turn (the
-        queue fills only there), so the loop keeps reading, answering and hearing signals."""
+        """A lone window on the loop's own thread (the engine process's loop, which serves
+        nothing but batchers): two thread wake-ups fewer than an engine thread."""
         start = time.monotonic()
         try:
             outcome: dict[str, np.ndarray] | BaseException = self.infer(stacked)
@@ -392,8 +394,6 @@ class Batcher:
         self, batch: Batch, outputs: dict[str, np.ndarray], start: float, compute: float
     ) -> None:
         waits = [start - request.enqueued for request, _ in batch]
-        self._batches += 1
-        self._avg_compute_s = 0.8 * self._avg_compute_s + 0.2 * compute
-        hand_out(batch, outputs, waits, compute, self._batches)
+        hand_out(batch, outputs, waits, compute, self._runs.record(len(batch), compute))
         if self.observer:
             self.observer.batch_done(len(batch), compute, waits)
