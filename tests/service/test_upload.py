@@ -1,0 +1,111 @@
+"""``MultipartReader``: the chunks it hands straight to a part change nothing. For random
+bodies (data full of CRs, delimiter prefixes and look-alikes, several parts, broken endings)
+cut at random places, it returns the same parts, or the same error, as python-multipart fed
+every chunk."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from service.errors import ApiError
+from service.upload import MultipartReader
+
+Outcome = tuple[object, ...]
+
+
+def _read(boundary: bytes, chunks: list[bytes], fast: bool) -> tuple[Outcome, int]:
+    reader = MultipartReader(boundary, max_files=8)
+    reader.fast = reader.fast and fast
+    try:
+        for chunk in chunks:
+            reader.feed(chunk)
+        body = reader.finish()
+    except ApiError as exc:
+        return ("error", exc.status, exc.code), reader.direct
+    files = [(p.name, p.filename, bytes(p.data)) for p in body.files]
+    return ("ok", files, body.fields), reader.direct
+
+
+def _data(rng: np.random.Generator, boundary: bytes, size: int) -> bytes:
+    """Audio-like bytes with what could confuse a delimiter search planted in them."""
+    data = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    lures = [b"\r", b"\r\n", b"\r\n-", b"\r\n--", b"--" + boundary, b"\r\n--" + boundary[:-1]]
+    for _ in range(int(rng.integers(0, 12))):
+        lure = lures[int(rng.integers(len(lures)))]
+        at = int(rng.integers(0, max(1, size - len(lure))))
+        data[at : at + len(lure)] = lure
+    return bytes(data[:size])
+
+
+def _body(rng: np.random.Generator, boundary: bytes) -> bytes:
+    parts = []
+    for index in range(int(rng.integers(1, 4))):
+        data = _data(rng, boundary, int(rng.integers(0, 300_000)))
+        head = f'Content-Disposition: form-data; name="file"; filename="f{index}.wav"'
+        parts.append(head.encode() + b"\r\nContent-Type: audio/wav\r\n\r\n" + data)
+    if rng.random() < 0.5:
+        parts.insert(0, b'Content-Disposition: form-data; name="model"\r\n\r\ncnn14')
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+    body += b"--" + boundary + b"--\r\n"
+    if rng.random() < 0.15:  # truncated, or garbage where a delimiter should be
+        body = body[: int(rng.integers(1, len(body)))]
+    elif rng.random() < 0.1:
+        cut = int(rng.integers(1, len(body)))
+        body = body[:cut] + b"\r\n--" + boundary + b"X\r\n" + body[cut:]
+    return body
+
+
+def _cut(rng: np.random.Generator, body: bytes, boundary: bytes) -> list[bytes]:
+    """Chunks of random sizes, some ending inside a delimiter."""
+    cuts = set(rng.integers(0, len(body), int(rng.integers(0, 12))).tolist())
+    at = body.find(b"\r\n--" + boundary)
+    while at != -1:
+        cuts.add(at + int(rng.integers(0, len(boundary) + 4)))
+        at = body.find(b"\r\n--" + boundary, at + 1)
+    edges = [0, *sorted(c for c in cuts if 0 < c < len(body)), len(body)]
+    return [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+
+SEEDS = range(150)
+
+
+def _case(seed: int) -> tuple[Outcome, Outcome, int]:
+    """A random body read both ways: (parser only, with direct chunks, how many went direct)."""
+    rng = np.random.default_rng(seed)
+    token = "".join(rng.choice(list("0123456789abcdefXYZ'()+_,-./:=?"), int(rng.integers(1, 60))))
+    boundary = b"----b" + token.encode()
+    body = _body(rng, boundary)
+    chunks = _cut(rng, body, boundary)
+    expected, _ = _read(boundary, chunks, fast=False)
+    got, direct = _read(boundary, chunks, fast=True)
+    return expected, got, direct
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direct_chunks_give_what_the_parser_gives(seed: int) -> None:
+    expected, got, _ = _case(seed)
+    assert got == expected
+
+
+def test_the_random_bodies_cover_both_paths_and_both_outcomes() -> None:
+    """Some bodies fail, some are read; many chunks skip the parser, some do not."""
+    cases = [_case(seed) for seed in SEEDS]
+    assert {str(expected[0]) for expected, _, _ in cases} == {"ok", "error"}
+    assert sum(direct for _, _, direct in cases) > 100
+    assert any(direct == 0 for _, _, direct in cases)
+
+
+def test_clean_audio_chunks_go_straight_to_the_part() -> None:
+    """A part's middle chunks without a CR near their end skip the parser's search."""
+    boundary = b"panns-test-boundary"
+    audio = bytes(range(14, 200)) * 4000  # no CR anywhere
+    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a"'
+    head += b"\r\n\r\n"
+    body = head + audio + b"\r\n--panns-test-boundary--\r\n"
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    outcome, direct = _read(boundary, chunks, fast=True)
+    assert outcome == ("ok", [("file", "a", audio)], {})
+    assert direct == len(chunks) - 2  # all but the first (headers) and the last (delimiter)
