@@ -256,7 +256,8 @@ class MultipartReader:
     ``memmem`` finds the chunk's first delimiter: what comes before it goes straight to the
     part, and the parser gets the rest. With no delimiter in the chunk, only its last
     ``len(delimiter) - 1`` bytes go to the parser (where a delimiter split across chunks
-    would start: one starting earlier would have ended inside the chunk). A chunk that starts
+    would start: one starting earlier would have ended inside the chunk), and only if they
+    hold a CR (a delimiter's first byte; python-multipart's own test). A chunk that starts
     a part gives the parser its first ``HEAD_BYTES`` (the part's headers) first. The parser
     would search everything with ``bytes.find``, 2-3x slower on audio bytes (~180 µs per
     640 KB on this project's test machines)."""
@@ -307,7 +308,11 @@ class MultipartReader:
         size, delimiter = len(chunk) - start, self.delimiter
         base = cast(int, ctypes.cast(ctypes.c_char_p(chunk), ctypes.c_void_p).value) + start
         found = _MEMMEM(base, size, delimiter, len(delimiter))
-        return max(size - len(delimiter) + 1, 0) if found is None else found - base
+        if found is not None:
+            return found - base
+        tail = max(len(chunk) - len(delimiter) + 1, start)
+        # no CR in the tail either (no delimiter can start there): all of it is data
+        return len(chunk) - start if chunk.find(b"\r", tail) == -1 else tail - start
 
     def finish(self) -> Body:
         self.parser.finalize()
