@@ -186,8 +186,9 @@ def parse_args() -> argparse.Namespace:
 
 def run_service(
     args: argparse.Namespace, bodies: list[bytes], reference: Reference, rate: int
-) -> tuple[LoadResult, float, list[tuple[float, float, float]]]:
-    """Start ``python -m service``, load it with K clients, stop it; return the numbers.
+) -> tuple[LoadResult, float, list[tuple[float, float, float]], float]:
+    """Start ``python -m service``, load it with K clients, stop it; return the numbers (the
+    last: the service's CPU ms per lone request, every process of it, from ``/proc``).
     The requests (each clip's body as a 32 kHz WAV upload) are built once, for both loads.
 
     The tree's peak RSS is sampled while the service starts and while it is under load, not
@@ -199,7 +200,9 @@ def run_service(
     try:
         with peak:
             wait_ready(args.port, proc)
+        cpu_before = tree_usage(proc.pid).cpu_s
         lone = lone_latencies(args.port, requests, args.lone, reference)
+        lone_cpu_ms = 1000 * (tree_usage(proc.pid).cpu_s - cpu_before) / (args.lone + 1)
         reference.close()  # the raw engine's last user: its session goes before the load
         log.info("service: %d clients for %g s ...", args.clients, args.seconds)
         with peak:
@@ -207,7 +210,7 @@ def run_service(
     finally:
         proc.terminate()
         proc.wait(60)
-    return loaded, peak.mb, lone
+    return loaded, peak.mb, lone, lone_cpu_ms
 
 
 def lone_latencies(
@@ -291,6 +294,7 @@ def report(result: dict[str, object]) -> None:
         "engine_b1_ms",
         "decode_ms",
         "lone_over_ms",
+        "lone_server_cpu_ms",
         "statuses",
         "peak_rss_mb",
     ]
@@ -316,7 +320,7 @@ def main() -> None:
     bodies = [audio_file(c, card.sample_rate) for c in clips]  # encoded once, used by both
     reference = Reference(engine, clips, bodies, card.sample_rate)
     del engine  # the reference holds it until the lone requests are timed
-    loaded, rss, lone = run_service(args, bodies, reference, card.sample_rate)
+    loaded, rss, lone, lone_cpu_ms = run_service(args, bodies, reference, card.sample_rate)
     lat, statuses, elapsed = loaded.latencies, loaded.statuses, loaded.duration_s
     # the raw engine again, the service stopped: a machine whose speed drifts between the
     # two phases shows as two different raw figures; the ratio is over their mean
@@ -342,6 +346,7 @@ def main() -> None:
         "p95_ms": round(p95, 1),
         "p99_ms": round(p99, 1),
         **lone_summary(lone),
+        "lone_server_cpu_ms": round(lone_cpu_ms, 2),  # per lone request, every process
         "workers": args.workers,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "client_cpu_ms_per_clip": round(1000 * loaded.client_cpu_s / max(1, len(lat)), 2),
