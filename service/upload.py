@@ -270,7 +270,7 @@ class MultipartReader:
             raise ApiError(400, "bad_multipart", f"unusable multipart boundary: {exc}") from exc
         self.delimiter = b"\r\n--" + boundary
         self.received = 0
-        self.direct = 0  # chunks that went straight to their part
+        self.direct = 0  # chunks whose audio went (at least in part) straight to their part
         # the parser's state, read to know when a chunk is plain part data (its attributes in
         # python-multipart 0.0.18-0.0.34; without them, every chunk goes to the parser)
         self.fast = _MEMMEM is not None and isinstance(getattr(self.parser, "marks", None), dict)
@@ -278,19 +278,24 @@ class MultipartReader:
     def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
         try:
-            start = 0
-            if self.fast and len(chunk) > HEAD_BYTES and not self._in_data():
-                self.parser.write(chunk[:HEAD_BYTES])  # the part's headers, say
-                start = HEAD_BYTES
-            plain = self._plain_bytes(chunk, start)
-            if plain:
-                self.direct += 1
-                self.collector.on_part_data(chunk, start, start + plain)
-                start += plain
+            start = self._hand_on(chunk) if self.fast and type(chunk) is bytes else 0
             if start < len(chunk):
                 self.parser.write(chunk[start:] if start else chunk)
         except MultipartParseError as exc:
             raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+
+    def _hand_on(self, chunk: bytes) -> int:
+        """Give the parser a part's headers first, then the part its audio directly; return
+        where the parser has to take over."""
+        start = 0
+        if len(chunk) > HEAD_BYTES and not self._in_data():
+            self.parser.write(chunk[:HEAD_BYTES])  # the part's headers, say
+            start = HEAD_BYTES
+        plain = self._plain_bytes(chunk, start)
+        if plain:
+            self.direct += 1
+            self.collector.on_part_data(chunk, start, start + plain)
+        return start + plain
 
     def _in_data(self) -> bool:
         """In the middle of a part, no delimiter half-matched at the end of the last write."""
@@ -302,7 +307,7 @@ class MultipartReader:
     def _plain_bytes(self, chunk: bytes, start: int) -> int:
         """How many bytes of ``chunk`` from ``start`` on are surely part data (0: let the
         parser see them all)."""
-        if not self.fast or type(chunk) is not bytes or not self._in_data():
+        if not self._in_data():
             return 0
         assert _MEMMEM is not None
         size, delimiter = len(chunk) - start, self.delimiter

@@ -113,3 +113,17 @@ def test_clean_audio_chunks_go_straight_to_the_part() -> None:
     outcome, direct = _read(boundary, chunks, fast=True)
     assert outcome == ("ok", [("file", "a", audio)], {})
     assert direct == len(chunks)
+
+
+def test_chunks_other_than_bytes_go_to_the_parser_whole() -> None:
+    """Only ``bytes`` chunks (what uvicorn hands on) are searched with ``memmem``; any other
+    buffer is the parser's alone, with the same parts."""
+    boundary = b"panns-test-boundary"
+    audio = bytes(range(256)) * 1000
+    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a"'
+    body = head + b"\r\n\r\n" + audio + b"\r\n--" + boundary + b"--\r\n"
+    reader = MultipartReader(boundary, max_files=8)
+    for at in range(0, len(body), 65536):
+        reader.feed(bytearray(body[at : at + 65536]))  # type: ignore[arg-type]
+    assert reader.direct == 0
+    assert bytes(reader.finish().files[0].data) == audio
