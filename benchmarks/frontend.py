@@ -2,13 +2,11 @@
 
     python benchmarks/frontend.py [--workers 1,2] [--duration-s 8] [--json out.json]
 
-Runs the real service (``python -m service``, one subprocess per worker setting, with
-``PANNS_WORKERS=N``) on a near-free model (``benchmarks/nearfree.py``: ReduceMean -> MatMul ->
-Sigmoid, so the model costs almost nothing and the numbers are the service's own), then loads
-it from client processes with raw keep-alive sockets and requests built once (see
-``loadgen``) with 10 s clips as 32 kHz mono WAV, 44.1 kHz stereo WAV, MP3, Ogg Vorbis and raw
-PCM (``application/octet-stream``; a server without that door answers 415 and the format is
-reported as unsupported). Prints JSON:
+Runs the real service (``python -m service``, ``PANNS_WORKERS=N`` per setting) on a near-free
+model (``benchmarks/nearfree.py``: the numbers are the service's own), loads it from client
+processes (raw keep-alive sockets, requests built once: ``loadgen``) with 10 s clips as 32 kHz
+mono WAV, 44.1 kHz stereo WAV, MP3, Ogg Vorbis and raw PCM (a server without that door answers
+415: reported as unsupported). Arithmetic over the results: ``ratios``. Prints JSON:
 
 * per worker setting and format: clips/s at saturation, latency, server CPU ms per clip (all
   processes of the server's tree, from /proc), client CPU ms per clip, machine busy %, and
@@ -40,7 +38,6 @@ import json
 import logging
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +66,15 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
 from benchmarks.loadgen import probe, run_load  # noqa: E402
+from benchmarks.ratios import (  # noqa: E402
+    attribute,
+    brief,
+    ceiling,
+    machine_cores,
+    most_processes,
+    percentile_ms,
+    scaling,
+)
 
 log = logging.getLogger("benchmarks.frontend")
 
@@ -77,11 +83,6 @@ def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
     """The server's resident MB once the load has stopped (after ``settle_s``)."""
     time.sleep(settle_s)
     return tree_usage(root).rss_mb
-
-
-def _machine_cores(busy: list[int]) -> float:
-    """Cores busy over a window, from (busy, total) jiffies summed over every CPU."""
-    return busy[0] / busy[1] * (os.cpu_count() or 1) if busy[1] else 0.0
 
 
 class Server:
@@ -109,12 +110,6 @@ class Server:
         with contextlib.suppress(ProcessLookupError):  # whatever is left of our group
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-
-
-def _percentile_ms(values: list[float], q: int) -> float | None:
-    if len(values) < 2:
-        return round(values[0] * 1000, 1) if values else None
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
 
 
 def gc_pauses(port: int) -> dict[str, tuple[float, float]]:
@@ -198,9 +193,9 @@ def measure(
         statuses={str(k): v for k, v in sorted(load.statuses.items())},
         transport_errors=load.errors,
         first_error=load.first_error or None,
-        p50_ms=_percentile_ms(load.latencies, 50),
-        p95_ms=_percentile_ms(load.latencies, 95),
-        p99_ms=_percentile_ms(load.latencies, 99),
+        p50_ms=percentile_ms(load.latencies, 50),
+        p95_ms=percentile_ms(load.latencies, 95),
+        p99_ms=percentile_ms(load.latencies, 99),
         max_ms=round(max(load.latencies) * 1000, 1) if load.latencies else None,
         # Python's garbage collections in the server's processes (no request moves meanwhile)
         gc=_gc_in_window(collections["start"], collections["end"], ok),
@@ -220,7 +215,7 @@ def measure(
         # cores busy with neither the server nor the clients: other work on the machine, which
         # makes clips/s (not CPU per clip) unreliable
         others_cores_busy=round(
-            _machine_cores(busy) - (cpu + load.client_cpu_s) / load.duration_s, 2
+            machine_cores(busy) - (cpu + load.client_cpu_s) / load.duration_s, 2
         ),
     )
     return out
@@ -263,63 +258,6 @@ def build_requests(
     return requests, raw
 
 
-def _ratios(load: dict[str, dict[str, Any]], settings: list[str]) -> dict[str, Any]:
-    """clips/s of every worker setting over the first one's, per format (one round)."""
-    out: dict[str, Any] = {}
-    for fmt in load[settings[0]]:
-        base = load[settings[0]][fmt].get("clips_per_s")
-        out[fmt] = {
-            w: (
-                round(load[w][fmt]["clips_per_s"] / base, 2)
-                if base and load[w][fmt].get("clips_per_s")
-                else None
-            )
-            for w in settings[1:]
-        }
-    return out
-
-
-def scaling(rounds: list[dict[str, dict[str, Any]]], settings: list[str]) -> dict[str, Any]:
-    """Per format and setting, the median over the rounds of clips/s over the baseline's."""
-    each = [_ratios(load, settings) for load in rounds]
-    out: dict[str, Any] = {"baseline_workers": settings[0]}
-    for fmt in each[0]:
-        out[fmt] = {}
-        for w in settings[1:]:
-            values = [r[fmt][w] for r in each if r[fmt][w] is not None]
-            out[fmt][w] = round(statistics.median(values), 2) if values else None
-    if len(rounds) > 1:
-        out["per_round"] = {
-            fmt: {w: [r[fmt][w] for r in each] for w in settings[1:]} for fmt in each[0]
-        }
-    return out
-
-
-def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One round's clips/s and server CPU ms per clip, per setting and format."""
-    keys = ("clips_per_s", "server_cpu_ms_per_clip", "server_cpu_ms_per_clip_by_role")
-    return {
-        w: {fmt: {k: m.get(k) for k in keys} for fmt, m in formats.items()}
-        for w, formats in load.items()
-    }
-
-
-def _most_processes(settings: list[str]) -> int:
-    """The most server processes doing the work among the settings (fronts), at least 2."""
-    numbers = [int(w) for w in settings if w.isdigit()]
-    return max([2, *numbers]) if numbers else len(os.sched_getaffinity(0))
-
-
-def _ceiling(ceilings: list[float], settings: list[str]) -> dict[str, Any]:
-    """The machine's own N-vs-1 ratio (``common.core_scaling``), measured before each round:
-    what the service's ``scaling`` is to be read against."""
-    return {
-        "processes": _most_processes(settings),
-        "per_round": ceilings,
-        "median": round(statistics.median(ceilings), 2),
-    }
-
-
 def run_rounds(
     bundle: Path, requests: dict[str, list[bytes]], args: argparse.Namespace, result: dict[str, Any]
 ) -> None:
@@ -332,8 +270,8 @@ def run_rounds(
     for index in range(args.rounds):
         order = args.workers if index % 2 == 0 else args.workers[::-1]
         load: dict[str, dict[str, Any]] = {}
-        ceilings.append(core_scaling(_most_processes(args.workers)))
-        result["machine_scaling"] = _ceiling(ceilings, args.workers)
+        ceilings.append(core_scaling(most_processes(args.workers)))
+        result["machine_scaling"] = ceiling(ceilings, args.workers)
         for workers in order:
             load[workers] = run_setting(workers, bundle, requests, args)
             if index == 0:
@@ -344,35 +282,6 @@ def run_rounds(
         rounds.append({w: load[w] for w in args.workers})
         if len(args.workers) > 1:
             result["scaling"] = scaling(rounds, args.workers)
-
-
-def attribute(stages: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
-    """Server CPU per clip (load run) minus the stages timed in-process, per format."""
-    response = stages["response_json"].get("pydantic_build_validate_dump") or 0.0
-    engine = stages["engine"].get("engine_run_per_clip") or 0.0
-    out = {}
-    for fmt, measured in load.items():
-        server = measured.get("server_cpu_ms_per_clip")
-        if server is None or fmt not in stages:
-            continue
-        st = stages[fmt]
-        timed = sum(
-            st.get(k) or 0.0
-            for k in (
-                "body_read",
-                "decode_total",
-                "decode_pcm",
-                "windows_cut",
-                "batch_stack_per_clip",
-            )
-        )
-        timed += response + engine
-        out[fmt] = {
-            "server_cpu_ms_per_clip": server,
-            "stages_ms": round(timed, 2),
-            "unattributed_ms": round(server - timed, 2),
-        }
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

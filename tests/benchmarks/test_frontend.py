@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import frontend
+from benchmarks import frontend, ratios
 from benchmarks.nearfree import build_nearfree_bundle, reference
 from benchmarks.stages import load_engine
 from service.core.card import load_bundle
@@ -76,11 +76,11 @@ def _round(one: float, two: float) -> dict[str, dict[str, Any]]:
 def test_scaling_is_the_median_of_the_rounds_ratios() -> None:
     """Rounds measured minutes apart: each round's ratio stands alone, the median sums up."""
     rounds = [_round(100, 150), _round(200, 250), _round(100, 120)]
-    out = frontend.scaling(rounds, ["1", "2"])
+    out = ratios.scaling(rounds, ["1", "2"])
     assert out["per_round"] == {"wav32k": {"2": [1.5, 1.25, 1.2]}}
     assert out["wav32k"] == {"2": 1.25} and out["baseline_workers"] == "1"
-    assert "per_round" not in frontend.scaling(rounds[:1], ["1", "2"])
-    assert frontend.scaling([_round(0, 10)], ["1", "2"])["wav32k"] == {"2": None}
+    assert "per_round" not in ratios.scaling(rounds[:1], ["1", "2"])
+    assert ratios.scaling([_round(0, 10)], ["1", "2"])["wav32k"] == {"2": None}
 
 
 def test_nearfree_frame_scores_have_a_decision_level_models_shape(tmp_path: Path) -> None:
