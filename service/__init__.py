@@ -7,7 +7,8 @@ gives the Python API without starting a server.
 
 from service.core.inputs import AudioInput, PcmFormat
 from service.core.pipeline import WindowSpec
-from service.core.tagger import SyncTagger, Tagger
+from service.core.sync import SyncTagger
+from service.core.tagger import Tagger
 from service.core.tasks import DetectOptions, TagOptions
 
 __all__ = [
