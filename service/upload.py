@@ -288,9 +288,13 @@ class MultipartReader:
         """Give the parser a part's headers first, then the part its audio directly; return
         where the parser has to take over."""
         start = 0
-        if len(chunk) > HEAD_BYTES and not self._in_data():
+        if not self._in_data():
+            if len(chunk) <= HEAD_BYTES:
+                return 0
             self.parser.write(chunk[:HEAD_BYTES])  # the part's headers, say
             start = HEAD_BYTES
+            if not self._in_data():
+                return start
         plain = self._plain_bytes(chunk, start)
         if plain:
             self.direct += 1
@@ -305,10 +309,8 @@ class MultipartReader:
         return bool(parser.marks.get("part_data") == 0)
 
     def _plain_bytes(self, chunk: bytes, start: int) -> int:
-        """How many bytes of ``chunk`` from ``start`` on are surely part data (0: let the
-        parser see them all)."""
-        if not self._in_data():
-            return 0
+        """How many bytes of ``chunk`` from ``start`` on are surely part data, the parser
+        being in the middle of a part (0: let it see them all)."""
         assert _MEMMEM is not None
         size, delimiter = len(chunk) - start, self.delimiter
         base = cast(int, ctypes.cast(ctypes.c_char_p(chunk), ctypes.c_void_p).value) + start

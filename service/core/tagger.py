@@ -44,7 +44,6 @@ R = TypeVar("R", bound=FileResult)
 # Inputs whose decode is a plain copy are decoded on the event loop up to this many bytes
 # in all (about 30 s of 32 kHz 16-bit mono: well under a millisecond of conversion).
 INLINE_DECODE_BYTES = 2 << 20
-T = TypeVar("T")
 Build = Callable[[FileWork, float], R]
 Bundles = str | Path | Iterable[str | Path] | None
 # Set inside ``Tagger.admit``: the work of this task is counted already.
