@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit, machine
-from benchmarks.formats import FORMATS, http_request, payloads
+from benchmarks.formats import BOUNDARY, FORMATS, multipart_body, payloads
 from service.upload import MultipartReader
 
 # Chunk sizes (KB) a one-process service's app received for this upload (a probe around
@@ -36,10 +36,7 @@ MIXED_KB = (60, 120, 240, 205)
 def _upload() -> tuple[bytes, bytes]:
     """The multipart body of the benchmark's 10 s WAV request, and its boundary."""
     fmt = FORMATS["wav32k"]
-    request = http_request(fmt, payloads(fmt, 32000, 10.0, 1)[0], 32000)
-    head, body = request.split(b"\r\n\r\n", 1)
-    boundary = head.split(b"boundary=", 1)[1].split(b"\r\n", 1)[0].strip(b'"')
-    return body, boundary
+    return multipart_body(payloads(fmt, 32000, 10.0, 1)[0], "clip.wav"), BOUNDARY.encode()
 
 
 def _cuts(size: int, chunk: str) -> list[int]:
