@@ -9,13 +9,14 @@ Knows no HTTP and no ONNX Runtime: it is given ``infer(batch) -> {kind: array}``
   while a batch runs, the next one forms until it holds ``max_batch`` windows, its oldest window
   has waited ``max_delay_s`` or the engine goes idle. ``cut_when_idle=False`` restores the
   older policy (full or ``max_delay_s``, never earlier), kept for comparison in benchmarks.
-- Pipelining: stacking (``np.stack``, the one copy of the windows) runs in its own thread while
-  the engine runs the previous batch, and queues the stacked batch for the engine threads
-  itself; at most one stacked batch waits. ``pipeline=False``: one batch at a time.
-  ``stack=False``: ``infer`` gets the windows as a list (an engine that copies them into its
-  own pinned buffer anyway). ``lone_inline`` (the engine process, whose loop serves nothing
-  else): a lone window (nothing in flight or queued) runs on the loop's thread, two thread
-  wake-ups fewer, once lone runs are known to be short (``LONE_INLINE_MAX_S``).
+- Pipelining: stacking (``np.stack``, the one copy of the windows) overlaps the running batch
+  in its own thread, which queues the stacked batch for the engine threads (one waits at most);
+  a batch cut while an engine thread is free is stacked by that thread, one hand-off fewer.
+  ``pipeline=False``: one batch at a time. ``stack=False``: ``infer`` gets the windows as a
+  list (an engine that copies them into its own pinned buffer anyway).
+- ``lone_inline`` (the engine process, whose loop serves nothing else): a lone window (nothing
+  in flight or queued) runs on the loop's thread, two thread wake-ups fewer, once lone runs
+  are known to be short (``LONE_INLINE_MAX_S``).
 - In flight: ``inflight`` engine threads run up to that many batches at once (2 on a GPU: the
   next batch's host->device copy overlaps the current batch's kernels; ``infer`` must then be
   thread-safe). Batches may finish out of order; each window's result goes to its own place.
@@ -66,12 +67,12 @@ from service.core.errors import (
 from service.core.fairqueue import FairQueue
 
 log = logging.getLogger("service.core.batcher")
-# Batches up to this size are stacked on the event loop (about 0.3 ms of copying): a hand-off
-# to the stacking thread and back costs more. Larger ones are stacked in the stacking thread.
+# Batches up to this size are stacked on the event loop (about 0.3 ms of copying, less than a
+# thread hand-off and back); larger ones by a free engine thread, else the stacking thread.
 INLINE_STACK_BYTES = 4 << 20
-# ``lone_inline`` runs a lone window on the loop only while lone runs average at most this: the
-# two thread wake-ups it saves are worth ~0.1-0.3 ms, while the loop stands still (reads no
-# submits, sends no answers) for the whole run: not for a model whose batch of one takes 60 ms.
+# ``lone_inline`` runs a lone window on the loop only while lone runs average at most this: it
+# saves two thread wake-ups (~0.1-0.3 ms), but the loop reads no submits and sends no answers
+# meanwhile: not for a model whose batch of one takes 60 ms.
 LONE_INLINE_MAX_S = 0.005
 
 
@@ -153,10 +154,8 @@ class Batcher:
         self, windows: Sequence[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
     ) -> list[WindowResult]:
         """Queue windows (all or none) and wait for their results, in order, until ``deadline``
-        (``time.monotonic()`` seconds); then raise ``DeadlineExceeded``. Cancelling the caller
-        drops its windows not yet cut into a batch. ``kinds`` (the outputs the caller reads)
-        matters only across a process boundary (``RemoteQueue``): here every output of a
-        window is a view of its batch's, free to keep."""
+        (``time.monotonic()``), then raise ``DeadlineExceeded``; a cancelled caller's windows
+        not yet cut are dropped. ``kinds`` matters only across processes (``RemoteQueue``)."""
         return await self.enqueue(windows, deadline)
 
     def enqueue(
@@ -290,28 +289,24 @@ class Batcher:
 
     def _hand(self, batch: Batch) -> bool:
         """Hand a batch on: stacked here (a lone window as a view; a small batch copied on
-        the loop, cheaper than a thread hand-off), or by the stacking thread, which gives it
-        straight to the engine threads (no loop turn between the copy and the run). False
-        when it failed to stack (its requests failed, the batcher goes on)."""
+        the loop, cheaper than a thread hand-off), by a free engine thread before its run, or
+        by the stacking thread, which gives it straight to the engine threads (no loop turn
+        between the copy and the run). False when it failed to stack (its requests failed,
+        the batcher goes on)."""
         windows = [request.windows[index] for request, index in batch]
         if self.stack and len(windows) > 1 and sum(w.nbytes for w in windows) > INLINE_STACK_BYTES:
             self._handed += 1
-            self._stacker.submit(self._stack_and_hand, batch, windows)
+            if self._handed <= self.inflight:  # nothing to overlap with: one fewer hand-off
+                self._threads.submit(batch, self.infer, windows, self._stack)
+            else:
+                self._stacker.submit(self._stack_and_hand, batch, windows)
             return True
-        start = time.monotonic()
-        try:
-            stacked: InferInput = windows  # stack=False: the engine copies them itself
-            if self.stack:
-                stacked = (
-                    np.ascontiguousarray(windows[0], np.float32)[None]
-                    if len(windows) == 1
-                    else np.stack(windows)
-                )
+        try:  # stack=False: the engine copies them itself
+            stacked = self._stack(windows) if self.stack else self._stacked(windows)
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             log.exception("stacking a batch of %d failed", len(batch))
             fail_batch(batch, exc)
             return False
-        self._stacked(len(batch), start)
         self._handed += 1
         if self._inline(batch):
             assert self._loop is not None
@@ -328,8 +323,7 @@ class Batcher:
         return self.lone_inline and lone and self._runs.lone_s <= LONE_INLINE_MAX_S
 
     def _run_here(self, batch: Batch, stacked: InferInput) -> None:
-        """A lone window on the loop's own thread (the engine process's loop, which serves
-        nothing but batchers): two thread wake-ups fewer than an engine thread."""
+        """A lone window on the loop's own thread (the engine process's, serving nothing else)."""
         start = time.monotonic()
         try:
             outcome: dict[str, np.ndarray] | BaseException = self.infer(stacked)
@@ -342,16 +336,22 @@ class Batcher:
         failure goes back to the loop (nothing here may raise: the executor would keep the
         exception, and the batch would count as handed for ever)."""
         try:
-            start = time.monotonic()
-            stacked = np.stack(windows)
+            stacked = self._stack(windows)
             del windows
-            self._stacked(len(batch), start)
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
                 self._loop.call_soon_threadsafe(self._stack_failed, batch, exc)
             return
         self._threads.submit(batch, self.infer, stacked)
+
+    def _stack(self, windows: InferInput) -> InferInput:
+        """A batch's (B, L) array: a lone window as a view, else a copy (on or off the loop)."""
+        assert isinstance(windows, list)
+        start = time.monotonic()
+        if len(windows) == 1:
+            return self._stacked(np.ascontiguousarray(windows[0], np.float32)[None], start)
+        return self._stacked(np.stack(windows), start)
 
     def _stack_failed(self, batch: Batch, exc: Exception) -> None:
         """On the loop: the stacking thread could not stack ``batch`` (e.g. MemoryError)."""
@@ -360,10 +360,11 @@ class Batcher:
         self._handed -= 1
         self._wake()
 
-    def _stacked(self, size: int, start: float) -> None:
-        stacked_hook = getattr(self.observer, "batch_stacked", None)
-        if stacked_hook is not None:
-            stacked_hook(size, time.monotonic() - start)
+    def _stacked(self, batch: InferInput, start: float | None = None) -> InferInput:
+        """Tell the observer a batch is ready for the engine (stacked since ``start``)."""
+        if (stacked_hook := getattr(self.observer, "batch_stacked", None)) is not None:
+            stacked_hook(len(batch), 0.0 if start is None else time.monotonic() - start)
+        return batch
 
     # The engine threads run each batch and hand its outcome back to the event loop.
 

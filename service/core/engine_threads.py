@@ -4,7 +4,8 @@ the event loop with one ``call_soon_threadsafe``.
 A lean ``run_in_executor``: per job, no executor work item, no concurrent future, no asyncio
 future wrapping it and no loop step to resume a task. With a front per core, one engine's
 loop may take thousands of batches a second, and each step saved is CPU the fronts get back.
-Knows nothing of batches: a job is a tag (handed back as is), a function and its argument.
+Knows nothing of batches: a job is a tag (handed back as is), a function and its argument, and
+optionally a step that prepares the argument first, outside the job's timed run.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ T = TypeVar("T")  # what the caller tags a job with
 A = TypeVar("A")  # the job's argument
 R = TypeVar("R")  # the job's result
 
-# done(tag, result or the exception it raised, start, end), called on the event loop
+# done(tag, result or the exception it raised, start, end), called on the event loop; start is
+# when ``fn`` began (after ``prepare``)
 DoneFn = Callable[[T, R | BaseException, float, float], None]
+Job = tuple[T, Callable[[A], R], A, Callable[[A], A] | None]
 
 
 class EngineThreads(Generic[T, A, R]):
     def __init__(self, count: int, name: str, done: DoneFn[T, R]) -> None:
         self.count, self.name, self.done = count, name, done
-        self._jobs: queue.SimpleQueue[tuple[T, Callable[[A], R], A] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job[T, A, R] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -39,9 +42,12 @@ class EngineThreads(Generic[T, A, R]):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, tag: T, fn: Callable[[A], R], arg: A) -> None:
-        """Run ``fn(arg)`` in the first free thread; ``done`` gets its outcome on the loop."""
-        self._jobs.put((tag, fn, arg))
+    def submit(
+        self, tag: T, fn: Callable[[A], R], arg: A, prepare: Callable[[A], A] | None = None
+    ) -> None:
+        """Run ``fn(arg)`` in the first free thread (``fn(prepare(arg))`` with ``prepare``,
+        whose exception fails the job too); ``done`` gets its outcome on the loop."""
+        self._jobs.put((tag, fn, arg, prepare))
 
     def stop(self, join: bool) -> None:
         """Drop the jobs no thread has taken yet and end the threads; ``join``: wait for them
@@ -57,13 +63,16 @@ class EngineThreads(Generic[T, A, R]):
 
     def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         while (job := self._jobs.get()) is not None:
-            tag, fn, arg = job
+            tag, fn, arg, prepare = job
             start = time.monotonic()
             try:
+                if prepare is not None:
+                    arg = prepare(arg)
+                    start = time.monotonic()
                 outcome: R | BaseException = fn(arg)
             except BaseException as exc:  # whatever it is, it fails this job, not the thread
                 outcome = exc
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it
                 loop.call_soon_threadsafe(self.done, tag, outcome, start, time.monotonic())
             # an idle thread must not keep its last job alive (a batch holds waveforms)
-            del job, tag, arg, outcome
+            del job, tag, arg, prepare, outcome

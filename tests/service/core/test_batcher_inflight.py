@@ -294,6 +294,29 @@ def test_large_batches_are_stacked_in_the_stacking_thread(monkeypatch: Any) -> N
     assert stacked_off_loop and len(obs.stacked) == len(obs.done)
 
 
+def test_a_batch_cut_while_the_engine_threads_are_idle_is_stacked_by_one_of_them(
+    monkeypatch: Any,
+) -> None:
+    """Nothing runs for its stacking to overlap with: the engine thread stacks it before its
+    run (one thread hand-off fewer). One cut while that batch runs goes to the stacking
+    thread, and waits stacked."""
+    monkeypatch.setattr("service.core.batcher.INLINE_STACK_BYTES", 0)
+    obs, engine = ThreadObserver(), Engine(gated=True)
+
+    async def main(b: Batcher) -> None:
+        first = asyncio.create_task(b.submit(windows(0, 2), far()))
+        await until(lambda: len(engine.batches) == 1, "the first batch running")
+        second = asyncio.create_task(b.submit(windows(10, 2), far()))
+        await until(lambda: len(obs.threads) == 2, "the second batch stacked")
+        engine.allow(2)
+        assert values(await first) == [0, 1]
+        assert values(await second) == [10, 11]
+
+    run(main, engine, max_batch=2, max_delay_s=0.001, max_queue=100, observer=obs)
+    assert [name.split("-")[0] for name in obs.threads] == ["infer", "stack"]
+    assert obs.done == [2, 2]
+
+
 def test_a_batch_that_fails_to_stack_fails_its_requests_and_the_batcher_goes_on(
     monkeypatch: Any,
 ) -> None:
