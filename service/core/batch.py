@@ -45,7 +45,8 @@ def as_exception(error: BaseException) -> Exception:
 class BatchObserver(Protocol):
     """Batcher events, e.g. for metrics. Optional too: ``batch_stacked(size, stack_s)``,
     called when a batch has been stacked (``stack=False``: cut) and waits for the engine: on
-    the event loop, or in the stacking thread for a batch stacked there."""
+    the event loop, or in the thread that stacked it (the stacking thread, or an engine
+    thread just before its run)."""
 
     def batch_done(self, size: int, compute_s: float, waits: list[float]) -> None: ...
     def depth_changed(self, depth: int) -> None: ...
