@@ -51,8 +51,7 @@ def _cuts(size: int, chunk: str) -> list[int]:
 
 def _feed(body: bytes, boundary: bytes, edges: list[int], direct: bool) -> float:
     chunks = [body[a:b] for a, b in itertools.pairwise(edges)]  # fresh objects
-    reader = MultipartReader(boundary, max_files=8)
-    reader.fast = reader.fast and direct
+    reader = MultipartReader(boundary, max_files=8, fast=direct)
     start = time.perf_counter()
     for chunk in chunks:
         reader.feed(chunk)

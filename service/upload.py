@@ -262,7 +262,9 @@ class MultipartReader:
     would search everything with ``bytes.find``, 2-3x slower on audio bytes (~180 µs per
     640 KB on this project's test machines)."""
 
-    def __init__(self, boundary: bytes, max_files: int) -> None:
+    def __init__(self, boundary: bytes, max_files: int, fast: bool = True) -> None:
+        """``fast=False``: every chunk goes to the parser (to compare against, in the tests
+        and ``benchmarks/multipart.py``)."""
         self.collector = _Collector(max_files)
         try:
             self.parser = MultipartParser(boundary, self.collector.callbacks())  # type: ignore[arg-type]
@@ -273,7 +275,8 @@ class MultipartReader:
         self.direct = 0  # chunks whose audio went (at least in part) straight to their part
         # the parser's state, read to know when a chunk is plain part data (its attributes in
         # python-multipart 0.0.18-0.0.34; without them, every chunk goes to the parser)
-        self.fast = _MEMMEM is not None and isinstance(getattr(self.parser, "marks", None), dict)
+        marks = getattr(self.parser, "marks", None)
+        self.fast = fast and _MEMMEM is not None and isinstance(marks, dict)
 
     def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -282,7 +285,7 @@ class MultipartReader:
             if start < len(chunk):
                 self.parser.write(chunk[start:] if start else chunk)
         except MultipartParseError as exc:
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+            raise _malformed(exc) from exc
 
     def _hand_on(self, chunk: bytes) -> int:
         """Give the parser a part's headers first, then the part its audio directly; return
@@ -322,7 +325,10 @@ class MultipartReader:
         return len(chunk) - start if chunk.find(b"\r", tail) == -1 else tail - start
 
     def finish(self) -> Body:
-        self.parser.finalize()
+        try:
+            self.parser.finalize()
+        except MultipartParseError as exc:
+            raise _malformed(exc) from exc
         if self.received and not self.collector.ended:
             raise ApiError(
                 400,
@@ -330,6 +336,10 @@ class MultipartReader:
                 "the multipart body ends before its closing boundary (truncated upload?)",
             )
         return _split_parts(self.collector.parts)
+
+
+def _malformed(exc: MultipartParseError) -> ApiError:
+    return ApiError(400, "bad_multipart", f"malformed multipart body: {exc}")
 
 
 def _load_memmem() -> Callable[[int, int, bytes, int], int | None] | None:

@@ -28,8 +28,7 @@ def test_the_reader_hands_the_audio_on_directly_and_keeps_it_whole() -> None:
     chunks = [body[a:b] for a, b in itertools.pairwise(edges)]
     parts = []
     for direct in (False, True):
-        reader = multipart.MultipartReader(boundary, max_files=8)
-        reader.fast = reader.fast and direct
+        reader = multipart.MultipartReader(boundary, max_files=8, fast=direct)
         for chunk in chunks:
             reader.feed(chunk)
         parts.append(bytes(reader.finish().files[0].data))

@@ -17,8 +17,7 @@ Outcome = tuple[object, ...]
 
 
 def _read(boundary: bytes, chunks: list[bytes], fast: bool) -> tuple[Outcome, int]:
-    reader = MultipartReader(boundary, max_files=8)
-    reader.fast = reader.fast and fast
+    reader = MultipartReader(boundary, max_files=8, fast=fast)
     try:
         for chunk in chunks:
             reader.feed(chunk)
@@ -101,16 +100,25 @@ def test_the_random_bodies_cover_both_paths_and_both_outcomes() -> None:
     assert any(direct < chunks for _, _, direct, chunks in cases)
 
 
+BOUNDARY = b"panns-test-boundary"
+HEAD = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+
+
+def _one_file(audio: bytes) -> bytes:
+    """A body with one part, file "a", holding ``audio``."""
+    return HEAD + audio + b"\r\n--" + BOUNDARY + b"--\r\n"
+
+
+def _in_64k(body: bytes) -> list[bytes]:
+    return [body[i : i + 65536] for i in range(0, len(body), 65536)]
+
+
 def test_clean_audio_chunks_go_straight_to_the_part() -> None:
     """Every chunk gives the part its audio directly: the first after the headers, the last
     up to the closing delimiter."""
-    boundary = b"panns-test-boundary"
     audio = bytes(range(256)) * 3000
-    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a"'
-    head += b"\r\n\r\n"
-    body = head + audio + b"\r\n--panns-test-boundary--\r\n"
-    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
-    outcome, direct = _read(boundary, chunks, fast=True)
+    chunks = _in_64k(_one_file(audio))
+    outcome, direct = _read(BOUNDARY, chunks, fast=True)
     assert outcome == ("ok", [("file", "a", audio)], {})
     assert direct == len(chunks)
 
@@ -118,13 +126,10 @@ def test_clean_audio_chunks_go_straight_to_the_part() -> None:
 def test_chunks_other_than_bytes_go_to_the_parser_whole() -> None:
     """Only ``bytes`` chunks (what uvicorn hands on) are searched with ``memmem``; any other
     buffer is the parser's alone, with the same parts."""
-    boundary = b"panns-test-boundary"
     audio = bytes(range(256)) * 1000
-    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a"'
-    body = head + b"\r\n\r\n" + audio + b"\r\n--" + boundary + b"--\r\n"
-    reader = MultipartReader(boundary, max_files=8)
-    for at in range(0, len(body), 65536):
-        reader.feed(bytearray(body[at : at + 65536]))  # type: ignore[arg-type]
+    reader = MultipartReader(BOUNDARY, max_files=8)
+    for chunk in _in_64k(_one_file(audio)):
+        reader.feed(bytearray(chunk))  # type: ignore[arg-type]
     assert reader.direct == 0
     assert bytes(reader.finish().files[0].data) == audio
 
@@ -134,13 +139,10 @@ def test_a_delimiter_half_matched_where_the_headers_piece_ends_stays_in_order(he
     """The first chunk's 16 KB for the parser (the headers) ends in what could start a
     delimiter: the parser holds those bytes back, so none of what follows may reach the part
     before them."""
-    boundary = b"panns-test-boundary"
-    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a"'
-    head += b"\r\n\r\n"
-    lure = (b"\r\n--" + boundary)[:held]
+    lure = (b"\r\n--" + BOUNDARY)[:held]
     audio = bytes(range(32, 128)) * 400
-    audio = audio[: HEAD_BYTES - len(head) - held] + lure + audio[:20_000]
-    body = head + audio + b"\r\n--" + boundary + b"--\r\n"
+    audio = audio[: HEAD_BYTES - len(HEAD) - held] + lure + audio[:20_000]
+    body = _one_file(audio)
     chunks = [body[:30_000], body[30_000:]]  # the second: audio, then the closing delimiter
-    assert _read(boundary, chunks, fast=True) == (_read(boundary, chunks, fast=False)[0], 1)
-    assert _read(boundary, chunks, fast=True)[0] == ("ok", [("file", "a", audio)], {})
+    assert _read(BOUNDARY, chunks, fast=True) == (_read(BOUNDARY, chunks, fast=False)[0], 1)
+    assert _read(BOUNDARY, chunks, fast=True)[0] == ("ok", [("file", "a", audio)], {})
