@@ -288,11 +288,9 @@ class Batcher:
                     await self._wakeup.wait()
 
     def _hand(self, batch: Batch) -> bool:
-        """Hand a batch on: stacked here (a lone window as a view; a small batch copied on
-        the loop, cheaper than a thread hand-off), by a free engine thread before its run, or
-        by the stacking thread, which gives it straight to the engine threads (no loop turn
-        between the copy and the run). False when it failed to stack (its requests failed,
-        the batcher goes on)."""
+        """Hand a batch on, stacked here (a small one), by a free engine thread before its run,
+        or by the stacking thread, which queues it for the engine threads itself. False when
+        it failed to stack (its requests failed, the batcher goes on)."""
         windows = [request.windows[index] for request, index in batch]
         if self.stack and len(windows) > 1 and sum(w.nbytes for w in windows) > INLINE_STACK_BYTES:
             self._handed += 1
@@ -301,8 +299,8 @@ class Batcher:
             else:
                 self._stacker.submit(self._stack_and_hand, batch, windows)
             return True
-        try:  # stack=False: the engine copies them itself
-            stacked = self._stack(windows) if self.stack else self._stacked(windows)
+        try:
+            stacked = self._stack(windows)
         except Exception as exc:  # e.g. MemoryError: this batch fails, the batcher goes on
             log.exception("stacking a batch of %d failed", len(batch))
             fail_batch(batch, exc)
@@ -332,9 +330,8 @@ class Batcher:
         self._finish(batch, outcome, start, time.monotonic())
 
     def _stack_and_hand(self, batch: Batch, windows: list[np.ndarray]) -> None:
-        """In the stacking thread: stack, then queue the batch for the engine threads. A
-        failure goes back to the loop (nothing here may raise: the executor would keep the
-        exception, and the batch would count as handed for ever)."""
+        """In the stacking thread: stack, then queue it for the engine threads. A failure goes
+        back to the loop (raised here, the executor would keep it: handed for ever)."""
         try:
             stacked = self._stack(windows)
             del windows
@@ -346,9 +343,12 @@ class Batcher:
         self._threads.submit(batch, self.infer, stacked)
 
     def _stack(self, windows: InferInput) -> InferInput:
-        """A batch's (B, L) array: a lone window as a view, else a copy (on or off the loop)."""
+        """A batch as ``infer`` takes it: (B, L), a lone window as a view, else a copy;
+        ``stack=False``: the windows as they are (the engine copies them itself)."""
         assert isinstance(windows, list)
         start = time.monotonic()
+        if not self.stack:
+            return self._stacked(windows, start)
         if len(windows) == 1:
             return self._stacked(np.ascontiguousarray(windows[0], np.float32)[None], start)
         return self._stacked(np.stack(windows), start)
@@ -360,10 +360,10 @@ class Batcher:
         self._handed -= 1
         self._wake()
 
-    def _stacked(self, batch: InferInput, start: float | None = None) -> InferInput:
+    def _stacked(self, batch: InferInput, start: float) -> InferInput:
         """Tell the observer a batch is ready for the engine (stacked since ``start``)."""
         if (stacked_hook := getattr(self.observer, "batch_stacked", None)) is not None:
-            stacked_hook(len(batch), 0.0 if start is None else time.monotonic() - start)
+            stacked_hook(len(batch), time.monotonic() - start)
         return batch
 
     # The engine threads run each batch and hand its outcome back to the event loop.
