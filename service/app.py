@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 from service.core.models import check_bundles
 from service.core.tagger import Tagger
 from service.deps import declare_key_schemes, require_api_key
+from service.direct import DirectUploads, declared
 from service.errors import install_error_handlers
 from service.guards import HeaderLimit, ReleaseAfterLargeBodies
 from service.logs import AccessLogMiddleware
@@ -23,6 +24,7 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.app")
 FRONT_READY_WAIT_S = 10.0
+UPLOADS = (tag, embed, detect)  # the routes service.direct serves past FastAPI's router
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def create_app(
     app.include_router(apidocs.pages_router(public=settings.public_docs))
     app.include_router(apidocs.assets_router)
     apidocs.install_openapi(app, keys_required=bool(settings.api_key_list))
+    # innermost of ours: the access log, limits and memory release hold for it as well
+    direct = {m.DIRECT.path: (m.DIRECT, declared(m.DIRECT, m.router.routes)) for m in UPLOADS}
+    app.add_middleware(
+        DirectUploads, routes=direct, auth=require_api_key, handlers=app.exception_handlers
+    )
     app.add_middleware(AccessLogMiddleware, metrics=app_metrics)
     app.add_middleware(HeaderLimit, max_bytes=settings.max_header_kb * 1024)
     app.add_middleware(ReleaseAfterLargeBodies)

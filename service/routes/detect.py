@@ -10,19 +10,22 @@ from fastapi.responses import Response
 from service.core.inputs import AudioInput
 from service.core.tagger import Tagger
 from service.deps import query_params, settings_of
+from service.direct import DirectRoute
 from service.present import detect_json
 from service.queries import DetectQuery
 from service.routes.docs import upload_post
 from service.routes.inference import run_upload
 from service.schemas import DetectResponse
 
+PATH = "/v1/detect"
 router = APIRouter(tags=["inference"])
+parse_query = query_params(DetectQuery)
 
 
-DetectParams = Annotated[DetectQuery, Depends(query_params(DetectQuery))]
+DetectParams = Annotated[DetectQuery, Depends(parse_query)]
 
 
-@upload_post(router, "/v1/detect", DetectResponse, DetectQuery)
+@upload_post(router, PATH, DetectResponse, DetectQuery)
 async def detect(request: Request, query: DetectParams) -> Response:
     """Frame scores of the top classes and event segments, per uploaded file."""
     window = query.window()
@@ -32,3 +35,7 @@ async def detect(request: Request, query: DetectParams) -> Response:
         return await tagger.detect_many(inputs, model=name, window=window, options=options)
 
     return await run_upload(request, query.model, query.pcm(), call, detect_json)
+
+
+# The same route, served past FastAPI's router (service.direct).
+DIRECT = DirectRoute(PATH, parse_query, detect)
