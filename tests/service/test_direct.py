@@ -8,6 +8,7 @@ table goes to both; statuses, error bodies, the headers that matter and the numb
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -222,18 +223,35 @@ def test_declared_finds_only_the_route_serving_the_same_endpoint() -> None:
     assert declared(ECHO, app.router.routes).endpoint is _echo
 
 
-@pytest.fixture(scope="module")
-def small_server() -> Iterator[str]:
+@contextlib.contextmanager
+def _serving(app: FastAPI, root_path: str = "") -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(_small_app(), port=port, log_level="critical", lifespan="off")
+    config = uvicorn.Config(
+        app, port=port, log_level="critical", lifespan="off", root_path=root_path
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         thread.join(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[str]:
+    with _serving(_small_app()) as url:
+        yield url
+
+
+def test_behind_a_proxys_root_path_the_route_path_is_matched() -> None:
+    # the proxy strips /api; uvicorn puts it back in front of the path (and in root_path)
+    with _serving(_small_app(), root_path="/api") as url, httpx.Client(base_url=url) as client:
+        assert client.post("/echo").text == "direct POST []"
+        assert client.get("/echo").text == "routed GET"
 
 
 def test_only_a_post_to_a_listed_path_takes_the_direct_way(small_server: str) -> None:
