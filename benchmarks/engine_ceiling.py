@@ -235,6 +235,7 @@ def _sample(pid: int) -> tuple[TreeUsage, tuple[int, int], float]:
 def _load(
     engine: subprocess.Popen[bytes], path: str, model: str, rate: int, args: argparse.Namespace
 ) -> dict:
+    launched = time.monotonic()  # just after the engine's launch
     clients = Clients(path, model, int(CLIP_S * rate), args)
     plan = clients.start(engine, args.warmup_s, args.duration_s)
     time.sleep(max(0.0, plan.open - time.monotonic()))
@@ -249,6 +250,8 @@ def _load(
     computes = [c for r in results for c in r["compute_s"]]
     return {
         "windows_per_s": round(done / args.duration_s, 1),
+        # loading and warming up, until every client had connected
+        "engine_ready_s": round(plan.start - launched, 1),
         "engine_cpu_ms_per_window": round(1000 * engine_cpu / done, 3) if done else None,
         "engine_cores_busy": round(engine_cpu / args.duration_s, 2),
         # the event loop is one thread: its CPU per window bounds the engine's windows/s

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         le=2,
         description="batches the engine runs at once (0 = 2 on CUDA, 1 on CPU)",
     )
+    ort_pad_batches: bool = Field(
+        default=True,
+        description="CUDA: pad each batch with zero rows up to a power of two (or max_batch), "
+        "so cuDNN tunes a few batch shapes once instead of each new size as it comes",
+    )
     ort_cuda_graph: bool = Field(
         default=False, description="CUDA: replay a captured CUDA graph for full batches"
     )

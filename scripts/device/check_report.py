@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -65,6 +66,46 @@ class Report:
         self.save()
 
 
+def gpu_memory_used_mib() -> int | None:
+    """The device's memory in use (all processes), by nvidia-smi; None where it cannot say."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+class GpuMemoryPeak:
+    """The most GPU memory in use while the block runs, sampled every ``every_s`` seconds
+    (how much a service's engine holds: ONNX Runtime's arena grows and never shrinks)."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s, self.peak_mib, self.before_mib = every_s, None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> GpuMemoryPeak:
+        self.before_mib = gpu_memory_used_mib()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every_s):
+            used = gpu_memory_used_mib()
+            if used is None:
+                return
+            self.peak_mib = max(self.peak_mib or 0, used)
+
+
 def run_bounded(cmd: list[str], timeout: float) -> str | None:
     """Run ``cmd``; past ``timeout`` send SIGTERM (the benchmark then stops its server or
     engine), then SIGKILL. Returns what went wrong, if anything."""
@@ -108,18 +149,22 @@ def summary(doc: dict[str, Any]) -> None:
         print(
             f"  variants batch {batch:>3}: "
             + "  ".join(
-                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} skipped"
+                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} {_brief(v)}"
                 for k, v in row.items()
                 if isinstance(v, dict)
             )
         )
-    for batch, row in doc.get("engine", {}).get("by_max_batch", {}).items():
-        print(
-            f"  engine alone, max batch {batch}: {row.get('windows_per_s')} windows/s, "
-            f"loop {row.get('loop_cpu_ms_per_window')} / engine "
-            f"{row.get('engine_cpu_ms_per_window')} CPU ms per window, "
-            f"mean batch {row.get('mean_batch')}"
-        )
+    engine = doc.get("engine", {})
+    for label, result in (("", engine), *engine.get("alternatives", {}).items()):
+        for batch, row in result.get("by_max_batch", {}).items():
+            print(
+                f"  engine alone{' ' + label if label else ''}, max batch {batch}: "
+                f"{row.get('windows_per_s')} windows/s, loop "
+                f"{row.get('loop_cpu_ms_per_window')} / engine "
+                f"{row.get('engine_cpu_ms_per_window')} CPU ms per window, mean batch "
+                f"{row.get('mean_batch')}, ready in {row.get('engine_ready_s')} s, "
+                f"GPU memory peak {result.get('gpu_memory_peak_mib')} MiB"
+            )
     for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
         for fmt, res in formats.items():
             print(
@@ -128,3 +173,10 @@ def summary(doc: dict[str, Any]) -> None:
             )
     if ratio := doc.get("service", {}).get("vs_raw_fp16"):
         print(f"  service / raw engine: {ratio}")
+
+
+def _brief(row: dict[str, Any]) -> str:
+    """A variant row that is no rate: why it was skipped, or what it compared."""
+    if "skipped" in row:
+        return "skipped"
+    return ", ".join(f"{k}={v}" for k, v in row.items())

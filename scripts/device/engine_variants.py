@@ -135,6 +135,7 @@ def _run_all(
         rows[str(b)]["plain_fp16"] = throughput(_plain(base), clips, seconds, 1)
         for name, threads in (("pinned_inflight1", 1), ("pinned_inflight2", 2)):
             rows[str(b)][name] = _measure(base, name, clips, seconds, threads, refs[b], load_s)
+        rows[str(b)]["padded_parity"] = padded_parity(base, clips[: b - 1])
     del base
     for b, clips in pools.items():
         if not _time_left(rows[str(b)], "cuda_graph_inflight2", deadline, 30.0):
@@ -157,6 +158,17 @@ def _run_all(
         rows[str(b)][name] = _measure(engine, name, clips, seconds, 2, refs[b], load_s)
 
 
+def padded_parity(engine: Any, clips: np.ndarray) -> dict[str, Any]:
+    """A batch one short of a bucket, run padded (the service engine) and as it is (the
+    session's own run): the padding rows must not change the other rows' scores."""
+    padded = clipwise(engine)(clips)
+    return {
+        "rows": len(clips),
+        "padded_to": int(next((b for b in engine.buckets if b >= len(clips)), len(clips))),
+        "max_abs_diff_vs_plain": float(np.max(np.abs(padded - _plain(engine)(clips)))),
+    }
+
+
 def _time_left(row: dict[str, Any], name: str, deadline: float, need: float) -> bool:
     left = deadline - time.monotonic()
     if left < need:
@@ -169,6 +181,7 @@ def variants_stage(
 ) -> dict[str, Any]:
     """The variants at each batch size, within ``budget_s`` seconds."""
     import onnxruntime as ort
+    from check_report import gpu_memory_used_mib  # beside this script
 
     from model_export.audio import generated_batch
     from service.core.card import read_card
@@ -189,6 +202,7 @@ def variants_stage(
     }
     pools = {b: pool[np.arange(b) % len(pool)] for b in batches}
     out["batches"] = {str(b): {} for b in batches}
+    out["gpu_memory_used_mib_at_start"] = gpu_memory_used_mib()
     with tempfile.TemporaryDirectory(prefix="trt-cache-") as trt_cache:
         _run_all(bundle, pools, seconds, deadline, trt, trt_cache, out["batches"])
     return out

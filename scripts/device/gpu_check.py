@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
-from check_report import Report, Skip, summary  # noqa: E402  (beside this script)
+from check_report import Report, Skip, gpu_memory_used_mib, summary  # noqa: E402  (beside this)
 from load_stages import ENGINE_STAGE_S, engine_stage, service_stage  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -229,7 +229,21 @@ def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
             for k, run in runners.items()
             if k != "ort_fp32"
         }
+    runners.clear()
+    engines.clear()  # their sessions' GPU arenas go with them, before the next stage loads more
+    _free_gpu_memory(torch_device)
+    out["gpu_memory_used_mib_after"] = gpu_memory_used_mib()
     return out
+
+
+def _free_gpu_memory(torch_device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch_device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _bind(run: Callable[[np.ndarray], np.ndarray], clips: np.ndarray) -> Callable[[], object]:

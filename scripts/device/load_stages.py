@@ -15,10 +15,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from check_report import REPO, Report, Skip, run_bounded
+from check_report import REPO, GpuMemoryPeak, Report, Skip, run_bounded
 
 log = logging.getLogger("gpu_check")
-ENGINE_STAGE_S = 45  # the engine stage's share of the time left for the last two stages
+ENGINE_RUN_S = 60  # one engine_ceiling run: loading, warm-up (every size: ~25 s), 7 s of load
+ENGINE_STAGE_S = 2 * ENGINE_RUN_S  # the engine stage's share of the time left for the last two
+SERVICE_STAGE_S = 100  # what the service stage needs (started, warmed, two formats measured)
+# The engine alone, as served (padded batches, default warm-up), then without padding: every
+# batch size warmed at start-up (the old default), and only 1 and the full batch warmed.
+ENGINE_ALTERNATIVES = {
+    "unpadded_all_warmed": ["PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=all"],
+    "unpadded_ends_warmed": ["PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=ends"],
+}
 
 
 def _run_benchmark(
@@ -31,23 +39,45 @@ def _run_benchmark(
         cmd = [sys.executable, str(REPO / "benchmarks" / script), *options]
         cmd += ["--json", str(result_path)]
         log.info("%s (timeout %.0f s)", " ".join(cmd), timeout)
-        note = run_bounded(cmd, timeout)
+        with GpuMemoryPeak() as memory:
+            note = run_bounded(cmd, timeout)
         if not result_path.is_file():
             raise RuntimeError(note or f"benchmarks/{script} wrote no result")
-        return json.loads(result_path.read_text()), note
+        result = json.loads(result_path.read_text())
+        result["gpu_memory_before_mib"] = memory.before_mib
+        result["gpu_memory_peak_mib"] = memory.peak_mib
+        return result, note
 
 
 def engine_stage(args: argparse.Namespace, report: Report, ort_device: str) -> dict[str, Any]:
     """The engine process alone (``benchmarks/engine_ceiling.py``): windows/s one engine takes
     from 4 stand-in fronts at the service's batch size, no HTTP or decoding; against the raw
-    engine it shows whether the engine process or the fronts limit the service."""
+    engine it shows whether the engine process or the fronts limit the service. Then, while
+    time allows, the same without padded batches (``ENGINE_ALTERNATIVES``)."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
+    result = _engine_run(args, report, [f"PANNS_DEVICE={ort_device}"])
+    result["alternatives"] = {}
+    for name, env in ENGINE_ALTERNATIVES.items():
+        if report.left_s() < ENGINE_RUN_S + SERVICE_STAGE_S:
+            result["alternatives"][name] = {"skipped": "time budget (the service stage first)"}
+            continue
+        try:
+            result["alternatives"][name] = _engine_run(
+                args, report, [f"PANNS_DEVICE={ort_device}", *env]
+            )
+        except RuntimeError as exc:
+            result["alternatives"][name] = {"error": str(exc)}
+    return result
+
+
+def _engine_run(args: argparse.Namespace, report: Report, env: list[str]) -> dict[str, Any]:
     options = ["--bundle", str(args.bundle), "--batch", str(args.service_max_batch)]
     options += ["--procs", "4", "--inflight", str(2 * args.service_max_batch // 4 + 4)]
     options += ["--duration-s", "5", "--warmup-s", "2"]
-    options += ["--engine-env", f"PANNS_DEVICE={ort_device}", "--engine-env", "PANNS_WARMUP=ends"]
-    timeout = max(20.0, min(ENGINE_STAGE_S, report.left_s() - 60))
+    for pair in env:
+        options += ["--engine-env", pair]
+    timeout = max(20.0, min(ENGINE_RUN_S, report.left_s() - SERVICE_STAGE_S))
     result, note = _run_benchmark("engine_ceiling.py", options, timeout)
     row = result["by_max_batch"][str(args.service_max_batch)]
     raw = _raw_fp16(report.doc.get("engines", {}), args.service_max_batch)
@@ -56,7 +86,7 @@ def engine_stage(args: argparse.Namespace, report: Report, ort_device: str) -> d
             **raw,
             "engine_alone": round(row["windows_per_s"] / raw["raw_clips_per_s"], 3),
         }
-    result["note"] = note
+    result["engine_env"], result["note"] = env, note
     return result
 
 
@@ -74,7 +104,7 @@ def service_stage(args: argparse.Namespace, report: Report, ort_device: str) -> 
         "--server-env",
         f"PANNS_MAX_BATCH={args.service_max_batch}",
     ]
-    options += ["--server-env", "PANNS_WARMUP=ends", "--server-env", f"PANNS_DEVICE={ort_device}"]
+    options += ["--server-env", f"PANNS_DEVICE={ort_device}"]  # warm-up as served: auto
     result, note = _run_benchmark("frontend.py", options, max(30.0, report.left_s() - 10))
     engines = report.doc.get("engines", {})
     return {

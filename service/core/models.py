@@ -55,6 +55,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         api_key=settings.engine_api_key.get_secret_value(),
         timeout_s=settings.timeout_s,
         inflight=settings.inflight_batches,
+        pad_batches=settings.ort_pad_batches,
         cuda_graph=settings.ort_cuda_graph,
         tensorrt=settings.ort_tensorrt,
         trt_cache_dir=settings.ort_trt_cache_dir,

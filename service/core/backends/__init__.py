@@ -37,6 +37,7 @@ class BackendOptions:
     cuda_graph: bool = False  # replay a captured CUDA graph for full (max_batch) batches
     tensorrt: bool = False  # TensorRT execution provider (fp16) where ORT offers it
     trt_cache_dir: str = ""  # TensorRT engine cache ("" = <tmp>/panns-serve-trt)
+    pad_batches: bool = True  # CUDA: pad batches up to a few sizes (needs max_batch)
     max_batch: int = 0  # the full batch: the CUDA graph's shape, TensorRT's profile (0: unknown)
     max_window_s: float = 60.0  # the longest window (pipeline.MAX_WINDOW_S): TensorRT's profile
 

@@ -6,7 +6,9 @@ batch is cast into a reused page-locked staging buffer (``ort_cuda``) bound as t
 outputs are bound on the device and copied back. ``inflight`` batches may run at once (two
 by default on CUDA, from the batcher's engine threads, each with its own staging buffer): one
 session is shared (``Run`` is thread-safe; each run gets its own CUDA stream from ORT), so
-the next batch's host->device copy overlaps the current batch's kernels. Optional, off until
+the next batch's host->device copy overlaps the current batch's kernels. A batch is padded with
+zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), so that cuDNN tunes
+those shapes once, at warm-up, not whenever a new batch size comes. Optional, off until
 measured faster (README "GPU engine"): CUDA graphs for the full batch shape, and the TensorRT
 provider (fp16, engine cache); each falls back to plain CUDA with a warning when it fails.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.backends import BackendOptions, BatchInput, Device, Precision
-from service.core.backends.ort_cuda import GraphRunner, Slot, SlotPool
+from service.core.backends.ort_cuda import GraphRunner, Slot, SlotPool, batch_buckets, padded_size
 from service.core.card import BundleError, ModelCard, load_bundle
 
 log = logging.getLogger("service.core.backends.ort")
@@ -95,6 +97,9 @@ class OrtBackend:
         # CUDA: each run copies its batch into its slot's staging buffer; on CPU the batcher's
         # stacked batch is what ORT reads (stacked in the batcher's thread, ahead of the run)
         self.stages = self._slots is not None
+        # CUDA: the batch sizes cuDNN sees (every batch padded up to one); empty: as they come
+        pad = self.stages and options.pad_batches and options.max_batch > 0
+        self.buckets = batch_buckets(options.max_batch) if pad else []
         if options.cuda_graph:
             self._enable_cuda_graphs()
         log.info(
@@ -231,15 +236,19 @@ class OrtBackend:
         }
 
     def _run_cuda(self, batch: BatchInput, names: list[str]) -> list[np.ndarray]:
+        """The batch staged (padded up to its bucket), run, and the padding rows dropped."""
         assert self._slots is not None
+        rows = len(batch)
         slot = self._slots.take()
         try:
-            staged = slot.staging.fill(batch, self.input_dtype)
+            staged = slot.staging.fill(batch, self.input_dtype, padded_size(rows, self.buckets))
             if slot.graph is not None and staged.shape == slot.graph.shape:
-                return slot.graph.run(staged)
-            return self._run_bound(staged, names)
+                values = slot.graph.run(staged)
+            else:
+                values = self._run_bound(staged, names)
         finally:
             self._slots.give(slot)
+        return [value[:rows] for value in values]
 
     def _run_bound(self, staged: np.ndarray, names: list[str]) -> list[np.ndarray]:
         """Input bound in (pinned) host memory: ORT copies it on the run's own stream."""
@@ -251,6 +260,7 @@ class OrtBackend:
         return list(binding.copy_outputs_to_cpu())
 
     def warm_up(self, batch_sizes: list[int], length: int) -> None:
-        """Run each batch shape once so the first real request pays no set-up cost."""
-        for size in batch_sizes:
+        """Run each batch shape once so the first real request pays no set-up cost (each
+        bucket once, where batches are padded)."""
+        for size in sorted({padded_size(size, self.buckets) for size in batch_sizes}):
             self.run(np.zeros((size, length), np.float32))

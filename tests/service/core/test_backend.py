@@ -137,6 +137,33 @@ def test_staging_fills_from_windows_as_from_their_stack() -> None:
     staging.close()
 
 
+def test_batch_buckets_are_powers_of_two_and_the_full_batch() -> None:
+    from service.core.backends.ort_cuda import batch_buckets, padded_size
+
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert batch_buckets(1) == [1]
+    buckets = batch_buckets(48)
+    assert [padded_size(n, buckets) for n in (1, 3, 17, 32, 33, 48)] == [1, 4, 32, 32, 48, 48]
+    assert padded_size(50, buckets) == 50  # beyond the full batch: as it is
+    assert padded_size(5, []) == 5  # no buckets: no padding
+
+
+def test_staging_pads_with_zero_rows_over_what_was_there() -> None:
+    from service.core.backends.ort_cuda import Staging
+
+    staging = Staging()
+    full = np.ones((4, 10), np.float32)
+    staging.fill(full, np.float16)  # the buffer now holds ones in every row
+    windows = [np.full(10, 2.0, np.float32), np.full(10, 3.0, np.float32)]
+    staged = staging.fill(windows, np.float16, rows=4)
+    assert staged.shape == (4, 10)
+    np.testing.assert_array_equal(staged[:2], np.stack(windows).astype(np.float16))
+    assert not staged[2:].any()  # zeros, not the last batch's rows
+    assert staging.fill(windows, np.float16, rows=1).shape == (2, 10)  # never fewer rows
+    staging.close()
+
+
 def test_a_backend_stages_only_where_it_copies_batches_itself(tagger_bundle: Path) -> None:
     engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
     assert not engine.stages  # on CPU ORT reads the batcher's stacked batch: no second copy
@@ -157,10 +184,12 @@ def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
             ort_cuda_graph=True,
             ort_tensorrt=True,
             ort_trt_cache_dir="/c",
+            ort_pad_batches=False,
             max_batch=32,
         )
     )
     assert (opts.inflight, opts.cuda_graph, opts.tensorrt) == (2, True, True)
+    assert not opts.pad_batches and BackendOptions().pad_batches
     assert (opts.trt_cache_dir, opts.max_batch) == ("/c", 32)
     assert BackendOptions().max_window_s == MAX_WINDOW_S  # TensorRT's profile covers every window
     with pytest.raises(ValueError, match="inflight_batches"):
