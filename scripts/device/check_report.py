@@ -154,6 +154,11 @@ def summary(doc: dict[str, Any]) -> None:
                 if isinstance(v, dict)
             )
         )
+    if mixed := doc.get("variants", {}).get("interleaved"):
+        print(
+            f"  variants, batch sizes in turn {mixed.get('sizes')}: service engine "
+            f"{mixed.get('service_engine')}, one session {mixed.get('one_session')}"
+        )
     engine = doc.get("engine", {})
     for label, result in (("", engine), *engine.get("alternatives", {}).items()):
         for batch, row in result.get("by_max_batch", {}).items():

@@ -31,6 +31,7 @@ import numpy as np
 
 log = logging.getLogger("gpu_check")
 TRT_EP = "TensorrtExecutionProvider"
+INTERLEAVED = [64, 48, 64, 33, 64, 17]  # batch sizes in turn, as a busy service cuts them
 TRT_MIN_S = 150.0  # an engine build for Cnn14 can take minutes: start it only with this left
 
 
@@ -126,8 +127,9 @@ def _run_all(
     trt: bool,
     trt_cache: str,
     rows: dict[str, dict[str, Any]],
-) -> None:
-    """Fill ``rows`` (batch -> variant -> result): sessions shared where options allow."""
+) -> dict[str, Any]:
+    """Fill ``rows`` (batch -> variant -> result): sessions shared where options allow; the
+    batch sizes in turn (``interleaved``) returned."""
     largest = max(pools)
     base, load_s = _loaded(bundle, largest, inflight=2)
     refs = {b: _plain(base)(clips) for b, clips in pools.items()}
@@ -136,16 +138,40 @@ def _run_all(
         for name, threads in (("pinned_inflight1", 1), ("pinned_inflight2", 2)):
             rows[str(b)][name] = _measure(base, name, clips, seconds, threads, refs[b], load_s)
         rows[str(b)]["padded_parity"] = padded_parity(base, clips[: b - 1])
+    mixed = {
+        "sizes": INTERLEAVED,
+        "service_engine": interleaved(clipwise(base), pools[largest], seconds),
+        "one_session": interleaved(_plain(base), pools[largest], seconds),
+    }
     del base
+    _tensorrt(bundle, pools, seconds, deadline, trt, trt_cache, rows, refs)
+    # last: on an H200 (ORT 1.31.1) a failed capture broke the process's CUDA state
     for b, clips in pools.items():
         if not _time_left(rows[str(b)], "cuda_graph_inflight2", deadline, 30.0):
             continue
-        graph, load_s = _loaded(bundle, b, inflight=2, cuda_graph=True)
+        try:
+            graph, load_s = _loaded(bundle, b, inflight=2, cuda_graph=True)
+        except Exception as exc:  # BundleError: the capture failed
+            rows[str(b)]["cuda_graph_inflight2"] = {"skipped": f"failed: {exc}"}
+            break
         rows[str(b)]["cuda_graph_inflight2"] = _measure(
             graph, "cuda_graph_inflight2", clips, seconds, 2, refs[b], load_s
         )
         del graph
-    name = "tensorrt_fp16_inflight2"
+    return mixed
+
+
+def _tensorrt(
+    bundle: Path,
+    pools: dict[int, np.ndarray],
+    seconds: float,
+    deadline: float,
+    trt: bool,
+    trt_cache: str,
+    rows: dict[str, dict[str, Any]],
+    refs: dict[int, np.ndarray],
+) -> None:
+    name, largest = "tensorrt_fp16_inflight2", max(pools)
     if not trt:
         for b in pools:
             rows[str(b)][name] = {"skipped": f"ONNX Runtime offers no {TRT_EP} on this host"}
@@ -156,6 +182,23 @@ def _run_all(
     engine, load_s = _loaded(bundle, largest, **opts)
     for b, clips in pools.items():
         rows[str(b)][name] = _measure(engine, name, clips, seconds, 2, refs[b], load_s)
+
+
+def interleaved(
+    run: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, seconds: float
+) -> dict[str, float]:
+    """Windows/s when consecutive batches change size (``INTERLEAVED``, cut from ``pool``), as
+    a busy service's batches do: one session re-plans its convolutions on every change."""
+    sizes = [s for s in INTERLEAVED if s <= len(pool)] or [len(pool)]
+    for size in sizes:  # each size once, untimed
+        run(pool[:size])
+    windows, calls, t0 = 0, 0, time.perf_counter()
+    while calls < len(sizes) or time.perf_counter() - t0 < seconds:
+        size = sizes[calls % len(sizes)]
+        run(pool[:size])
+        windows, calls = windows + size, calls + 1
+    elapsed = time.perf_counter() - t0
+    return {"windows_per_s": round(windows / elapsed, 1), "calls": calls}
 
 
 def padded_parity(engine: Any, clips: np.ndarray) -> dict[str, Any]:
@@ -204,5 +247,7 @@ def variants_stage(
     out["batches"] = {str(b): {} for b in batches}
     out["gpu_memory_used_mib_at_start"] = gpu_memory_used_mib()
     with tempfile.TemporaryDirectory(prefix="trt-cache-") as trt_cache:
-        _run_all(bundle, pools, seconds, deadline, trt, trt_cache, out["batches"])
+        out["interleaved"] = _run_all(
+            bundle, pools, seconds, deadline, trt, trt_cache, out["batches"]
+        )
     return out

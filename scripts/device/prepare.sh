@@ -29,8 +29,8 @@ PART_MIB=${PART_MIB:-56}
 CALL_MIB=64
 
 # The service (fastapi ... soxr, orjson, websockets for /v1/stream), the export (torchlibrosa
-# -> librosa) and what they need beyond the host's packages. Versions: the ones this project's
-# tests run with.
+# -> librosa), py-spy (for service_probe.sh) and what they need beyond the host's packages.
+# Versions: the ones this project's tests run with.
 SMALL=(
     fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7 opentelemetry-api==1.45.2
     uvicorn==0.54.0 httptools==0.9.0 h11==0.16.0 click==8.5.1 anyio==4.16.0 idna==3.20
@@ -41,6 +41,7 @@ SMALL=(
     soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
     torchlibrosa==0.1.0 librosa==0.11.0 audioread==3.1.0 decorator==5.3.1 pooch==1.9.0
     platformdirs==4.14.9
+    py-spy==0.4.3
 )
 PLATFORMS=()
 for n in 5 12 17 24 26 27 28 31 34 35 39; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
@@ -136,6 +137,8 @@ plan() {
     echo
     echo "It writes \$OUT/gpu_check.json (and gpu_check.log). If the host went cold between runs"
     echo "(parts missing), the check still runs PyTorch and says which parts it lacked."
+    echo "To see where the service's time goes there: the same runs, then"
+    echo "  command: bash scripts/device/service_probe.sh   (py-spy dumps in \$OUT/spy.txt)"
 }
 
 small_wheels

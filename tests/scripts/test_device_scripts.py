@@ -19,7 +19,7 @@ sys.path.insert(0, str(DEVICE))
 import wheel_deps  # noqa: E402
 
 
-@pytest.mark.parametrize("script", ["prepare.sh", "gpu_check.sh"])
+@pytest.mark.parametrize("script", ["prepare.sh", "gpu_check.sh", "service_probe.sh"])
 def test_shell_syntax(script: str) -> None:
     result = subprocess.run(["bash", "-n", str(DEVICE / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -7,10 +7,13 @@ outputs are bound on the device and copied back. ``inflight`` batches may run at
 by default on CUDA, from the batcher's engine threads, each with its own staging buffer): one
 session is shared (``Run`` is thread-safe; each run gets its own CUDA stream from ORT), so
 the next batch's host->device copy overlaps the current batch's kernels. A batch is padded with
-zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), so that cuDNN tunes
-those shapes once, at warm-up, not whenever a new batch size comes. Optional, off until
+zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), and each size has a
+session of its own, so that cuDNN plans each shape once, at warm-up, and not again whenever
+the batch size changes (``ort_cuda`` says why). Optional, off until
 measured faster (README "GPU engine"): CUDA graphs for the full batch shape, and the TensorRT
-provider (fp16, engine cache); each falls back to plain CUDA with a warning when it fails.
+provider (fp16, engine cache), which falls back to plain CUDA with a warning when it fails.
+A CUDA graph that fails to capture stops the load instead (the process's CUDA state is not to
+be trusted after it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.backends import BackendOptions, BatchInput, Device, Precision
-from service.core.backends.ort_cuda import GraphRunner, Slot, SlotPool, batch_buckets, padded_size
+from service.core.backends.ort_cuda import (
+    GraphRunner,
+    SessionsBySize,
+    Slot,
+    SlotPool,
+    batch_buckets,
+    padded_size,
+)
 from service.core.card import BundleError, ModelCard, load_bundle
 
 log = logging.getLogger("service.core.backends.ort")
@@ -97,9 +107,7 @@ class OrtBackend:
         # CUDA: each run copies its batch into its slot's staging buffer; on CPU the batcher's
         # stacked batch is what ORT reads (stacked in the batcher's thread, ahead of the run)
         self.stages = self._slots is not None
-        # CUDA: the batch sizes cuDNN sees (every batch padded up to one); empty: as they come
-        pad = self.stages and options.pad_batches and options.max_batch > 0
-        self.buckets = batch_buckets(options.max_batch) if pad else []
+        self.buckets, self.sessions = self._sizes()
         if options.cuda_graph:
             self._enable_cuda_graphs()
         log.info(
@@ -112,6 +120,19 @@ class OrtBackend:
             ", TensorRT fp16" if self.tensorrt else "",
             f", CUDA graph for batch {options.max_batch}" if self.cuda_graph else "",
         )
+
+    def _sizes(self) -> tuple[list[int], SessionsBySize | None]:
+        """CUDA: the batch sizes cuDNN sees (every batch padded up to one), each with a session
+        of its own (TensorRT keeps one: its profile spans them). Empty, None: as they come."""
+        options = self.options
+        if not (self.stages and options.pad_batches and options.max_batch > 0):
+            return [], None
+        buckets = batch_buckets(options.max_batch)
+        if self.tensorrt:
+            return buckets, None
+        sessions = SessionsBySize(self._open)
+        sessions.add(buckets[-1], self.session)
+        return buckets, sessions
 
     @property
     def pinned(self) -> bool:
@@ -194,7 +215,8 @@ class OrtBackend:
         }
 
     def _enable_cuda_graphs(self) -> None:
-        """One CUDA-graph session per slot for full (max_batch, clip) batches, or a warning."""
+        """One CUDA-graph session per slot for full (max_batch, clip) batches; a warning where
+        they cannot apply, a ``BundleError`` where capturing fails."""
         why = ""
         if self._slots is None:
             why = "not running on CUDA"
@@ -213,11 +235,13 @@ class OrtBackend:
             for slot in self._slots.slots:
                 session = self._open(cuda_graph=True)
                 slot.graph = GraphRunner(session, self.input_name, shape, self.input_dtype, outputs)
-        except Exception as exc:  # e.g. a node on the CPU: ORT refuses to capture
-            log.warning("CUDA graphs failed to initialise (%s): using plain CUDA", exc)
-            for slot in self._slots.slots:
-                slot.graph = None
-            return
+        except Exception as exc:  # e.g. a node that copies from the host: no capture
+            # Not a fallback: on an H200 (ORT 1.31.1) the failed capture left the process's CUDA
+            # state broken, and the next session failed to load (cudaMemcpy: invalid argument).
+            raise BundleError(
+                f"PANNS_ORT_CUDA_GRAPH: capturing a CUDA graph failed ({exc}); the CUDA "
+                "context cannot be trusted after that: unset PANNS_ORT_CUDA_GRAPH"
+            ) from exc
         self.cuda_graph = True
 
     def run(self, batch: BatchInput) -> dict[str, np.ndarray]:
@@ -251,12 +275,14 @@ class OrtBackend:
         return [value[:rows] for value in values]
 
     def _run_bound(self, staged: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """Input bound in (pinned) host memory: ORT copies it on the run's own stream."""
-        binding = self.session.io_binding()
+        """Input bound in (pinned) host memory: ORT copies it on the run's own stream. On the
+        session for this batch size, where each size has its own."""
+        session = self.session if self.sessions is None else self.sessions.get(len(staged))
+        binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, staged)
         for name in names:
             binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
 
     def warm_up(self, batch_sizes: list[int], length: int) -> None:

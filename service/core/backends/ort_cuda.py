@@ -10,11 +10,16 @@ ORT's copy to the device then reads pinned memory. Where the runtime library can
 or registration fails, the buffer stays pageable (correct, only slower) and ``pinned`` says so.
 
 Batches are padded with zero rows up to one of a few sizes (``batch_buckets``: powers of two,
-and the full batch). cuDNN tunes its convolution algorithms once per input shape, which
-cost 0.2-0.45 s per new batch size for Cnn14 on an H200: with every size from 1 to 64 a
-possible shape, a busy engine kept stalling on new sizes (180 windows/s against 1780 for the
-raw engine), and warming them all took some 25 s. Seven shapes are tuned at start-up instead;
-a padded row costs GPU time only, and at saturation batches are full anyway.
+and the full batch), and each size runs on a session of its own (``SessionsBySize``). Since
+ONNX Runtime 1.20 its CUDA Conv kernels build their cuDNN plan (heuristics, and with
+EXHAUSTIVE search a benchmark of the candidates) whenever a run's input shape differs from
+that kernel's previous run, not only for a shape never seen (onnxruntime issue #23006): 0.2-
+0.45 s for Cnn14 on an H200. One session fed batches of changing sizes stalls on nearly every
+batch (measured there: the engine alone 180-260 windows/s, the service 104-117 clips/s,
+against 1635-1780 for the raw engine at a fixed batch; py-spy showed the engine's threads in
+cuDNN's heuristics). A session that only ever sees one shape builds each plan once, at
+warm-up. Padding bounds the sessions to seven for a full batch of 64; a padded row costs GPU
+time only, and at saturation batches are full anyway.
 
 A slot is what one batch in flight needs: its staging buffer and, with CUDA graphs, its own
 graph session (a captured graph replays fixed device addresses, so two batches in flight need
@@ -26,6 +31,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -55,6 +62,34 @@ def batch_buckets(max_batch: int) -> list[int]:
 def padded_size(rows: int, buckets: list[int]) -> int:
     """The smallest bucket that holds ``rows`` (``rows`` itself beyond the largest)."""
     return next((size for size in buckets if size >= rows), rows)
+
+
+class SessionsBySize:
+    """One session per batch size, opened on first use (warm-up opens them all), so that no
+    session's kernels ever see a second input shape. Safe to call from several threads."""
+
+    def __init__(self, open_session: Callable[[], ort.InferenceSession]) -> None:
+        self._open = open_session
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def add(self, rows: int, session: ort.InferenceSession) -> None:
+        """Use ``session`` (one opened already) for batches of ``rows``."""
+        with self._lock:
+            self._sessions.setdefault(rows, session)
+
+    def get(self, rows: int) -> ort.InferenceSession:
+        session = self._sessions.get(rows)
+        if session is None:
+            with self._lock:  # another thread may be opening it: open each size once
+                session = self._sessions.get(rows)
+                if session is None:
+                    log.info("opening a session for batches of %d", rows)
+                    session = self._sessions[rows] = self._open()
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
 
 @lru_cache(maxsize=1)

@@ -164,6 +164,39 @@ def test_staging_pads_with_zero_rows_over_what_was_there() -> None:
     staging.close()
 
 
+def test_sessions_by_size_open_each_size_once_across_threads(tagger_bundle: Path) -> None:
+    """Real sessions (CPU here): each batch size gets one session of its own, opened once even
+    when two engine threads ask for it at the same moment; the one passed in is reused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core.backends.ort_cuda import SessionsBySize
+
+    engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
+    opened = []
+
+    def open_session() -> object:
+        opened.append(engine._open())
+        return opened[-1]
+
+    sessions = SessionsBySize(open_session)  # type: ignore[arg-type]
+    sessions.add(8, engine.session)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(sessions.get, [1, 2, 1, 2, 8, 1, 2, 8]))
+    assert got[0] is got[2] is got[5] and got[1] is got[3] is got[6]
+    assert got[4] is got[7] is engine.session and got[0] is not got[1]
+    assert len(opened) == 2 and len(sessions) == 3
+    clip = noise(2.0, seed=3)[None, :]
+    np.testing.assert_array_equal(  # the same graph: the same numbers
+        got[0].run(None, {engine.input_name: clip})[0],
+        engine.session.run(None, {engine.input_name: clip})[0],
+    )
+
+
+def test_a_cpu_backend_neither_pads_nor_splits_sessions(tagger_bundle: Path) -> None:
+    engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1, max_batch=8))
+    assert engine.buckets == [] and engine.sessions is None  # padding is for cuDNN only
+
+
 def test_a_backend_stages_only_where_it_copies_batches_itself(tagger_bundle: Path) -> None:
     engine = OrtBackend(tagger_bundle, BackendOptions(device="cpu", threads=1))
     assert not engine.stages  # on CPU ORT reads the batcher's stacked batch: no second copy
