@@ -66,16 +66,22 @@ class Report:
         self.save()
 
 
+def nvidia_smi(query: str, timeout: float = 20.0) -> str:
+    """``nvidia-smi --query-gpu=QUERY`` as CSV without header (its error, if it printed one);
+    raises OSError or SubprocessError where it cannot run."""
+    smi = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return smi.stdout.strip() or smi.stderr.strip()
+
+
 def gpu_memory_used_mib() -> int | None:
     """The device's memory in use (all processes), by nvidia-smi; None where it cannot say."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        return int(out.split()[0])
+        return int(nvidia_smi("memory.used", timeout=10).split()[0])  # "6587 MiB"
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 

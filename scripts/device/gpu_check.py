@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
-from check_report import Report, Skip, gpu_memory_used_mib, summary  # noqa: E402  (beside this)
+from check_report import Report, Skip, gpu_memory_used_mib, nvidia_smi, summary  # noqa: E402
 from load_stages import ENGINE_STAGE_S, engine_stage, service_stage  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -79,14 +79,8 @@ def env_stage(args: argparse.Namespace) -> dict[str, Any]:
             "capability": f"{props.major}.{props.minor}",
         }
     try:
-        smi = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        out["nvidia_smi"] = nvidia_smi("name,driver_version,memory.total")
+    except (OSError, subprocess.SubprocessError) as exc:
         out["nvidia_smi"] = f"unavailable: {exc}"
     if not cuda:
         print(
