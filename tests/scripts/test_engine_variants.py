@@ -1,0 +1,54 @@
+"""The GPU check's ``variants`` stage, run end to end on this machine's CPU: ``_run_all`` with
+the service's real engine on a near-free bundle (on CPU, so nothing pads and no graph is
+captured), and the summary printed from what it wrote. A GPU host runs it once per lease: a
+slip in this path would cost the lease's measurements."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.nearfree import build_nearfree_bundle
+from service.core.backends import BackendOptions
+from service.core.backends.ort import OrtBackend
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts" / "device"))
+import check_report  # noqa: E402
+import engine_variants  # noqa: E402
+
+
+def test_variants_run_end_to_end_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = build_nearfree_bundle(tmp_path / "nearfree", clip_s=1.0)
+
+    def on_cpu(path: Path, batch: int, **extra: Any) -> OrtBackend:
+        return OrtBackend(path, BackendOptions(device="cpu", max_batch=batch, **extra))
+
+    monkeypatch.setattr(engine_variants, "_backend", on_cpu)  # the stage asks for CUDA
+    pool = np.random.default_rng(0).standard_normal((4, 32000)).astype(np.float32)
+    pools = {b: pool[np.arange(b) % 4] for b in (4, 8)}
+    rows: dict[str, dict[str, Any]] = {"4": {}, "8": {}}
+    deadline = time.monotonic() + 60
+    mixed = engine_variants._run_all(bundle, pools, 0.05, deadline, False, "", rows)
+
+    assert mixed["sizes"] == engine_variants.INTERLEAVED
+    assert mixed["service_engine"]["windows_per_s"] > 0 < mixed["one_session"]["windows_per_s"]
+    for batch, row in rows.items():
+        assert row["padded_parity"] == {
+            "rows": int(batch) - 1,
+            "padded_to": int(batch) - 1,  # on CPU nothing is padded
+            "max_abs_diff_vs_plain": 0.0,
+        }
+        for name in ("plain_fp16", "pinned_inflight1", "pinned_inflight2", "cuda_graph_inflight2"):
+            assert row[name]["clips_per_s"] > 0, name
+        assert "offers no TensorrtExecutionProvider" in row["tensorrt_fp16_inflight2"]["skipped"]
+    check_report.summary({"variants": {"batches": rows, "interleaved": mixed}})
+    printed = capsys.readouterr().out
+    assert "variants batch   8:" in printed and "batch sizes in turn" in printed
