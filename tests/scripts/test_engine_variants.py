@@ -19,8 +19,8 @@ from service.core.backends.ort import OrtBackend
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts" / "device"))
-import check_report  # noqa: E402
-import engine_variants  # noqa: E402
+import check_report
+import engine_variants
 
 
 def test_variants_run_end_to_end_on_cpu(
