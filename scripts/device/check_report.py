@@ -176,12 +176,16 @@ def summary(doc: dict[str, Any]) -> None:
                 f"{row.get('mean_batch')}, ready in {row.get('engine_ready_s')} s, "
                 f"GPU memory peak {result.get('gpu_memory_peak_mib')} MiB"
             )
-    for workers, formats in doc.get("service", {}).get("frontend", {}).get("load", {}).items():
-        for fmt, res in formats.items():
-            print(
-                f"  service workers={workers} {fmt}: {res.get('clips_per_s')} clips/s, "
-                f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip"
-            )
+    service = doc.get("service", {})
+    for label, result in (("", service), *service.get("alternatives", {}).items()):
+        for workers, formats in result.get("frontend", {}).get("load", {}).items():
+            for fmt, res in formats.items():
+                print(
+                    f"  service{' ' + label if label else ''} workers={workers} {fmt}: "
+                    f"{res.get('clips_per_s')} clips/s, "
+                    f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip, "
+                    f"GPU memory peak {result['frontend'].get('gpu_memory_peak_mib')} MiB"
+                )
     if ratio := doc.get("service", {}).get("vs_raw_fp16"):
         print(f"  service / raw engine: {ratio}")
 

@@ -14,13 +14,18 @@ what it measured):
    copies included), the first run's time (CUDA set-up, cuDNN algorithm search), and the
    fp16-vs-fp32 max abs difference of the scores;
 4. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
-   fp16 vs pinned staging with 1 and 2 batches in flight vs + CUDA graph vs TensorRT fp16, at
-   each ``--variant-batches`` size, leaving ``--service-reserve-s`` for the last two;
+   fp16 vs pinned staging with 1 and 2 batches in flight vs TensorRT fp16 vs + CUDA graph
+   (last: a failed capture breaks the process's CUDA state), at each ``--variant-batches``
+   size; a batch one short of a bucket padded vs not; and batch sizes in turn through the
+   service's engine (a session per padded size) vs one session. Leaves
+   ``--service-reserve-s`` for the last two stages;
 5. ``engine``: the engine process alone (``benchmarks/engine_ceiling.py``: 4 stand-in fronts,
-   no HTTP or decoding) at the service's batch size: windows/s and the engine's (and its
-   event loop's) CPU per window, over the raw fp16 engine's clips/s;
+   no HTTP or decoding) at the service's batch size: windows/s, the engine's (and its event
+   loop's) CPU per window, the time to ready and the GPU memory peak, over the raw fp16
+   engine's clips/s; then the same unpadded (every size warmed, and only the ends);
 6. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
-   default), and its clips/s over the raw fp16 engine's at the service's batch size.
+   default), and its clips/s over the raw fp16 engine's at the service's batch size; then
+   WAV 32k once more on one unpadded session.
 
 Stages 3-6 need CUDA: without it they are recorded as skipped, with the reason, and the exit
 status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:
@@ -48,7 +53,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from check_report import Report, Skip, gpu_memory_used_mib, nvidia_smi, summary  # noqa: E402
-from load_stages import ENGINE_STAGE_S, engine_stage, service_stage  # noqa: E402
+from load_stages import (  # noqa: E402
+    ENGINE_STAGE_S,
+    SERVICE_ALTERNATIVE_S,
+    SERVICE_STAGE_S,
+    engine_stage,
+    service_stage,
+)
 
 log = logging.getLogger("gpu_check")
 CUDA_EP = "CUDAExecutionProvider"
@@ -271,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--service-reserve-s",
         type=float,
-        default=150.0 + ENGINE_STAGE_S,
+        default=SERVICE_STAGE_S + SERVICE_ALTERNATIVE_S + ENGINE_STAGE_S,
         help="stage 4 leaves this much (for stages 5 and 6)",
     )
     p.add_argument(
