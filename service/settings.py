@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     ort_pad_batches: bool = Field(
         default=True,
         description="CUDA: pad each batch with zero rows up to a power of two (or max_batch), "
-        "so cuDNN tunes a few batch shapes once instead of each new size as it comes",
+        "one session per size, so cuDNN plans each shape once (not on every change of size)",
     )
     ort_cuda_graph: bool = Field(
         default=False, description="CUDA: replay a captured CUDA graph for full batches"

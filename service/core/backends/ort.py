@@ -4,9 +4,9 @@ Knows nothing of HTTP or batching. On CPU it runs fp32, or int8 when asked, with
 configured intra-op threads. On CUDA it prefers the fp16 variant and uses IO binding: each
 batch is cast into a reused page-locked staging buffer (``ort_cuda``) bound as the input,
 outputs are bound on the device and copied back. ``inflight`` batches may run at once (two
-by default on CUDA, from the batcher's engine threads, each with its own staging buffer): one
-session is shared (``Run`` is thread-safe; each run gets its own CUDA stream from ORT), so
-the next batch's host->device copy overlaps the current batch's kernels. A batch is padded with
+by default on CUDA, from the batcher's engine threads, each with its own staging buffer): a
+session is shared by them (``Run`` is thread-safe; each run gets its own CUDA stream from
+ORT), so the next batch's host->device copy overlaps the current batch's kernels. A batch is padded with
 zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), and each size has a
 session of its own, so that cuDNN plans each shape once, at warm-up, and not again whenever
 the batch size changes (``ort_cuda`` says why). Optional, off until

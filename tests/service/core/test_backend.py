@@ -161,6 +161,31 @@ def test_staging_pads_with_zero_rows_over_what_was_there() -> None:
     np.testing.assert_array_equal(staged[:2], np.stack(windows).astype(np.float16))
     assert not staged[2:].any()  # zeros, not the last batch's rows
     assert staging.fill(windows, np.float16, rows=1).shape == (2, 10)  # never fewer rows
+    one = [np.full(10, 5.0, np.float32)]
+    assert np.array_equal(staging.fill(one, np.float16, rows=4)[:, 0], [5, 0, 0, 0])
+    staging.fill(np.ones((3, 10), np.float32), np.float16)  # dirties three rows again
+    staged = staging.fill(one, np.float16, rows=2)
+    assert np.array_equal(staged[:, 0], [5, 0]) and staged.shape == (2, 10)
+    assert not staging.fill(one, np.float16, rows=4)[1:].any()  # row 2 was left dirty: zeroed
+    wide = staging.fill([np.full(15, 7.0, np.float32)], np.float32, rows=2)  # another length
+    assert np.array_equal(wide[:, 0], [7, 0]) and not wide[1].any()
+    staging.close()
+
+
+def test_staging_padding_matches_a_fresh_zero_pad_whatever_came_before() -> None:
+    """Against the obvious version (stack, then zero rows): batches of random sizes, lengths
+    and paddings through one buffer, as an engine slot sees them."""
+    from service.core.backends.ort_cuda import Staging
+
+    rng = np.random.default_rng(5)
+    staging = Staging()
+    for _ in range(200):
+        length, count = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        windows = [rng.standard_normal(length).astype(np.float32) for _ in range(count)]
+        rows = count + int(rng.integers(0, 9))
+        expected = np.zeros((rows, length), np.float16)
+        expected[:count] = np.stack(windows)
+        np.testing.assert_array_equal(staging.fill(windows, np.float16, rows=rows), expected)
     staging.close()
 
 
