@@ -6,10 +6,10 @@ batch is cast into a reused page-locked staging buffer (``ort_cuda``) bound as t
 outputs are bound on the device and copied back. ``inflight`` batches may run at once (two
 by default on CUDA, from the batcher's engine threads, each with its own staging buffer): a
 session is shared by them (``Run`` is thread-safe; each run gets its own CUDA stream from
-ORT), so the next batch's host->device copy overlaps the current batch's kernels. A batch is padded with
-zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), and each size has a
-session of its own, so that cuDNN plans each shape once, at warm-up, and not again whenever
-the batch size changes (``ort_cuda`` says why). Optional, off until
+ORT), so the next batch's host->device copy overlaps the current batch's kernels. A batch is
+padded with zero rows up to the next of a few sizes (``ort_cuda.batch_buckets``), and each
+size has a session of its own, so that cuDNN plans each shape once, at warm-up, and not again
+whenever the batch size changes (``ort_cuda`` says why). Optional, off until
 measured faster (README "GPU engine"): CUDA graphs for the full batch shape, and the TensorRT
 provider (fp16, engine cache), which falls back to plain CUDA with a warning when it fails.
 A CUDA graph that fails to capture stops the load instead (the process's CUDA state is not to
