@@ -138,7 +138,7 @@ def summary(doc: dict[str, Any]) -> None:
         f"gpu: {env.get('gpu')}  cuda: {env.get('cuda')}  ort: {env.get('onnxruntime')} "
         f"{env.get('ort_providers')}"
     )
-    for stage in ("export", "engines", "variants", "engine", "service"):
+    for stage in ("export", "engines", "engine", "service", "variants"):
         if stage not in doc:
             continue
         st = doc[stage]

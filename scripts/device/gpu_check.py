@@ -13,19 +13,21 @@ what it measured):
    engine class, at each ``--batches`` size: clips/s (numpy in, numpy out, so host<->device
    copies included), the first run's time (CUDA set-up, cuDNN algorithm search), and the
    fp16-vs-fp32 max abs difference of the scores;
-4. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
-   fp16 vs pinned staging with 1 and 2 batches in flight vs TensorRT fp16 vs + CUDA graph
-   (last: a failed capture breaks the process's CUDA state), at each ``--variant-batches``
-   size; a batch one short of a bucket padded vs not; and batch sizes in turn through the
-   service's engine (a session per padded size) vs one session. Leaves
-   ``--service-reserve-s`` for the last two stages;
-5. ``engine``: the engine process alone (``benchmarks/engine_ceiling.py``: 4 stand-in fronts,
+4. ``engine``: the engine process alone (``benchmarks/engine_ceiling.py``: 4 stand-in fronts,
    no HTTP or decoding) at the service's batch size: windows/s, the engine's (and its event
    loop's) CPU per window, the time to ready and the GPU memory peak, over the raw fp16
    engine's clips/s; then the same unpadded (every size warmed, and only the ends);
-6. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
+5. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
    default), and its clips/s over the raw fp16 engine's at the service's batch size; then
-   WAV 32k once more on one unpadded session.
+   WAV 32k once more on one unpadded session;
+6. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
+   fp16 vs pinned staging with 1 and 2 batches in flight vs TensorRT fp16 vs + CUDA graph
+   (last: a failed capture broke the process's CUDA state on an H200), at each
+   ``--variant-batches`` size; a batch one short of a bucket padded vs not; and batch sizes
+   in turn through the service's engine (a session per padded size) vs one session. Last of
+   all, in this process, with the time that is left: stages 4 and 5 run in subprocesses of
+   their own and come first, so that whatever a variant does to this process's CUDA state
+   cannot cost them.
 
 Stages 3-6 need CUDA: without it they are recorded as skipped, with the reason, and the exit
 status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:
@@ -54,16 +56,13 @@ sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow th
 
 from check_report import Report, Skip, gpu_memory_used_mib, nvidia_smi, summary  # noqa: E402
 from load_stages import (  # noqa: E402
-    ENGINE_STAGE_S,
-    SERVICE_ALTERNATIVE_S,
-    SERVICE_STAGE_S,
     engine_stage,
     service_stage,
 )
 
 log = logging.getLogger("gpu_check")
 CUDA_EP = "CUDAExecutionProvider"
-STAGES = ("env", "export", "engines", "variants", "engine", "service")
+STAGES = ("env", "export", "engines", "engine", "service", "variants")
 
 
 def env_stage(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,8 +262,7 @@ def variants_stage(args: argparse.Namespace, report: Report) -> dict[str, Any]:
         raise Skip("the GPU engine's variants need ONNX Runtime's CUDA provider")
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
-    budget = report.left_s() - args.service_reserve_s
-    return measure(args.bundle, args.variant_batches, args.variant_seconds, budget)
+    return measure(args.bundle, args.variant_batches, args.variant_seconds, report.left_s() - 10)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -277,14 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting stages after")
     p.add_argument("--allow-cpu", action="store_true", help="run stages 3-6 without CUDA")
     p.add_argument("--stages", default=",".join(STAGES), help="which stages to run")
-    p.add_argument("--variant-batches", default="32,64", help="batch sizes of stage 4")
+    p.add_argument("--variant-batches", default="32,64", help="batch sizes of stage 6")
     p.add_argument("--variant-seconds", type=float, default=1.5, help="timed per variant")
-    p.add_argument(
-        "--service-reserve-s",
-        type=float,
-        default=SERVICE_STAGE_S + SERVICE_ALTERNATIVE_S + ENGINE_STAGE_S,
-        help="stage 4 leaves this much (for stages 5 and 6)",
-    )
     p.add_argument(
         "--service-workers",
         default="default",
@@ -318,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             "env": (lambda: env_stage(args), 0),
             "export": (lambda: export_stage(args, Path(work)), 30),
             "engines": (lambda: engines_stage(args), 30),
-            "variants": (lambda: variants_stage(args, report), 30 + args.service_reserve_s),
             # skipped rather than run short: it needs about 25 s, and the service stage 60
             "engine": (lambda: engine_stage(args, report, _devices(args)[1]), 25 + 60),
             "service": (lambda: service_stage(args, report, _devices(args)[1]), 60),
+            "variants": (lambda: variants_stage(args, report), 40),
         }
         for name in STAGES:
             if name in args.stages:

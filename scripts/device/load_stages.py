@@ -19,7 +19,6 @@ from check_report import REPO, GpuMemoryPeak, Report, Skip, run_bounded
 
 log = logging.getLogger("gpu_check")
 ENGINE_RUN_S = 60  # one engine_ceiling run: loading, warm-up (every size: ~25 s), 7 s of load
-ENGINE_STAGE_S = 2 * ENGINE_RUN_S  # the engine stage's share of the time left for the last two
 SERVICE_STAGE_S = 100  # what the service stage needs (started, warmed, two formats measured)
 SERVICE_ALTERNATIVE_S = 60  # one more service run: started, warmed, WAV 32k measured
 # The service once more on one session for every batch size, unpadded (the engine before).
