@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,19 @@ def _loaded(bundle: Path, batch: int, **extra: Any) -> tuple[Any, float]:
     return engine, time.monotonic() - t0
 
 
+@dataclass
+class _Plan:
+    """What the variants after the first session share: the bundle, the batches, the time per
+    variant and the deadline, the rows to fill, and the scores to compare with."""
+
+    bundle: Path
+    pools: dict[int, np.ndarray]
+    seconds: float
+    deadline: float
+    rows: dict[str, dict[str, Any]]
+    refs: dict[int, np.ndarray]
+
+
 def _run_all(
     bundle: Path,
     pools: dict[int, np.ndarray],
@@ -144,44 +158,42 @@ def _run_all(
         "one_session": interleaved(_plain(base), pools[largest], seconds),
     }
     del base
-    _tensorrt(bundle, pools, seconds, deadline, trt, trt_cache, rows, refs)
-    # last: on an H200 (ORT 1.31.1) a failed capture broke the process's CUDA state
-    for b, clips in pools.items():
-        if not _time_left(rows[str(b)], "cuda_graph_inflight2", deadline, 30.0):
-            continue
-        try:
-            graph, load_s = _loaded(bundle, b, inflight=2, cuda_graph=True)
-        except Exception as exc:  # BundleError: the capture failed
-            rows[str(b)]["cuda_graph_inflight2"] = {"skipped": f"failed: {exc}"}
-            break
-        rows[str(b)]["cuda_graph_inflight2"] = _measure(
-            graph, "cuda_graph_inflight2", clips, seconds, 2, refs[b], load_s
-        )
-        del graph
+    plan = _Plan(bundle, pools, seconds, deadline, rows, refs)
+    _tensorrt(plan, trt, trt_cache)
+    _cuda_graphs(plan)  # last: on an H200 (ORT 1.31.1) a failed capture broke the CUDA state
     return mixed
 
 
-def _tensorrt(
-    bundle: Path,
-    pools: dict[int, np.ndarray],
-    seconds: float,
-    deadline: float,
-    trt: bool,
-    trt_cache: str,
-    rows: dict[str, dict[str, Any]],
-    refs: dict[int, np.ndarray],
-) -> None:
-    name, largest = "tensorrt_fp16_inflight2", max(pools)
-    if not trt:
-        for b in pools:
-            rows[str(b)][name] = {"skipped": f"ONNX Runtime offers no {TRT_EP} on this host"}
+def _tensorrt(plan: _Plan, offered: bool, cache: str) -> None:
+    name, largest = "tensorrt_fp16_inflight2", max(plan.pools)
+    if not offered:
+        for b in plan.pools:
+            plan.rows[str(b)][name] = {"skipped": f"ONNX Runtime offers no {TRT_EP} on this host"}
         return
-    if not _time_left(rows[str(largest)], name, deadline, TRT_MIN_S):
+    if not _time_left(plan.rows[str(largest)], name, plan.deadline, TRT_MIN_S):
         return
-    opts = {"inflight": 2, "tensorrt": True, "trt_cache_dir": trt_cache, "max_window_s": 10.0}
-    engine, load_s = _loaded(bundle, largest, **opts)
-    for b, clips in pools.items():
-        rows[str(b)][name] = _measure(engine, name, clips, seconds, 2, refs[b], load_s)
+    opts = {"inflight": 2, "tensorrt": True, "trt_cache_dir": cache, "max_window_s": 10.0}
+    engine, load_s = _loaded(plan.bundle, largest, **opts)
+    for b, clips in plan.pools.items():
+        plan.rows[str(b)][name] = _measure(
+            engine, name, clips, plan.seconds, 2, plan.refs[b], load_s
+        )
+
+
+def _cuda_graphs(plan: _Plan) -> None:
+    name = "cuda_graph_inflight2"
+    for b, clips in plan.pools.items():
+        if not _time_left(plan.rows[str(b)], name, plan.deadline, 30.0):
+            continue
+        try:
+            graph, load_s = _loaded(plan.bundle, b, inflight=2, cuda_graph=True)
+        except Exception as exc:  # BundleError: the capture failed
+            plan.rows[str(b)][name] = {"skipped": f"failed: {exc}"}
+            return
+        plan.rows[str(b)][name] = _measure(
+            graph, name, clips, plan.seconds, 2, plan.refs[b], load_s
+        )
+        del graph
 
 
 def interleaved(
@@ -204,10 +216,12 @@ def interleaved(
 def padded_parity(engine: Any, clips: np.ndarray) -> dict[str, Any]:
     """A batch one short of a bucket, run padded (the service engine) and as it is (the
     session's own run): the padding rows must not change the other rows' scores."""
+    from service.core.backends.ort_cuda import padded_size
+
     padded = clipwise(engine)(clips)
     return {
         "rows": len(clips),
-        "padded_to": int(next((b for b in engine.buckets if b >= len(clips)), len(clips))),
+        "padded_to": padded_size(len(clips), engine.buckets),
         "max_abs_diff_vs_plain": float(np.max(np.abs(padded - _plain(engine)(clips)))),
     }
 
