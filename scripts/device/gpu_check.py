@@ -55,10 +55,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from check_report import Report, Skip, gpu_memory_used_mib, nvidia_smi, summary  # noqa: E402
-from load_stages import (  # noqa: E402
-    engine_stage,
-    service_stage,
-)
+from load_stages import engine_stage, service_stage  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 CUDA_EP = "CUDAExecutionProvider"

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ ENGINE_RUN_S = 60  # one engine_ceiling run: loading, warm-up (every size: ~25 s
 SERVICE_STAGE_S = 100  # what the service stage needs (started, warmed, two formats measured)
 SERVICE_ALTERNATIVE_S = 60  # one more service run: started, warmed, WAV 32k measured
 # The service once more on one session for every batch size, unpadded (the engine before).
-SERVICE_ALTERNATIVES = {"unpadded_one_session": ["PANNS_ORT_PAD_BATCHES=false"]}
+SERVICE_ALTERNATIVES = {"unpadded_one_session": ("PANNS_ORT_PAD_BATCHES=false",)}
 # The engine alone, as served (padded batches, default warm-up), then without padding: every
 # batch size warmed at start-up (the old default), and only 1 and the full batch warmed.
 ENGINE_ALTERNATIVES = {
-    "unpadded_all_warmed": ["PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=all"],
-    "unpadded_ends_warmed": ["PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=ends"],
+    "unpadded_all_warmed": ("PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=all"),
+    "unpadded_ends_warmed": ("PANNS_ORT_PAD_BATCHES=false", "PANNS_WARMUP=ends"),
 }
 
 
@@ -58,26 +59,46 @@ def engine_stage(args: argparse.Namespace, report: Report, ort_device: str) -> d
     time allows, the same without padded batches (``ENGINE_ALTERNATIVES``)."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
-    result = _engine_run(args, report, [f"PANNS_DEVICE={ort_device}"])
-    result["alternatives"] = {}
-    for name, env in ENGINE_ALTERNATIVES.items():
-        if report.left_s() < ENGINE_RUN_S + SERVICE_STAGE_S:
-            result["alternatives"][name] = {"skipped": "time budget (the service stage first)"}
-            continue
-        try:
-            result["alternatives"][name] = _engine_run(
-                args, report, [f"PANNS_DEVICE={ort_device}", *env]
-            )
-        except RuntimeError as exc:
-            result["alternatives"][name] = {"error": str(exc)}
+    result = _engine_run(args, report, ort_device)
+    result["alternatives"] = _alternatives(
+        report,
+        ENGINE_ALTERNATIVES,
+        ENGINE_RUN_S + SERVICE_STAGE_S,
+        lambda env: _engine_run(args, report, ort_device, env),
+        skipped="time budget (the service stage first)",
+    )
     return result
 
 
-def _engine_run(args: argparse.Namespace, report: Report, env: list[str]) -> dict[str, Any]:
+def _alternatives(
+    report: Report,
+    table: dict[str, tuple[str, ...]],
+    need_s: float,
+    run: Callable[[tuple[str, ...]], dict[str, Any]],
+    skipped: str = "time budget",
+) -> dict[str, Any]:
+    """``run(env)`` for each alternative in ``table`` while ``need_s`` seconds are left; a
+    benchmark that wrote no result is recorded as an error, and the next one still runs."""
+    out: dict[str, Any] = {}
+    for name, env in table.items():
+        if report.left_s() < need_s:
+            out[name] = {"skipped": skipped}
+            continue
+        try:
+            out[name] = run(env)
+        except RuntimeError as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def _engine_run(
+    args: argparse.Namespace, report: Report, ort_device: str, env: tuple[str, ...] = ()
+) -> dict[str, Any]:
     options = ["--bundle", str(args.bundle), "--batch", str(args.service_max_batch)]
     options += ["--procs", "4", "--inflight", str(2 * args.service_max_batch // 4 + 4)]
     options += ["--duration-s", "5", "--warmup-s", "2"]
-    for pair in env:
+    engine_env = [f"PANNS_DEVICE={ort_device}", *env]
+    for pair in engine_env:
         options += ["--engine-env", pair]
     timeout = max(20.0, min(ENGINE_RUN_S, report.left_s() - SERVICE_STAGE_S))
     result, note = _run_benchmark("engine_ceiling.py", options, timeout)
@@ -88,7 +109,7 @@ def _engine_run(args: argparse.Namespace, report: Report, env: list[str]) -> dic
             **raw,
             "engine_alone": round(row["windows_per_s"] / raw["raw_clips_per_s"], 3),
         }
-    result["engine_env"], result["note"] = env, note
+    result["engine_env"], result["note"] = engine_env, note
     return result
 
 
@@ -107,24 +128,15 @@ def service_stage(args: argparse.Namespace, report: Report, ort_device: str) -> 
         "frontend": result,
         "note": note,
         "vs_raw_fp16": _vs_raw(result, engines, args.service_max_batch),
-        "alternatives": {},
     }
-    for name, env in SERVICE_ALTERNATIVES.items():
-        if report.left_s() < SERVICE_ALTERNATIVE_S:
-            out["alternatives"][name] = {"skipped": "time budget"}
-            continue
-        options = _frontend_options(args, ort_device, "default", "wav32k", tuple(env))
-        try:
-            alt, alt_note = _run_benchmark("frontend.py", options, report.left_s() - 10)
-        except RuntimeError as exc:
-            out["alternatives"][name] = {"error": str(exc)}
-            continue
-        out["alternatives"][name] = {
-            "frontend": alt,
-            "note": alt_note,
-            "server_env": env,
-            "vs_raw_fp16": _vs_raw(alt, engines, args.service_max_batch),
-        }
+
+    def rerun(env: tuple[str, ...]) -> dict[str, Any]:
+        options = _frontend_options(args, ort_device, "default", "wav32k", env)
+        alt, alt_note = _run_benchmark("frontend.py", options, report.left_s() - 10)
+        vs_raw = _vs_raw(alt, engines, args.service_max_batch)
+        return {"frontend": alt, "note": alt_note, "server_env": list(env), "vs_raw_fp16": vs_raw}
+
+    out["alternatives"] = _alternatives(report, SERVICE_ALTERNATIVES, SERVICE_ALTERNATIVE_S, rerun)
     return out
 
 
