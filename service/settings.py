@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="CUDA: pad each batch with zero rows up to a power of two (or max_batch), "
         "one session per size, so cuDNN plans each shape once (not on every change of size)",
     )
+    ort_cudnn_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        default="exhaustive",
+        description="CUDA: how cuDNN picks each convolution's algorithm, once per shape a "
+        "session sees: exhaustive (benchmarks the candidates), heuristic (its first guess, "
+        "cheap to re-plan), default (one fixed algorithm)",
+    )
     ort_cuda_graph: bool = Field(
         default=False, description="CUDA: replay a captured CUDA graph for full batches"
     )

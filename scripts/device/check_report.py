@@ -163,7 +163,8 @@ def summary(doc: dict[str, Any]) -> None:
     if mixed := doc.get("variants", {}).get("interleaved"):
         print(
             f"  variants, batch sizes in turn {mixed.get('sizes')}: service engine "
-            f"{mixed.get('service_engine')}, one session {mixed.get('one_session')}"
+            f"{mixed.get('service_engine')}, one session {mixed.get('one_session')}, one "
+            f"session with heuristic search {mixed.get('one_session_heuristic')}"
         )
     engine = doc.get("engine", {})
     for label, result in (("", engine), *engine.get("alternatives", {}).items()):

@@ -11,6 +11,10 @@ float32 scores out (host<->device copies included) for:
 - ``tensorrt_fp16_inflight2``: + ``tensorrt`` (fp16, engine cache; its profile spans 1 x
   the shortest input to the largest batch x 10 s here, so that the build fits the budget).
 
+Then, at the largest size, batches of changing sizes in turn (``interleaved``) through the
+service's engine, through one session, and through one unpadded session with cuDNN's quick
+heuristics (``one_session_heuristic``, with its full-batch rate beside).
+
 Each variant's max abs difference of the scores from ``plain_fp16`` is recorded too (the same
 function must come out), with whether the staging was pinned and which options stayed on after
 their fallbacks. Variants that would start too late for the stage's budget are skipped with a
@@ -159,9 +163,32 @@ def _run_all(
     }
     del base
     plan = _Plan(bundle, pools, seconds, deadline, rows, refs)
+    mixed["one_session_heuristic"] = _heuristic(plan)
     _tensorrt(plan, trt, trt_cache)
     _cuda_graphs(plan)  # last: on an H200 (ORT 1.31.1) a failed capture broke the CUDA state
     return mixed
+
+
+def _heuristic(plan: _Plan) -> dict[str, Any]:
+    """One unpadded session with cuDNN's quick heuristics (``cudnn_search="heuristic"``): the
+    batch sizes in turn, and the full batch alone (are its kernels as fast as exhaustive's?)."""
+    left, need = plan.deadline - time.monotonic(), 3 * plan.seconds + 20.0
+    if left < need:
+        return {"skipped": f"time budget: {left:.0f} s left, needs about {need:.0f} s"}
+    largest = max(plan.pools)
+    engine, load_s = _loaded(plan.bundle, largest, pad_batches=False, cudnn_search="heuristic")
+    clips = plan.pools[largest]
+    out = interleaved(_plain(engine), clips, plan.seconds)
+    full = throughput(_plain(engine), clips, plan.seconds, 1)
+    cuda = engine.session.get_provider_options().get("CUDAExecutionProvider", {})
+    out.update(
+        load_s=round(load_s, 1),
+        cudnn_conv_algo_search=cuda.get("cudnn_conv_algo_search"),
+        full_batch=full,
+        max_abs_diff_vs_plain=float(np.max(np.abs(_plain(engine)(clips) - plan.refs[largest]))),
+    )
+    log.info("one session, heuristic search: %s", out)
+    return out
 
 
 def _tensorrt(plan: _Plan, offered: bool, cache: str) -> None:

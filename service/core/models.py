@@ -56,6 +56,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         timeout_s=settings.timeout_s,
         inflight=settings.inflight_batches,
         pad_batches=settings.ort_pad_batches,
+        cudnn_search=settings.ort_cudnn_search,
         cuda_graph=settings.ort_cuda_graph,
         tensorrt=settings.ort_tensorrt,
         trt_cache_dir=settings.ort_trt_cache_dir,

@@ -40,6 +40,9 @@ def test_variants_run_end_to_end_on_cpu(
 
     assert mixed["sizes"] == engine_variants.INTERLEAVED
     assert mixed["service_engine"]["windows_per_s"] > 0 < mixed["one_session"]["windows_per_s"]
+    heuristic = mixed["one_session_heuristic"]
+    assert heuristic["windows_per_s"] > 0 < heuristic["full_batch"]["clips_per_s"]
+    assert heuristic["max_abs_diff_vs_plain"] == 0.0  # on CPU the search changes nothing
     for batch, row in rows.items():
         assert row["padded_parity"] == {
             "rows": int(batch) - 1,
@@ -51,4 +54,4 @@ def test_variants_run_end_to_end_on_cpu(
         assert "offers no TensorrtExecutionProvider" in row["tensorrt_fp16_inflight2"]["skipped"]
     check_report.summary({"variants": {"batches": rows, "interleaved": mixed}})
     printed = capsys.readouterr().out
-    assert "variants batch   8:" in printed and "batch sizes in turn" in printed
+    assert "variants batch   8:" in printed and "heuristic search {'windows_per_s'" in printed

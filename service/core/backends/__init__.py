@@ -21,6 +21,7 @@ Device = Literal["auto", "cuda", "cpu"]
 # A stacked (B, L) float32 batch, or its B windows of L samples (for a backend that ``stages``).
 BatchInput = np.ndarray | Sequence[np.ndarray]
 Precision = Literal["auto", "fp32", "fp16", "int8"]
+CudnnSearch = Literal["exhaustive", "heuristic", "default"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BackendOptions:
     tensorrt: bool = False  # TensorRT execution provider (fp16) where ORT offers it
     trt_cache_dir: str = ""  # TensorRT engine cache ("" = <tmp>/panns-serve-trt)
     pad_batches: bool = True  # CUDA: pad batches up to a few sizes (needs max_batch)
+    cudnn_search: CudnnSearch = "exhaustive"  # CUDA: how cuDNN picks conv algorithms
     max_batch: int = 0  # the full batch: the CUDA graph's shape, TensorRT's profile (0: unknown)
     max_window_s: float = 60.0  # the longest window (pipeline.MAX_WINDOW_S): TensorRT's profile
 

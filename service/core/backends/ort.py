@@ -62,6 +62,11 @@ def resolve_inflight(requested: int, device: str) -> int:
     return 2 if device == "cuda" else 1
 
 
+def cuda_options(options: BackendOptions) -> dict[str, str]:
+    """The CUDA provider's options: cuDNN's conv algorithm search as ``cudnn_search`` asks."""
+    return {"cudnn_conv_algo_search": options.cudnn_search.upper()}
+
+
 def resolve_variant(card: ModelCard, provider: str, precision: Precision) -> str:
     if precision == "auto":
         return "fp16" if provider == CUDA and "fp16" in card.files else "fp32"
@@ -190,7 +195,7 @@ class OrtBackend:
     def _providers(self, cuda_graph: bool = False) -> list[str | tuple[str, dict[str, str]]]:
         if self.provider != CUDA:
             return [CPU]
-        cuda = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+        cuda = cuda_options(self.options)
         if cuda_graph:
             return [(CUDA, {**cuda, "enable_cuda_graph": "1"}), CPU]
         if self.tensorrt:

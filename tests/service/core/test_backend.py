@@ -105,6 +105,18 @@ def test_tensorrt_missing_under_cuda_falls_back_to_plain_cuda(
     assert engine.session.get_providers()[0] == "CUDAExecutionProvider" and not engine.tensorrt
 
 
+def test_cudnn_search_reaches_the_cuda_sessions(tagger_bundle: Path) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs ONNX Runtime's CUDA provider (the GPU check covers it)")
+    options = BackendOptions(device="cuda", cudnn_search="heuristic", max_batch=4)
+    engine = OrtBackend(tagger_bundle, options)
+    engine.warm_up([1, 4], engine.card.clip_samples)
+    assert engine.sessions is not None
+    for session in [engine.session, engine.sessions.get(1), engine.sessions.get(4)]:
+        cuda = session.get_provider_options()["CUDAExecutionProvider"]
+        assert cuda["cudnn_conv_algo_search"] == "HEURISTIC"
+
+
 def test_staging_casts_in_place_and_reuses_its_buffer() -> None:
     from service.core.backends.ort_cuda import Staging
 
@@ -232,6 +244,7 @@ def test_a_backend_stages_only_where_it_copies_batches_itself(tagger_bundle: Pat
 
 
 def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
+    from service.core.backends.ort import cuda_options
     from service.core.models import backend_options
     from service.core.pipeline import MAX_WINDOW_S
 
@@ -243,12 +256,17 @@ def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
             ort_tensorrt=True,
             ort_trt_cache_dir="/c",
             ort_pad_batches=False,
+            ort_cudnn_search="heuristic",
             max_batch=32,
         )
     )
+    assert cuda_options(opts) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert cuda_options(BackendOptions()) == {"cudnn_conv_algo_search": "EXHAUSTIVE"}
     assert (opts.inflight, opts.cuda_graph, opts.tensorrt) == (2, True, True)
     assert not opts.pad_batches and BackendOptions().pad_batches
     assert (opts.trt_cache_dir, opts.max_batch) == ("/c", 32)
     assert BackendOptions().max_window_s == MAX_WINDOW_S  # TensorRT's profile covers every window
     with pytest.raises(ValueError, match="inflight_batches"):
         settings_for(tmp_path, inflight_batches=3)
+    with pytest.raises(ValueError, match="ort_cudnn_search"):
+        settings_for(tmp_path, ort_cudnn_search="fastest")
