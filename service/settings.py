@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         "session sees: exhaustive (benchmarks the candidates), heuristic (its first guess, "
         "cheap to re-plan), default (one fixed algorithm)",
     )
+    ort_prefer_nhwc: bool = Field(
+        default=False,
+        description="CUDA: run convolutions channels-last (NHWC), the layout of cuDNN's fp16 "
+        "tensor-core kernels, instead of transposing around each",
+    )
     ort_cuda_graph: bool = Field(
         default=False, description="CUDA: replay a captured CUDA graph for full batches"
     )

@@ -7,6 +7,7 @@ float32 scores out (host<->device copies included) for:
 - ``pinned_inflight1``: ``OrtBackend`` (fp16 cast into a page-locked staging buffer, IO binding)
   called from one thread;
 - ``pinned_inflight2``: the same called from two threads at once (two batches in flight);
+- ``nhwc_inflight2``: + ``prefer_nhwc`` (convolutions channels-last);
 - ``cuda_graph_inflight2``: + ``cuda_graph`` (a graph session per slot, captured for the batch);
 - ``tensorrt_fp16_inflight2``: + ``tensorrt`` (fp16, engine cache; its profile spans 1 x
   the shortest input to the largest batch x 10 s here, so that the build fits the budget).
@@ -164,6 +165,7 @@ def _run_all(
     del base
     plan = _Plan(bundle, pools, seconds, deadline, rows, refs)
     mixed["one_session_heuristic"] = _heuristic(plan)
+    _nhwc(plan)
     _tensorrt(plan, trt, trt_cache)
     _cuda_graphs(plan)  # last: on an H200 (ORT 1.31.1) a failed capture broke the CUDA state
     return mixed
@@ -189,6 +191,18 @@ def _heuristic(plan: _Plan) -> dict[str, Any]:
     )
     log.info("one session, heuristic search: %s", out)
     return out
+
+
+def _nhwc(plan: _Plan) -> None:
+    """The served engine (padded, two in flight) with ``prefer_nhwc``: channels-last convs."""
+    name, largest = "nhwc_inflight2", max(plan.pools)
+    if not _time_left(plan.rows[str(largest)], name, plan.deadline, 2 * plan.seconds + 20.0):
+        return
+    engine, load_s = _loaded(plan.bundle, largest, inflight=2, prefer_nhwc=True)
+    for b, clips in plan.pools.items():
+        plan.rows[str(b)][name] = _measure(
+            engine, name, clips, plan.seconds, 2, plan.refs[b], load_s
+        )
 
 
 def _tensorrt(plan: _Plan, offered: bool, cache: str) -> None:

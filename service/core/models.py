@@ -57,6 +57,7 @@ def backend_options(settings: Settings) -> BackendOptions:
         inflight=settings.inflight_batches,
         pad_batches=settings.ort_pad_batches,
         cudnn_search=settings.ort_cudnn_search,
+        prefer_nhwc=settings.ort_prefer_nhwc,
         cuda_graph=settings.ort_cuda_graph,
         tensorrt=settings.ort_tensorrt,
         trt_cache_dir=settings.ort_trt_cache_dir,

@@ -49,7 +49,13 @@ def test_variants_run_end_to_end_on_cpu(
             "padded_to": int(batch) - 1,  # on CPU nothing is padded
             "max_abs_diff_vs_plain": 0.0,
         }
-        for name in ("plain_fp16", "pinned_inflight1", "pinned_inflight2", "cuda_graph_inflight2"):
+        for name in (
+            "plain_fp16",
+            "pinned_inflight1",
+            "pinned_inflight2",
+            "nhwc_inflight2",
+            "cuda_graph_inflight2",
+        ):
             assert row[name]["clips_per_s"] > 0, name
         assert "offers no TensorrtExecutionProvider" in row["tensorrt_fp16_inflight2"]["skipped"]
     check_report.summary({"variants": {"batches": rows, "interleaved": mixed}})

@@ -40,6 +40,7 @@ class BackendOptions:
     trt_cache_dir: str = ""  # TensorRT engine cache ("" = <tmp>/panns-serve-trt)
     pad_batches: bool = True  # CUDA: pad batches up to a few sizes (needs max_batch)
     cudnn_search: CudnnSearch = "exhaustive"  # CUDA: how cuDNN picks conv algorithms
+    prefer_nhwc: bool = False  # CUDA: channels-last convolutions (ORT's prefer_nhwc)
     max_batch: int = 0  # the full batch: the CUDA graph's shape, TensorRT's profile (0: unknown)
     max_window_s: float = 60.0  # the longest window (pipeline.MAX_WINDOW_S): TensorRT's profile
 

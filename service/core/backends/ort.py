@@ -63,8 +63,11 @@ def resolve_inflight(requested: int, device: str) -> int:
 
 
 def cuda_options(options: BackendOptions) -> dict[str, str]:
-    """The CUDA provider's options: cuDNN's conv algorithm search as ``cudnn_search`` asks."""
-    return {"cudnn_conv_algo_search": options.cudnn_search.upper()}
+    """The CUDA provider's options: cuDNN's conv algorithm search, and the NHWC layout."""
+    cuda = {"cudnn_conv_algo_search": options.cudnn_search.upper()}
+    if options.prefer_nhwc:
+        cuda["prefer_nhwc"] = "1"
+    return cuda
 
 
 def resolve_variant(card: ModelCard, provider: str, precision: Precision) -> str:

@@ -257,10 +257,11 @@ def test_backend_options_follow_the_settings(tmp_path: Path) -> None:
             ort_trt_cache_dir="/c",
             ort_pad_batches=False,
             ort_cudnn_search="heuristic",
+            ort_prefer_nhwc=True,
             max_batch=32,
         )
     )
-    assert cuda_options(opts) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert cuda_options(opts) == {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1"}
     assert cuda_options(BackendOptions()) == {"cudnn_conv_algo_search": "EXHAUSTIVE"}
     assert (opts.inflight, opts.cuda_graph, opts.tensorrt) == (2, True, True)
     assert not opts.pad_batches and BackendOptions().pad_batches
