@@ -119,15 +119,27 @@ class OrtBackend:
         if options.cuda_graph:
             self._enable_cuda_graphs()
         log.info(
-            "loaded %s (%s, %s) on %s; %d batch(es) in flight%s%s",
+            "loaded %s (%s, %s) on %s; %d batch(es) in flight%s",
             self.card.name,
             self.card.arch,
             self.precision,
             self.session.get_providers()[0],
             self.inflight,
-            ", TensorRT fp16" if self.tensorrt else "",
-            f", CUDA graph for batch {options.max_batch}" if self.cuda_graph else "",
+            self._cuda_summary(),
         )
+
+    def _cuda_summary(self) -> str:
+        """What the load log says of the GPU engine's options (nothing on CPU)."""
+        if self.device != "cuda":
+            return ""
+        opts = self.options
+        parts = [f"batches padded to {self.buckets}" if self.buckets else "batches unpadded"]
+        parts.append(f"cuDNN search {opts.cudnn_search}" + (", NHWC" if opts.prefer_nhwc else ""))
+        if self.tensorrt:
+            parts.append("TensorRT fp16")
+        if self.cuda_graph:
+            parts.append(f"CUDA graph for batch {opts.max_batch}")
+        return "; " + ", ".join(parts)
 
     def _sizes(self) -> tuple[list[int], SessionsBySize | None]:
         """CUDA: the batch sizes cuDNN sees (every batch padded up to one), each with a session

@@ -105,11 +105,15 @@ def test_tensorrt_missing_under_cuda_falls_back_to_plain_cuda(
     assert engine.session.get_providers()[0] == "CUDAExecutionProvider" and not engine.tensorrt
 
 
-def test_cudnn_search_reaches_the_cuda_sessions(tagger_bundle: Path) -> None:
+def test_cudnn_search_reaches_the_cuda_sessions(
+    tagger_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs ONNX Runtime's CUDA provider (the GPU check covers it)")
     options = BackendOptions(device="cuda", cudnn_search="heuristic", max_batch=4)
-    engine = OrtBackend(tagger_bundle, options)
+    with caplog.at_level("INFO", logger="service.core.backends.ort"):
+        engine = OrtBackend(tagger_bundle, options)
+    assert "batches padded to [1, 2, 4], cuDNN search heuristic" in caplog.text
     engine.warm_up([1, 4], engine.card.clip_samples)
     assert engine.sessions is not None
     for session in [engine.session, engine.sessions.get(1), engine.sessions.get(4)]:
