@@ -170,6 +170,7 @@ class TreeUsage(NamedTuple):
     processes: int
     rss_mb: float
     roles: dict[str, float]  # CPU seconds by role (``_role``), when asked for: else {}
+    loops: dict[str, float]  # of which their main threads' (the event loops), by role
 
 
 def tree_usage(root: int, by_role: bool = False) -> TreeUsage:
@@ -179,12 +180,14 @@ def tree_usage(root: int, by_role: bool = False) -> TreeUsage:
     tree = _tree(root)
     cpu = {pid: sum(int(x) for x in f[11:15]) / CLK_TCK for pid, f in tree.items()}
     roles: dict[str, float] = {}
+    loops: dict[str, float] = {}
     if by_role:
         for pid, seconds in cpu.items():
             role = _role(pid, root)
             roles[role] = roles.get(role, 0.0) + seconds
+            loops[role] = loops.get(role, 0.0) + main_thread_cpu_s(pid)
     rss_mb = sum(int(f[21]) for f in tree.values()) * PAGE_BYTES / 2**20
-    return TreeUsage(sum(cpu.values()), len(tree), rss_mb, roles)
+    return TreeUsage(sum(cpu.values()), len(tree), rss_mb, roles, loops)
 
 
 def main_thread_cpu_s(pid: int) -> float:

@@ -207,6 +207,12 @@ def measure(
             role: per_clip(seconds - start.roles.get(role, 0.0))
             for role, seconds in sorted(end.roles.items())
         },
+        # of which the processes' main threads (their event loops); the rest is their threads
+        # (the batcher's engine and stacking threads, decoding threads, ORT's pool)
+        server_loop_cpu_ms_per_clip_by_role={
+            role: per_clip(seconds - start.loops.get(role, 0.0))
+            for role, seconds in sorted(end.loops.items())
+        },
         server_processes=end.processes,
         server_rss_mb=round(end.rss_mb),  # all server processes, at the window's end
         server_rss_idle_mb=round(idle_rss_mb(server.proc.pid)),  # what the load leaves behind

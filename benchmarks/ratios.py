@@ -43,7 +43,12 @@ def scaling(rounds: list[dict[str, dict[str, Any]]], settings: list[str]) -> dic
 
 def brief(load: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One round's clips/s and server CPU ms per clip, per setting and format."""
-    keys = ("clips_per_s", "server_cpu_ms_per_clip", "server_cpu_ms_per_clip_by_role")
+    keys = (
+        "clips_per_s",
+        "server_cpu_ms_per_clip",
+        "server_cpu_ms_per_clip_by_role",
+        "server_loop_cpu_ms_per_clip_by_role",
+    )
     return {
         w: {fmt: {k: m.get(k) for k in keys} for fmt, m in formats.items()}
         for w, formats in load.items()

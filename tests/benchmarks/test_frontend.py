@@ -56,6 +56,8 @@ def test_one_short_load_run() -> None:
     assert wav["supported"] and wav["ok"] > 0 and set(wav["statuses"]) == {"200"}
     assert wav["server_cpu_ms_per_clip"] > 0 and wav["server_processes"] >= 1
     assert set(wav["server_cpu_ms_per_clip_by_role"]) == {"main"}  # one process: all of it
+    loop = wav["server_loop_cpu_ms_per_clip_by_role"]["main"]
+    assert 0 < loop <= wav["server_cpu_ms_per_clip_by_role"]["main"]  # its loop is a part
     assert wav["served_by"]["provider"] == "CPUExecutionProvider"
     assert wav["p50_ms"] <= wav["p95_ms"] <= wav["p99_ms"] <= wav["max_ms"]
     # the service's own GC pauses in the window: each generation present, none negative
