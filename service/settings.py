@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     )
     ort_cudnn_search: Literal["exhaustive", "heuristic", "default"] = Field(
         default="exhaustive",
-        description="CUDA: how cuDNN picks each convolution's algorithm, once per shape a "
-        "session sees: exhaustive (benchmarks the candidates), heuristic (its first guess, "
-        "cheap to re-plan), default (one fixed algorithm)",
+        description="CUDA: how cuDNN picks each convolution's algorithm whenever a session's "
+        "input shape changes: exhaustive (benchmarks the candidates), heuristic (its first "
+        "guess, cheap to re-plan), default (cuDNN's fallback engines)",
     )
     ort_prefer_nhwc: bool = Field(
         default=False,
