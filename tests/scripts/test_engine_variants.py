@@ -61,3 +61,25 @@ def test_variants_run_end_to_end_on_cpu(
     check_report.summary({"variants": {"batches": rows, "interleaved": mixed}})
     printed = capsys.readouterr().out
     assert "variants batch   8:" in printed and "heuristic search {'windows_per_s'" in printed
+
+
+def test_a_variant_that_fails_to_load_is_recorded_and_the_rest_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An option the host's ORT refuses (it cannot be made to here: the CPU ignores CUDA
+    options) costs its own row only, not the stage."""
+    bundle = build_nearfree_bundle(tmp_path / "nearfree", clip_s=1.0)
+
+    def refusing(path: Path, batch: int, **extra: Any) -> OrtBackend:
+        if "prefer_nhwc" in extra or "cudnn_search" in extra:
+            raise RuntimeError("unknown provider option")
+        return OrtBackend(path, BackendOptions(device="cpu", max_batch=batch, **extra))
+
+    monkeypatch.setattr(engine_variants, "_backend", refusing)
+    pool = np.random.default_rng(0).standard_normal((2, 32000)).astype(np.float32)
+    rows: dict[str, dict[str, Any]] = {"2": {}}
+    deadline = time.monotonic() + 60
+    mixed = engine_variants._run_all(bundle, {2: pool}, 0.05, deadline, False, "", rows)
+    assert "unknown provider option" in mixed["one_session_heuristic"]["skipped"]
+    assert "unknown provider option" in rows["2"]["nhwc_inflight2"]["skipped"]
+    assert rows["2"]["cuda_graph_inflight2"]["clips_per_s"] > 0  # the stage went on
