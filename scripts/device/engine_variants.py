@@ -164,83 +164,83 @@ def _run_all(
     }
     del base
     plan = _Plan(bundle, pools, seconds, deadline, rows, refs)
-    mixed["one_session_heuristic"] = _heuristic(plan)
-    _nhwc(plan)
+    _heuristic(plan, mixed)
+    _load_and_measure(plan, "nhwc_inflight2", 2 * seconds + 20.0, inflight=2, prefer_nhwc=True)
     _tensorrt(plan, trt, trt_cache)
     _cuda_graphs(plan)  # last: on an H200 (ORT 1.31.1) a failed capture broke the CUDA state
     return mixed
 
 
-def _heuristic(plan: _Plan) -> dict[str, Any]:
-    """One unpadded session with cuDNN's quick heuristics (``cudnn_search="heuristic"``): the
-    batch sizes in turn, and the full batch alone (are its kernels as fast as exhaustive's?)."""
-    left, need = plan.deadline - time.monotonic(), 3 * plan.seconds + 20.0
-    if left < need:
-        return {"skipped": f"time budget: {left:.0f} s left, needs about {need:.0f} s"}
-    largest = max(plan.pools)
+def _try_load(row: dict[str, Any], name: str, plan: _Plan, batch: int, **opts: Any) -> Any:
+    """``(engine, load_s)``, or None with ``row[name]`` saying why it failed to load (an option
+    this ORT refuses, a graph that fails to capture): the later variants still run."""
     try:
-        engine, load_s = _loaded(plan.bundle, largest, pad_batches=False, cudnn_search="heuristic")
-    except Exception as exc:  # an option this ORT refuses: the later variants still run
-        return {"skipped": f"failed to load: {exc}"}
+        return _loaded(plan.bundle, batch, **opts)
+    except Exception as exc:
+        row[name] = {"skipped": f"failed to load: {exc}"}
+        return None
+
+
+def _load_and_measure(plan: _Plan, name: str, need_s: float, **opts: Any) -> None:
+    """One engine with ``opts`` at the largest batch, measured at every batch size (row
+    ``name``), when ``need_s`` seconds are left."""
+    largest = str(max(plan.pools))
+    if not _time_left(plan.rows[largest], name, plan.deadline, need_s):
+        return
+    if (loaded := _try_load(plan.rows[largest], name, plan, max(plan.pools), **opts)) is None:
+        return
+    engine, load_s = loaded
+    for b, clips in plan.pools.items():
+        plan.rows[str(b)][name] = _measure(
+            engine, name, clips, plan.seconds, 2, plan.refs[b], load_s
+        )
+
+
+def _heuristic(plan: _Plan, mixed: dict[str, Any]) -> None:
+    """One unpadded session with cuDNN's quick heuristics (``cudnn_search="heuristic"``): the
+    batch sizes in turn, and the full batch alone (are its kernels as fast as exhaustive's?);
+    into ``mixed["one_session_heuristic"]``."""
+    name, largest = "one_session_heuristic", max(plan.pools)
+    if not _time_left(mixed, name, plan.deadline, 3 * plan.seconds + 20.0):
+        return
+    opts = {"pad_batches": False, "cudnn_search": "heuristic"}
+    if (loaded := _try_load(mixed, name, plan, largest, **opts)) is None:
+        return
+    engine, load_s = loaded
     clips = plan.pools[largest]
-    out = interleaved(_plain(engine), clips, plan.seconds)
-    full = throughput(_plain(engine), clips, plan.seconds, 1)
+    out: dict[str, Any] = interleaved(_plain(engine), clips, plan.seconds)
     cuda = engine.session.get_provider_options().get("CUDAExecutionProvider", {})
     out.update(
         load_s=round(load_s, 1),
         cudnn_conv_algo_search=cuda.get("cudnn_conv_algo_search"),
-        full_batch=full,
+        full_batch=throughput(_plain(engine), clips, plan.seconds, 1),
         max_abs_diff_vs_plain=float(np.max(np.abs(_plain(engine)(clips) - plan.refs[largest]))),
     )
     log.info("one session, heuristic search: %s", out)
-    return out
-
-
-def _nhwc(plan: _Plan) -> None:
-    """The served engine (padded, two in flight) with ``prefer_nhwc``: channels-last convs."""
-    name, largest = "nhwc_inflight2", max(plan.pools)
-    if not _time_left(plan.rows[str(largest)], name, plan.deadline, 2 * plan.seconds + 20.0):
-        return
-    try:
-        engine, load_s = _loaded(plan.bundle, largest, inflight=2, prefer_nhwc=True)
-    except Exception as exc:  # an option this ORT refuses: the later variants still run
-        plan.rows[str(largest)][name] = {"skipped": f"failed to load: {exc}"}
-        return
-    for b, clips in plan.pools.items():
-        plan.rows[str(b)][name] = _measure(
-            engine, name, clips, plan.seconds, 2, plan.refs[b], load_s
-        )
+    mixed[name] = out
 
 
 def _tensorrt(plan: _Plan, offered: bool, cache: str) -> None:
-    name, largest = "tensorrt_fp16_inflight2", max(plan.pools)
+    name = "tensorrt_fp16_inflight2"
     if not offered:
         for b in plan.pools:
             plan.rows[str(b)][name] = {"skipped": f"ONNX Runtime offers no {TRT_EP} on this host"}
         return
-    if not _time_left(plan.rows[str(largest)], name, plan.deadline, TRT_MIN_S):
-        return
     opts = {"inflight": 2, "tensorrt": True, "trt_cache_dir": cache, "max_window_s": 10.0}
-    engine, load_s = _loaded(plan.bundle, largest, **opts)
-    for b, clips in plan.pools.items():
-        plan.rows[str(b)][name] = _measure(
-            engine, name, clips, plan.seconds, 2, plan.refs[b], load_s
-        )
+    _load_and_measure(plan, name, TRT_MIN_S, **opts)
 
 
 def _cuda_graphs(plan: _Plan) -> None:
+    """A graph is captured for one batch shape: one engine per batch size."""
     name = "cuda_graph_inflight2"
     for b, clips in plan.pools.items():
-        if not _time_left(plan.rows[str(b)], name, plan.deadline, 30.0):
+        row = plan.rows[str(b)]
+        if not _time_left(row, name, plan.deadline, 30.0):
             continue
-        try:
-            graph, load_s = _loaded(plan.bundle, b, inflight=2, cuda_graph=True)
-        except Exception as exc:  # BundleError: the capture failed
-            plan.rows[str(b)][name] = {"skipped": f"failed: {exc}"}
-            return
-        plan.rows[str(b)][name] = _measure(
-            graph, name, clips, plan.seconds, 2, plan.refs[b], load_s
-        )
+        if (loaded := _try_load(row, name, plan, b, inflight=2, cuda_graph=True)) is None:
+            return  # a failed capture: the CUDA state is not to be trusted for another
+        graph, load_s = loaded
+        row[name] = _measure(graph, name, clips, plan.seconds, 2, plan.refs[b], load_s)
         del graph
 
 

@@ -23,15 +23,16 @@ import check_report
 import engine_variants
 
 
+def _on_cpu(path: Path, batch: int, **extra: Any) -> OrtBackend:
+    """The stage's engine, on this machine's CPU (CUDA options are ignored there)."""
+    return OrtBackend(path, BackendOptions(device="cpu", max_batch=batch, **extra))
+
+
 def test_variants_run_end_to_end_on_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = build_nearfree_bundle(tmp_path / "nearfree", clip_s=1.0)
-
-    def on_cpu(path: Path, batch: int, **extra: Any) -> OrtBackend:
-        return OrtBackend(path, BackendOptions(device="cpu", max_batch=batch, **extra))
-
-    monkeypatch.setattr(engine_variants, "_backend", on_cpu)  # the stage asks for CUDA
+    monkeypatch.setattr(engine_variants, "_backend", _on_cpu)  # the stage asks for CUDA
     pool = np.random.default_rng(0).standard_normal((4, 32000)).astype(np.float32)
     pools = {b: pool[np.arange(b) % 4] for b in (4, 8)}
     rows: dict[str, dict[str, Any]] = {"4": {}, "8": {}}
@@ -73,7 +74,7 @@ def test_a_variant_that_fails_to_load_is_recorded_and_the_rest_run(
     def refusing(path: Path, batch: int, **extra: Any) -> OrtBackend:
         if "prefer_nhwc" in extra or "cudnn_search" in extra:
             raise RuntimeError("unknown provider option")
-        return OrtBackend(path, BackendOptions(device="cpu", max_batch=batch, **extra))
+        return _on_cpu(path, batch, **extra)
 
     monkeypatch.setattr(engine_variants, "_backend", refusing)
     pool = np.random.default_rng(0).standard_normal((2, 32000)).astype(np.float32)
