@@ -16,18 +16,21 @@ what it measured):
 4. ``engine``: the engine process alone (``benchmarks/engine_ceiling.py``: 4 stand-in fronts,
    no HTTP or decoding) at the service's batch size: windows/s, the engine's (and its event
    loop's) CPU per window, the time to ready and the GPU memory peak, over the raw fp16
-   engine's clips/s; then the same unpadded (every size warmed, and only the ends);
+   engine's clips/s; then the alternatives in ``load_stages.ENGINE_ALTERNATIVES`` (one
+   unpadded session with cuDNN's quick heuristics, the padded sessions with them, one
+   unpadded session as before);
 5. ``service``: ``benchmarks/frontend.py`` on the exported bundle (32 kHz WAV and MP3 by
    default), and its clips/s over the raw fp16 engine's at the service's batch size; then
-   WAV 32k once more on one unpadded session;
+   WAV 32k once more for each of ``load_stages.SERVICE_ALTERNATIVES`` (one unpadded session,
+   then with the quick heuristics);
 6. ``variants``: the GPU engine's options side by side (``engine_variants.py``): plain CUDA
-   fp16 vs pinned staging with 1 and 2 batches in flight vs TensorRT fp16 vs + CUDA graph
-   (last: a failed capture broke the process's CUDA state on an H200), at each
-   ``--variant-batches`` size; a batch one short of a bucket padded vs not; and batch sizes
-   in turn through the service's engine (a session per padded size) vs one session. Last of
-   all, in this process, with the time that is left: stages 4 and 5 run in subprocesses of
-   their own and come first, so that whatever a variant does to this process's CUDA state
-   cannot cost them.
+   fp16 vs pinned staging with 1 and 2 batches in flight vs channels-last (NHWC) vs TensorRT
+   fp16 vs + CUDA graph (last: a failed capture broke the process's CUDA state on an H200),
+   at each ``--variant-batches`` size; a batch one short of a bucket padded vs not; and batch
+   sizes in turn through the service's engine (a session per padded size) vs one session vs
+   one session with the quick heuristics. Last of all, in this process, with the time that
+   is left: stages 4 and 5 run in subprocesses of their own and come first, so that whatever
+   a variant does to this process's CUDA state cannot cost them.
 
 Stages 3-6 need CUDA: without it they are recorded as skipped, with the reason, and the exit
 status is 2, unless ``--allow-cpu`` (a dry run of the whole path on a CPU machine). Exit status 1:

@@ -65,7 +65,7 @@ def engine_stage(args: argparse.Namespace, report: Report, ort_device: str) -> d
     """The engine process alone (``benchmarks/engine_ceiling.py``): windows/s one engine takes
     from 4 stand-in fronts at the service's batch size, no HTTP or decoding; against the raw
     engine it shows whether the engine process or the fronts limit the service. Then, while
-    time allows, the same without padded batches (``ENGINE_ALTERNATIVES``)."""
+    time allows, each of ``ENGINE_ALTERNATIVES``."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
     result = _engine_run(args, report, ort_device)
@@ -124,8 +124,9 @@ def _engine_run(
 
 def service_stage(args: argparse.Namespace, report: Report, ort_device: str) -> dict[str, Any]:
     """``benchmarks/frontend.py`` on the exported bundle; its clips/s over the raw engine's.
-    Then, while time allows, WAV 32k once more on one unpadded session (the engine before
-    ``SessionsBySize``): the fix's effect end to end, in the same run."""
+    Then, while time allows, WAV 32k once more for each of ``SERVICE_ALTERNATIVES`` (one
+    unpadded session, the engine before ``SessionsBySize``, then with the quick heuristics):
+    the fix's effect end to end, in the same run."""
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
     engines = report.doc.get("engines", {})
