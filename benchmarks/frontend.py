@@ -43,22 +43,17 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first: benchmarks/service.py must not shadow the package
 
 from benchmarks.common import (  # noqa: E402
-    TreeUsage,
     core_scaling,
     emit,
     free_port,
     machine,
-    machine_busy,
     save_json,
     start_service,
     tree_usage,
@@ -70,11 +65,10 @@ from benchmarks.ratios import (  # noqa: E402
     attribute,
     brief,
     ceiling,
-    machine_cores,
     most_processes,
-    percentile_ms,
     scaling,
 )
+from benchmarks.window import Window  # noqa: E402
 
 log = logging.getLogger("benchmarks.frontend")
 
@@ -112,40 +106,6 @@ class Server:
         self.proc.wait(10)
 
 
-def gc_pauses(port: int) -> dict[str, tuple[float, float]]:
-    """{generation: (collections, seconds)} summed over the service's processes, from its
-    ``panns_gc_pause_seconds`` histogram (empty for a service without it)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "panns_gc_pause_seconds":
-            continue
-        for sample in family.samples:
-            slot = {"_count": 0, "_sum": 1}.get(sample.name.removeprefix(family.name))
-            if slot is not None:
-                out.setdefault(sample.labels["generation"], [0.0, 0.0])[slot] += sample.value
-    return {gen: (count, seconds) for gen, (count, seconds) in out.items()}
-
-
-def _gc_in_window(
-    start: dict[str, tuple[float, float]], end: dict[str, tuple[float, float]], ok: int
-) -> dict[str, Any] | None:
-    """The collections inside the window, by generation: how many, and ms per clip."""
-    if not end or not ok:
-        return None
-    return {
-        gen: {
-            "collections": int(count - start.get(gen, (0, 0))[0]),
-            "ms_per_clip": round(1000 * (seconds - start.get(gen, (0, 0))[1]) / ok, 3),
-        }
-        for gen, (count, seconds) in sorted(end.items())
-    }
-
-
 def measure(
     server: Server, fmt: Format, requests: list[bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -157,18 +117,7 @@ def measure(
         return out
     model = json.loads(body).get("model", {})
     out["served_by"] = {k: model.get(k) for k in ("provider", "precision")}
-    marks: dict[str, tuple[TreeUsage, tuple[int, int]]] = {}
-    collections: dict[str, dict[str, tuple[float, float]]] = {}
-
-    def at_window(edge: str) -> None:
-        # the scrape costs the server CPU: taken outside the window (before it opens, after
-        # it closes), so that the window's CPU per clip does not count it
-        if edge == "start":
-            collections[edge] = gc_pauses(server.port)
-        marks[edge] = (tree_usage(server.proc.pid, by_role=True), machine_busy())
-        if edge == "end":
-            collections[edge] = gc_pauses(server.port)
-
+    window = Window(server.port, server.proc.pid)
     load = run_load(
         server.port,
         requests,
@@ -176,54 +125,10 @@ def measure(
         connections=args.connections,
         warmup_s=args.warmup_s,
         duration_s=args.duration_s,
-        at_window=at_window,
+        at_window=window.mark,
     )
-    ok = load.statuses.get(200, 0)
-    (start, busy_start), (end, busy_end) = marks["start"], marks["end"]
-    cpu = end.cpu_s - start.cpu_s
-    busy = [e - s for s, e in zip(busy_start, busy_end, strict=True)]
-
-    def per_clip(seconds: float) -> float | None:
-        return round(1000 * seconds / ok, 2) if ok else None
-
-    out.update(
-        supported=True,
-        clips_per_s=round(ok / load.duration_s, 1),
-        ok=ok,
-        statuses={str(k): v for k, v in sorted(load.statuses.items())},
-        transport_errors=load.errors,
-        first_error=load.first_error or None,
-        p50_ms=percentile_ms(load.latencies, 50),
-        p95_ms=percentile_ms(load.latencies, 95),
-        p99_ms=percentile_ms(load.latencies, 99),
-        max_ms=round(max(load.latencies) * 1000, 1) if load.latencies else None,
-        # Python's garbage collections in the server's processes (no request moves meanwhile)
-        gc=_gc_in_window(collections["start"], collections["end"], ok),
-        server_cpu_ms_per_clip=per_clip(cpu),
-        server_cores_busy=round(cpu / load.duration_s, 2),
-        # where the CPU went with several processes: main (one process, or the supervisor),
-        # engine, fronts (together); a role that appeared mid-window counts from zero
-        server_cpu_ms_per_clip_by_role={
-            role: per_clip(seconds - start.roles.get(role, 0.0))
-            for role, seconds in sorted(end.roles.items())
-        },
-        # of which the processes' main threads (their event loops); the rest is their threads
-        # (the batcher's engine and stacking threads, decoding threads, ORT's pool)
-        server_loop_cpu_ms_per_clip_by_role={
-            role: per_clip(seconds - start.loops.get(role, 0.0))
-            for role, seconds in sorted(end.loops.items())
-        },
-        server_processes=end.processes,
-        server_rss_mb=round(end.rss_mb),  # all server processes, at the window's end
-        server_rss_idle_mb=round(idle_rss_mb(server.proc.pid)),  # what the load leaves behind
-        client_cpu_ms_per_clip=per_clip(load.client_cpu_s),
-        machine_busy_pct=round(100 * busy[0] / busy[1], 1) if busy[1] else None,
-        # cores busy with neither the server nor the clients: other work on the machine, which
-        # makes clips/s (not CPU per clip) unreliable
-        others_cores_busy=round(
-            machine_cores(busy) - (cpu + load.client_cpu_s) / load.duration_s, 2
-        ),
-    )
+    out.update(supported=True, **window.figures(load))
+    out["server_rss_idle_mb"] = round(idle_rss_mb(server.proc.pid))  # what the load leaves
     return out
 
 

@@ -59,6 +59,7 @@ def test_one_short_load_run() -> None:
     loop = wav["server_loop_cpu_ms_per_clip_by_role"]["main"]
     assert 0 < loop <= wav["server_cpu_ms_per_clip_by_role"]["main"]  # its loop is a part
     assert wav["served_by"]["provider"] == "CPUExecutionProvider"
+    assert wav["server_rss_mb"] > 0 and wav["server_rss_idle_mb"] > 0
     assert wav["p50_ms"] <= wav["p95_ms"] <= wav["p99_ms"] <= wav["max_ms"]
     # the service's own GC pauses in the window: each generation present, none negative
     assert set(wav["gc"]) == {"0", "1", "2"}
