@@ -30,7 +30,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check service model_export training tests benchmarks scripts
 	$(BIN)/ruff format --check service model_export training tests benchmarks scripts
-	$(BIN)/mypy service model_export training benchmarks
+	$(BIN)/mypy service model_export training benchmarks scripts
 
 format: install
 	$(BIN)/ruff check --fix service model_export training tests benchmarks scripts

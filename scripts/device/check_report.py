@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,9 @@ class GpuMemoryPeak:
     (how much a service's engine holds: ONNX Runtime's arena grows and never shrinks)."""
 
     def __init__(self, every_s: float = 0.5) -> None:
-        self.every_s, self.peak_mib, self.before_mib = every_s, None, None
+        self.every_s = every_s
+        self.peak_mib: int | None = None
+        self.before_mib: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -144,51 +146,70 @@ def summary(doc: dict[str, Any]) -> None:
         st = doc[stage]
         state = st.get("skipped") or st.get("error") or "ok"
         print(f"{stage}: {state} ({st.get('elapsed_s')} s)")
-    for batch, row in doc.get("engines", {}).get("batches", {}).items():
-        print(
-            f"  batch {batch:>3}: "
-            + "  ".join(f"{k} {v['clips_per_s']:.0f}/s" for k, v in row.items())
+    for lines in (_engines_lines, _variants_lines, _engine_lines, _service_lines):
+        for line in lines(doc):
+            print(f"  {line}")
+
+
+def _engines_lines(doc: dict[str, Any]) -> Iterator[str]:
+    """The raw engines (PyTorch, ORT fp32, fp16) per batch size, and their differences."""
+    engines = doc.get("engines", {})
+    for batch, row in engines.get("batches", {}).items():
+        yield f"batch {batch:>3}: " + "  ".join(
+            f"{k} {v['clips_per_s']:.0f}/s" for k, v in row.items()
         )
-    if diffs := doc.get("engines", {}).get("max_abs_diff_vs_ort_fp32"):
-        print(f"  max abs diff vs ort fp32: {diffs}")
-    for batch, row in doc.get("variants", {}).get("batches", {}).items():
-        print(
-            f"  variants batch {batch:>3}: "
-            + "  ".join(
-                f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} {_brief(v)}"
-                for k, v in row.items()
-                if isinstance(v, dict)
-            )
+    if diffs := engines.get("max_abs_diff_vs_ort_fp32"):
+        yield f"max abs diff vs ort fp32: {diffs}"
+    if missing := engines.get("not_exported"):
+        yield f"not timed: {missing} ({doc.get('export', {}).get('fp16_note')})"
+
+
+def _variants_lines(doc: dict[str, Any]) -> Iterator[str]:
+    """The engine variants per batch size, and the batch sizes in turn."""
+    variants = doc.get("variants", {})
+    for batch, row in variants.get("batches", {}).items():
+        yield f"variants batch {batch:>3}: " + "  ".join(
+            f"{k} {v['clips_per_s']:.0f}/s" if "clips_per_s" in v else f"{k} {_brief(v)}"
+            for k, v in row.items()
+            if isinstance(v, dict)
         )
-    if mixed := doc.get("variants", {}).get("interleaved"):
-        print(
-            f"  variants, batch sizes in turn {mixed.get('sizes')}: service engine "
+    if mixed := variants.get("interleaved"):
+        yield (
+            f"variants, batch sizes in turn {mixed.get('sizes')}: service engine "
             f"{mixed.get('service_engine')}, one session {mixed.get('one_session')}, one "
             f"session with heuristic search {mixed.get('one_session_heuristic')}"
         )
+
+
+def _engine_lines(doc: dict[str, Any]) -> Iterator[str]:
+    """The service's engine alone, as served and each alternative, per max batch."""
     engine = doc.get("engine", {})
     for label, result in (("", engine), *engine.get("alternatives", {}).items()):
         for batch, row in result.get("by_max_batch", {}).items():
-            print(
-                f"  engine alone{' ' + label if label else ''}, max batch {batch}: "
+            yield (
+                f"engine alone{' ' + label if label else ''}, max batch {batch}: "
                 f"{row.get('windows_per_s')} windows/s, loop "
                 f"{row.get('loop_cpu_ms_per_window')} / engine "
                 f"{row.get('engine_cpu_ms_per_window')} CPU ms per window, mean batch "
                 f"{row.get('mean_batch')}, ready in {row.get('engine_ready_s')} s, "
                 f"GPU memory peak {result.get('gpu_memory_peak_mib')} MiB"
             )
+
+
+def _service_lines(doc: dict[str, Any]) -> Iterator[str]:
+    """The whole service per worker setting and format, and its ratio to the raw engine."""
     service = doc.get("service", {})
     for label, result in (("", service), *service.get("alternatives", {}).items()):
         for workers, formats in result.get("frontend", {}).get("load", {}).items():
             for fmt, res in formats.items():
-                print(
-                    f"  service{' ' + label if label else ''} workers={workers} {fmt}: "
+                yield (
+                    f"service{' ' + label if label else ''} workers={workers} {fmt}: "
                     f"{res.get('clips_per_s')} clips/s, "
                     f"{res.get('server_cpu_ms_per_clip')} CPU ms/clip, "
                     f"GPU memory peak {result['frontend'].get('gpu_memory_peak_mib')} MiB"
                 )
-    if ratio := doc.get("service", {}).get("vs_raw_fp16"):
-        print(f"  service / raw engine: {ratio}")
+    if ratio := service.get("vs_raw_fp16"):
+        yield f"service / raw engine: {ratio}"
 
 
 def _brief(row: dict[str, Any]) -> str:
