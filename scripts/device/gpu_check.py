@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -136,7 +136,7 @@ def export_stage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     except ParityError as exc:  # keep going with fp32: the engines stage still compares
         card = export_bundle(model, out, arch=args.arch, fp16=False)
         note = f"fp16 failed its parity gate: {exc}"
-    args.bundle, args.model = out, model
+    args.bundle, args.model, args.exported = out, model, list(card.files)
     return {
         "bundle": str(out),
         "variants": list(card.files),
@@ -163,7 +163,7 @@ def _time(run: Callable[[], object], batch: int, seconds: float) -> dict[str, fl
     }
 
 
-def _devices(args: argparse.Namespace) -> tuple[str, str]:
+def _devices(args: argparse.Namespace) -> tuple[str, Literal["cuda", "cpu"]]:
     """(torch device, ORT device) for the engines, or Skip."""
     import onnxruntime as ort
     import torch
@@ -203,10 +203,13 @@ def engines_stage(args: argparse.Namespace) -> dict[str, Any]:
     if args.bundle is None:
         raise Skip("no bundle: the export stage did not run or failed")
     model = args.model.to(torch_device)
-    engines = {"ort_" + p: load_engine(args.bundle, ort_device, p) for p in args.precisions}
+    # a precision the export could not give (fp16 failing its parity gate) is not timed
+    timed = [p for p in args.precisions if p in args.exported]
+    engines = {"ort_" + p: load_engine(args.bundle, ort_device, p) for p in timed}
     rate, clip = engines["ort_fp32"].card.sample_rate, engines["ort_fp32"].card.clip_samples
     out: dict[str, Any] = {
         "torch_device": torch_device,
+        "not_exported": [p for p in args.precisions if p not in timed],
         "providers": {k: e.provider for k, e in engines.items()},
         "clip_samples": clip,
         "measure_s": args.seconds,
@@ -297,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown := set(args.stages) - set(STAGES):
         p.error(f"unknown stage(s) {sorted(unknown)}: choose from {', '.join(STAGES)}")
     args.bundle = args.model = None
+    args.exported = []
     return args
 
 
