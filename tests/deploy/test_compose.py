@@ -20,6 +20,7 @@ from tests.deploy.deploy_files import (
     interpolate,
     load_compose,
 )
+from tests.deploy.kube_files import as_settings
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,17 @@ def test_replicas_override_puts_nginx_in_front() -> None:
     assert lb["depends_on"]["api"]["condition"] == "service_healthy"
     assert "./docker/nginx/panns.conf:/etc/nginx/conf.d/default.conf:ro" in lb["volumes"]
     assert [interpolate(p, {}) for p in lb["ports"]] == ["0.0.0.0:8000:8000"]
+
+
+def test_workers_default_to_the_cores_and_to_one_per_replica(compose: dict[str, Any]) -> None:
+    """One api: every core a front (the service's 0); replicas: one process each unless set,
+    so that N replicas do not each start a front per core of the host."""
+    replicas = load_compose(COMPOSE_REPLICAS)["services"]["api"]
+    for service, default in ((_service(compose, "api"), 0), (replicas, 1)):
+        for env, want in (({}, default), ({"PANNS_WORKERS": "3"}, 3)):
+            workers = environment(service, env)["PANNS_WORKERS"]
+            assert workers is not None and as_settings({"PANNS_WORKERS": workers}).workers == want
+    assert as_settings({"PANNS_WORKERS": "0"}).worker_count >= 1
 
 
 def test_nginx_config_targets_the_api_replicas() -> None:
