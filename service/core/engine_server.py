@@ -220,7 +220,7 @@ class EngineServer:
             if isinstance(windows, Exception):
                 raise windows
             kinds = _kinds(header)
-            future = self.models.get(header["model"]).batcher.enqueue(windows, deadline)
+            future = self.models.local_batcher(header["model"]).enqueue(windows, deadline)
         except Exception as exc:
             answers.frames.post(error_header(rid, exc))
             return

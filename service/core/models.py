@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
 
 from service.core.backends import Backend, BackendOptions, load_backend
-from service.core.batch import BatchObserver
+from service.core.batch import BatchObserver, WindowResult
 from service.core.batcher import Batcher
 from service.core.card import ModelCard, OutputKind, read_card
 from service.core.errors import MissingOutput, NotReady, UnknownModel
@@ -20,13 +23,24 @@ log = logging.getLogger("service.core.models")
 ObserverFactory = Callable[[ModelCard, Backend], BatchObserver | None]
 
 
+class WindowQueue(Protocol):
+    """Where a model's windows wait for its engine: the ``Batcher`` in this process, or, in a
+    front, a ``service.core.remote.RemoteQueue`` (the engine process's batcher)."""
+
+    async def submit(
+        self, windows: Sequence[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
+    ) -> list[WindowResult]: ...
+
+    async def stop(self, timeout: float | None = None) -> None: ...
+
+
 @dataclass
 class ModelRuntime:
     """One served model: its card, the backend that runs it and the batcher in front."""
 
     card: ModelCard
     backend: Backend
-    batcher: Batcher
+    batcher: WindowQueue
     default: bool = False
 
     @property
@@ -102,6 +116,14 @@ class Models:
             known = ", ".join(self.models)
             raise UnknownModel(f"no model named {name!r}; served: {known}")
         return runtime
+
+    def local_batcher(self, name: str | None = None) -> Batcher:
+        """``get(name)``'s batcher, which must run in this process (the engine process's, or
+        one process's): ``enqueue`` is for callers on its own event loop."""
+        queue = self.get(name).batcher
+        if not isinstance(queue, Batcher):
+            raise TypeError(f"model {name!r} is batched in another process")
+        return queue
 
     def _load_one(self, bundle: str) -> tuple[Backend, list[int]]:
         s = self.settings

@@ -183,7 +183,7 @@ class EngineClient:
     async def submit(
         self,
         model: str,
-        windows: list[np.ndarray],
+        windows: Sequence[np.ndarray],
         deadline: float,
         kinds: Sequence[str] | None = None,
     ) -> list[WindowResult]:
@@ -267,7 +267,7 @@ class RemoteQueue:
         self.client, self.model = client, model
 
     async def submit(
-        self, windows: list[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
+        self, windows: Sequence[np.ndarray], deadline: float, kinds: Sequence[str] | None = None
     ) -> list[WindowResult]:
         return await self.client.submit(self.model, windows, deadline, kinds)
 
@@ -293,7 +293,7 @@ async def connect_models(models: Models, path: str) -> EngineClient:
         runtime = ModelRuntime(
             card,
             RemoteBackend(card, info[card.name]),
-            RemoteQueue(client, card.name),  # type: ignore[arg-type]
+            RemoteQueue(client, card.name),
             default=not models.models,
         )
         models.models[card.name] = runtime
