@@ -28,6 +28,13 @@ VARIANT_FILES: dict[Variant, str] = {
 }
 OutputKind = Literal["clipwise", "embedding", "framewise"]
 TensorKind = Literal["waveform", "clipwise", "embedding", "framewise"]
+
+
+def as_output_kind(kind: TensorKind) -> OutputKind | None:
+    """A tensor's kind as an output's (None for ``waveform``, the input's kind)."""
+    return None if kind == "waveform" else kind
+
+
 # The graph's output name for each kind of output.
 OUTPUT_NAMES: dict[OutputKind, str] = {
     "clipwise": "clipwise_output",

@@ -34,7 +34,7 @@ from service.core.backends.ort_cuda import (
     batch_buckets,
     padded_size,
 )
-from service.core.card import BundleError, ModelCard, load_bundle
+from service.core.card import BundleError, ModelCard, OutputKind, as_output_kind, load_bundle
 
 log = logging.getLogger("service.core.backends.ort")
 
@@ -105,7 +105,11 @@ class OrtBackend:
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         graph_outputs = {o.name for o in self.session.get_outputs()}
-        self.kinds = {o.name: o.kind for o in self.card.outputs if o.name in graph_outputs}
+        self.kinds: dict[str, OutputKind] = {
+            o.name: kind
+            for o in self.card.outputs
+            if o.name in graph_outputs and (kind := as_output_kind(o.kind)) is not None
+        }
         if "clipwise" not in self.kinds.values():
             raise BundleError(f"{bundle_dir}: the graph has no clipwise output")
         self.inflight = resolve_inflight(options.inflight, self.device)
