@@ -45,7 +45,9 @@ async def _load(tagger: Tagger, hooks: _Hooks) -> None:
         hooks.on_loaded()
 
 
-def _lifespan(tagger: Tagger, hooks: _Hooks):  # type: ignore[no-untyped-def]
+def _lifespan(
+    tagger: Tagger, hooks: _Hooks
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         check_bundles(tagger.settings)  # a wrong path stops the start-up at once
@@ -122,6 +124,14 @@ def create_app(
     app.state.begin_drain = _drainer(tagger, settings.graceful_timeout_s)
     app.state.open_streams = 0
     install_error_handlers(app)
+    _include_routes(app, settings)
+    _add_middleware(app, settings, app_metrics)
+    return app
+
+
+def _include_routes(app: FastAPI, settings: Settings) -> None:
+    """Every door: the REST routes behind the key, OIP v2, health, metrics, the WebSocket,
+    the page and the API docs."""
     auth = [Depends(require_api_key)]
     for module in (tag, embed, detect, models):
         router = declare_key_schemes(module.router)
@@ -137,7 +147,11 @@ def create_app(
     app.include_router(apidocs.pages_router(public=settings.public_docs))
     app.include_router(apidocs.assets_router)
     apidocs.install_openapi(app, keys_required=bool(settings.api_key_list))
-    # innermost of ours: the access log, limits and memory release hold for it as well
+
+
+def _add_middleware(app: FastAPI, settings: Settings, app_metrics: Metrics) -> None:
+    """The middleware, added innermost first: the direct upload path (past FastAPI's router),
+    then the access log, header limits and memory release, which hold for it as well."""
     direct = {m.DIRECT.path: (m.DIRECT, declared(m.DIRECT, m.router.routes)) for m in UPLOADS}
     app.add_middleware(
         DirectUploads, routes=direct, auth=require_api_key, handlers=app.exception_handlers
@@ -145,4 +159,3 @@ def create_app(
     app.add_middleware(AccessLogMiddleware, metrics=app_metrics)
     app.add_middleware(HeaderLimit, max_bytes=settings.max_header_kb * 1024)
     app.add_middleware(ReleaseAfterLargeBodies)
-    return app

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from service.core.backends import Backend
 from service.core.card import ModelCard
+from service.core.models import ObserverFactory
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -283,7 +284,7 @@ class BatchMetrics:
         self.metrics.dropped_windows.labels(self.model, reason).inc(count)
 
 
-def observer_factory(metrics: Metrics):  # type: ignore[no-untyped-def]
+def observer_factory(metrics: Metrics) -> ObserverFactory:
     """The ``ObserverFactory`` the tagger calls for each model it loads."""
 
     def observe(card: ModelCard, backend: Backend) -> BatchMetrics:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.core.inputs import AudioInput
+from service.core.results import DetectResult
 from service.core.tagger import Tagger
 from service.deps import query_params, settings_of
 from service.direct import DirectRoute
@@ -31,7 +32,7 @@ async def detect(request: Request, query: DetectParams) -> Response:
     window = query.window()
     options = query.options(settings_of(request).max_response_values)
 
-    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
+    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]) -> list[DetectResult]:
         return await tagger.detect_many(inputs, model=name, window=window, options=options)
 
     return await run_upload(request, query.model, query.pcm(), call, detect_json)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.core.inputs import AudioInput
+from service.core.results import EmbedResult
 from service.core.tagger import Tagger
 from service.deps import query_params
 from service.direct import DirectRoute
@@ -28,7 +29,7 @@ async def embed(request: Request, query: EmbedParams) -> Response:
     """The mean embedding per file; 422 for models without an embedding output."""
     window = query.window()
 
-    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
+    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]) -> list[EmbedResult]:
         return await tagger.embed_many(inputs, model=name, window=window)
 
     return await run_upload(request, query.model, query.pcm(), call, embed_json)

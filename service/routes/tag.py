@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from service.core.inputs import AudioInput
+from service.core.results import TagResult
 from service.core.tagger import Tagger
 from service.deps import query_params
 from service.direct import DirectRoute
@@ -28,7 +29,7 @@ async def tag(request: Request, query: TagParams) -> Response:
     """Label scores per file: multipart parts named ``file``, or one file as the raw body."""
     window, options = query.window(), query.options()
 
-    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]):  # type: ignore[no-untyped-def]
+    async def call(tagger: Tagger, name: str, inputs: list[AudioInput]) -> list[TagResult]:
         return await tagger.tag_many(inputs, model=name, window=window, options=options)
 
     return await run_upload(
