@@ -223,6 +223,12 @@ class EngineClient:
         in_arena = self.arena.array(count, decoded=True) if self.arena is not None else None
         return np.empty(count, np.float32) if in_arena is None else in_arena
 
+    async def wait_pending(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the requests still with the engine."""
+        waiting = [f for f in self._pending.values() if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+
     def fail_pending(self, message: str) -> None:
         for future in self._pending.values():
             if not future.done():
@@ -276,9 +282,7 @@ class RemoteQueue:
         what is left (None: leave them to finish)."""
         if timeout is None:
             return
-        waiting = [f for f in self.client._pending.values() if not f.done()]
-        if waiting:
-            await asyncio.wait(waiting, timeout=timeout)
+        await self.client.wait_pending(timeout)
         self.client.fail_pending(SHUTTING_DOWN)
 
 
