@@ -141,7 +141,9 @@ def service_stage(args: argparse.Namespace, report: Report, ort_device: str) -> 
     }
 
     def rerun(env: tuple[str, ...]) -> dict[str, Any]:
-        options = _frontend_options(args, ort_device, "default", "wav32k", env)
+        # the first workers setting of the run above, so that the two compare like for like
+        workers = args.service_workers.split(",")[0]
+        options = _frontend_options(args, ort_device, workers, "wav32k", env)
         alt, alt_note = _run_benchmark("frontend.py", options, report.left_s() - 10)
         vs_raw = _vs_raw(alt, engines, args.service_max_batch)
         return {"frontend": alt, "note": alt_note, "server_env": list(env), "vs_raw_fp16": vs_raw}
