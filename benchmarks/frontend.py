@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,6 @@ from benchmarks.common import (  # noqa: E402
     machine,
     save_json,
     start_service,
-    tree_usage,
     wait_ready,
 )
 from benchmarks.formats import FORMATS, Format, http_request, payloads  # noqa: E402
@@ -71,12 +69,6 @@ from benchmarks.ratios import (  # noqa: E402
 from benchmarks.window import Window  # noqa: E402
 
 log = logging.getLogger("benchmarks.frontend")
-
-
-def idle_rss_mb(root: int, settle_s: float = 1.0) -> float:
-    """The server's resident MB once the load has stopped (after ``settle_s``)."""
-    time.sleep(settle_s)
-    return tree_usage(root).rss_mb
 
 
 class Server:
@@ -128,7 +120,7 @@ def measure(
         at_window=window.mark,
     )
     out.update(supported=True, **window.figures(load))
-    out["server_rss_idle_mb"] = round(idle_rss_mb(server.proc.pid))  # what the load leaves
+    out["server_rss_idle_mb"] = round(window.idle_rss_mb())  # what the load leaves
     return out
 
 

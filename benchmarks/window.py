@@ -5,11 +5,13 @@ server's process tree (CPU by role and by event loop, RSS: ``common.tree_usage``
 machine's busy time, and the server's garbage-collection pauses from its ``/metrics``. The
 scrape costs the server CPU, so it is taken outside the window (before it opens, after it
 closes) and the window's CPU per clip does not count it. ``Window.figures`` turns the two
-edges and the load's result into the JSON ``frontend.py`` reports.
+edges and the load's result into the JSON ``frontend.py`` reports; ``Window.idle_rss_mb``
+reads what the server holds once the load has stopped.
 """
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from typing import Any
 
@@ -71,6 +73,11 @@ class Window:
         self.busy[edge] = machine_busy()
         if edge == "end":
             self.gc[edge] = gc_pauses(self.port)
+
+    def idle_rss_mb(self, settle_s: float = 1.0) -> float:
+        """The server's resident MB once the load has stopped (after ``settle_s``)."""
+        time.sleep(settle_s)
+        return tree_usage(self.pid).rss_mb
 
     def figures(self, load: LoadResult) -> dict[str, Any]:
         """Clips/s, latency, GC, CPU per clip (all, by role, by event loop), RSS, busy."""
