@@ -207,14 +207,14 @@ def _heuristic(plan: _Plan, mixed: dict[str, Any]) -> None:
     if (loaded := _try_load(mixed, name, plan, largest, **opts)) is None:
         return
     engine, load_s = loaded
-    clips = plan.pools[largest]
-    out: dict[str, Any] = interleaved(_plain(engine), clips, plan.seconds)
+    clips, run = plan.pools[largest], _plain(engine)
+    out: dict[str, Any] = interleaved(run, clips, plan.seconds)
     cuda = engine.session.get_provider_options().get("CUDAExecutionProvider", {})
     out.update(
         load_s=round(load_s, 1),
         cudnn_conv_algo_search=cuda.get("cudnn_conv_algo_search"),
-        full_batch=throughput(_plain(engine), clips, plan.seconds, 1),
-        max_abs_diff_vs_plain=float(np.max(np.abs(_plain(engine)(clips) - plan.refs[largest]))),
+        full_batch=throughput(run, clips, plan.seconds, 1),
+        max_abs_diff_vs_plain=float(np.max(np.abs(run(clips) - plan.refs[largest]))),
     )
     log.info("one session, heuristic search: %s", out)
     mixed[name] = out
